@@ -203,6 +203,7 @@ def run_stage(
         dupes = sorted(n for n, c in Counter(names).items() if c > 1)
         raise ValueError(f"{stage}: two input shards map to the same output name(s) {dupes[:5]}; rename the inputs")
     _check_config(stage_dir, stage, cfg, cfg_hash, force)
+    _remove_temporaries(stage_dir)
     receipts_dir = stage_dir / RECEIPTS_DIR
     receipts_dir.mkdir(parents=True, exist_ok=True)
     (stage_dir / MANIFEST_NAME).unlink(missing_ok=True)  # a stage being rerun is not finished
@@ -281,6 +282,13 @@ def run_stage(
         manifest = finalize(stage_dir, manifest)
     write_json_atomic(stage_dir / MANIFEST_NAME, manifest)
     return manifest
+
+
+def _remove_temporaries(stage_dir: Path) -> None:
+    """Delete temporary files a killed run left behind (see `manifest.atomic_path`)."""
+    if stage_dir.exists():
+        for tmp in stage_dir.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _load_receipt(path: Path, stage_dir: Path, cfg_hash: str, fingerprint: str) -> dict | None:
