@@ -74,8 +74,16 @@ stats: $(VENV)
 pretrain: shards
 	$(CLI) pretrain --data $(DATA) --preset $(PRESET) --steps $(STEPS) --run $(RUN)
 
-bench: $(VENV)
-	bash bench/run.sh
+# Peers for the benchmarks (datatrove) live in their own environment, never in .venv.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed:
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet 'datatrove[processing]==0.10.1' fasttext-numpy2-wheel tokenizers datasketch psutil
+	touch $@
+
+bench: $(VENV) $(BENCH_VENV)/.installed
+	BENCH_PEER_PYTHON=$(BENCH_VENV)/bin/python WORKERS=$(WORKERS) bash bench/run.sh
 
 clean:
 	rm -rf $(DATA)

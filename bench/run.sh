@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every benchmark side by side with its peer on this machine; tables on stdout, JSON in bench/results/.
+# Needs ../shared/data (the dev crawl). `make bench` sets BENCH_PEER_PYTHON to the datatrove environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+mkdir -p bench/results
+for b in bench_filters bench_dedup bench_tokenize bench_train; do
+  if [ -f "bench/$b.py" ]; then
+    echo "=== $b"
+    "$PY" "bench/$b.py" "$@"
+  fi
+done

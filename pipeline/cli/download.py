@@ -1,0 +1,121 @@
+"""`crawlgpt download`: fetch (or list) the raw input files into DATA/raw."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from pipeline.cli.common import fail
+from pipeline.download import (
+    DEFAULT_BASE_URL,
+    DEFAULT_NUM_FILES,
+    DEFAULT_SOURCE,
+    DownloadConfig,
+    DownloadResult,
+    run_download,
+)
+from pipeline.errors import PipelineError
+from pipeline.stage import format_table
+
+_DEFAULTS = DownloadConfig()
+
+
+def register(group: click.Group) -> None:
+    group.add_command(download_command)
+
+
+@click.command("download")
+@click.option("--source", default=None,
+              help="A Common Crawl crawl id (CC-MAIN-2024-51), a file listing URLs or crawl-data/ paths, "
+                   "a local folder, a glob, or one file. Default: the SOURCE of the existing "
+                   f"DATA/raw/manifest.json, else {DEFAULT_SOURCE}.")
+@click.option("--num-files", type=int, default=None,
+              help="How many WET files of a crawl id to take (the first ones of its wet.paths.gz); "
+                   "lists, folders and globs are taken whole. Default: as last time for the same SOURCE, "
+                   f"else {DEFAULT_NUM_FILES}.")
+@click.option("--data", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
+              help="Pipeline data folder; files go to DATA/raw/files, the list to DATA/raw/manifest.json.")
+@click.option("--workers", type=int, default=_DEFAULTS.workers, show_default=True,
+              help="Parallel transfers (Common Crawl throttles many parallel connections).")
+@click.option("--retries", type=int, default=_DEFAULTS.retries, show_default=True,
+              help="Retries per file, with exponential backoff, for 429/5xx, dropped connections, bad gzip.")
+@click.option("--base-url", default=DEFAULT_BASE_URL, show_default=True,
+              help="Where crawl-data/ paths are fetched from (a mirror, or a local server for tests).")
+@click.option("--force", is_flag=True,
+              help="Replace a file list made for another SOURCE/NUM_FILES (downloaded files are kept).")
+def download_command(
+    source: str | None, num_files: int | None, data: Path, workers: int, retries: int, base_url: str, force: bool
+) -> None:
+    """Download the raw input files (resumable, verified), or list local ones, into DATA/raw."""
+    try:
+        config = DownloadConfig(workers=workers, retries=retries, base_url=base_url)
+        with _TransferProgress() as progress:
+            manifest = run_download(
+                source, num_files, data, config, force=force,
+                on_bytes=progress.add_bytes, on_file=progress.file_done, on_plan=progress.plan,
+            )
+    except PipelineError as err:
+        fail(err)
+        return
+    _print_summary(manifest)
+
+
+class _TransferProgress:
+    """A tqdm bar of bytes received (with bytes/s) and files done; shown only when there is a download."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+        self.files_total = 0
+        self.files_done = 0
+        self._lock = threading.Lock()
+
+    def plan(self, n_urls: int) -> None:
+        self.files_total = n_urls
+        if n_urls:
+            self.bar = tqdm(desc="download", unit="B", unit_scale=True, unit_divisor=1024,
+                            dynamic_ncols=True, file=sys.stderr)
+            self.bar.set_postfix_str(f"0/{n_urls} files")
+
+    def add_bytes(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def file_done(self, result: DownloadResult) -> None:
+        with self._lock:
+            self.files_done += 1
+            if self.bar is not None:
+                self.bar.set_postfix_str(f"{self.files_done}/{self.files_total} files")
+
+    def __enter__(self) -> "_TransferProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _print_summary(manifest: dict) -> None:
+    run = manifest["run"]
+    totals = manifest["totals"]
+    rows = [("files", totals["files"], _human(totals["bytes"]))]
+    if run["local"]:
+        rows.append(("local (used in place)", run["local"], ""))
+    else:
+        rows.append(("downloaded now", run["downloaded"], _human(run["fetched_bytes"])))
+        rows.append(("already complete (skipped)", run["skipped"], ""))
+    click.echo(f"\ndownload: summary ({run['elapsed_s']:.1f}s, source {manifest['source']})")
+    click.echo(format_table(rows, ["", "files", "bytes"]))
+    if run["fetched_bytes"] and run["elapsed_s"] > 0:
+        click.echo(f"average rate: {_human(run['fetched_bytes'] / run['elapsed_s'])}/s")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return str(n)

@@ -1,0 +1,126 @@
+"""CLI: `crawlgpt tokenizer`, `crawlgpt shards`, `crawlgpt stats`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.cli.common import DEFAULT_WORKERS, fail, run_with_progress
+from pipeline.errors import PipelineError
+from pipeline.shard_stats import StatsConfig, format_json, format_report, shard_stats
+from pipeline.stage import format_table
+from pipeline.token_shards import TokenShardError
+from pipeline.tokenize_stage import ShardsConfig, make_shards
+from pipeline.tokenizer_train import SPLIT_PATTERNS, TOKENIZER_FILE, TokenizerConfig, train_tokenizer
+
+_TOK = TokenizerConfig()
+_SH = ShardsConfig()
+_ST = StatsConfig()
+
+data_option = click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=Path("data"),
+                           show_default=True, help="Data folder (corpus/ in, tokenizer/ and shards/ out).")
+force_option = click.option("--force", is_flag=True, help="Discard outputs made with another config and start over.")
+
+
+@click.command("tokenizer")
+@data_option
+@click.option("--vocab-size", type=int, default=_TOK.vocab_size, show_default=True,
+              help="Vocabulary size incl. special tokens; a multiple of 64 (GPU-friendly embedding).")
+@click.option("--pattern", type=click.Choice(sorted(SPLIT_PATTERNS)), default=_TOK.pattern, show_default=True,
+              help="Pre-tokenization split regex.")
+@click.option("--reserved-tokens", type=int, default=_TOK.reserved_tokens, show_default=True,
+              help="Reserved special tokens <|reserved_N|> for later chat formats.")
+@click.option("--min-frequency", type=int, default=_TOK.min_frequency, show_default=True,
+              help="Minimum pair count for a merge.")
+@click.option("--sample-mb", type=float, default=0, show_default=True,
+              help="Train on at most this many MB of text, sampled evenly by document id (0 = whole corpus).")
+@click.option("--heldout-fraction", type=float, default=_TOK.heldout_fraction, show_default=True,
+              help="Share of documents held out (as the shards' validation split) to measure compression.")
+@force_option
+def tokenizer_cmd(data: Path, vocab_size: int, pattern: str, reserved_tokens: int, min_frequency: int,
+                  sample_mb: float, heldout_fraction: float, force: bool) -> None:
+    """Train the byte-level BPE tokenizer on DATA/corpus; write DATA/tokenizer/tokenizer.json."""
+    config = TokenizerConfig(vocab_size=vocab_size, min_frequency=min_frequency, pattern=pattern,
+                             reserved_tokens=reserved_tokens, sample_bytes=int(sample_mb * 1e6),
+                             heldout_fraction=heldout_fraction)
+    try:
+        m = train_tokenizer(data / "corpus", data / "tokenizer", config, force=force)
+    except PipelineError as err:
+        fail(err)
+    h, t = m["heldout"], m["training"]
+    rows = [
+        ("tokenizer", str(data / "tokenizer" / TOKENIZER_FILE)),
+        ("vocab size", f"{m['vocab_size']:,} (end-of-text id {m['eot_id']}, {len(m['special_tokens'])} special)"),
+        ("trained on", f"{t['documents']:,} documents, {t['bytes'] / 1e6:.1f} MB in {t['seconds']:.1f}s"),
+        ("held out", f"{h['documents']:,} documents, {h['bytes'] / 1e6:.2f} MB"),
+        ("bytes per token", f"{h['bytes_per_token']}"),
+        ("tokens per word", f"{h['tokens_per_word']}"),
+    ]
+    click.echo(format_table(rows, ["tokenizer", ""]))
+
+
+@click.command("shards")
+@data_option
+@click.option("--workers", type=int, default=DEFAULT_WORKERS, show_default=True,
+              help="Processes, one corpus shard each (the tokenizer also uses threads within a batch).")
+@click.option("--val-fraction", type=float, default=_SH.val_fraction, show_default=True,
+              help="Share of documents in the validation split (chosen by a hash of the document id).")
+@click.option("--max-shard-mb", type=float, default=_SH.max_shard_bytes / 2**20, show_default=True,
+              help="Start a new token file when one reaches this many MiB of tokens.")
+@click.option("--batch-docs", type=int, default=_SH.batch_docs, show_default=True,
+              help="Documents per encode_batch call.")
+@click.option("--tokenizer", "tokenizer_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="tokenizer.json to use [default: DATA/tokenizer/tokenizer.json].")
+@force_option
+def shards_cmd(data: Path, workers: int, val_fraction: float, max_shard_mb: float, batch_docs: int,
+               tokenizer_path: Path | None, force: bool) -> None:
+    """Tokenize DATA/corpus into packed Arrow token shards under DATA/shards/{train,val}."""
+    config = ShardsConfig(val_fraction=val_fraction, max_shard_bytes=int(max_shard_mb * 2**20), batch_docs=batch_docs)
+    tok = tokenizer_path or data / "tokenizer" / TOKENIZER_FILE
+    try:
+        m = run_with_progress("shards", lambda on_progress: make_shards(
+            data / "corpus", tok, data / "shards", config, workers=workers, force=force, on_progress=on_progress))
+    except PipelineError as err:
+        fail(err)
+    rows = [(split, s["files"], s["documents"], s["tokens"], f"{s['bytes'] / 2**20:.1f} MiB")
+            for split, s in m["split_totals"].items()]
+    click.echo("")
+    click.echo(format_table(rows, ["split", "files", "documents", "tokens", "size"]))
+    click.echo(f"dtype {m['dtype']}, vocab {m['vocab_size']}, end-of-text id {m['eot_id']}, "
+               f"{m['totals']['extra'].get('text_bytes', 0) / 1e6:.1f} MB of text")
+
+
+@click.command("stats")
+@click.argument("shards_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for machines).")
+@click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="tokenizer.json for decoding [default: the copy in the folder, else the manifest's].")
+@click.option("--histogram", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the PNG histogram of document lengths [default: SHARDS_DIR/doc_lengths.png].")
+@click.option("--no-histogram", is_flag=True, help="Do not write the histogram.")
+@click.option("--top", type=int, default=_ST.top_tokens, show_default=True, help="How many frequent tokens to list.")
+@click.option("--sample-chars", type=int, default=_ST.sample_chars, show_default=True,
+              help="Characters of the sample document to show.")
+def stats_cmd(shards_dir: Path, as_json: bool, tokenizer_path: Path | None, histogram: Path | None,
+              no_histogram: bool, top: int, sample_chars: int) -> None:
+    """Report documents, tokens and lengths per token shard and in total, and plot document lengths."""
+    hist = None if no_histogram else (histogram or shards_dir / "doc_lengths.png")
+    try:
+        report = shard_stats(shards_dir, tokenizer_path, hist, StatsConfig(top_tokens=top, sample_chars=sample_chars))
+    except (PipelineError, TokenShardError) as err:
+        fail(err)
+    except OSError as err:
+        raise click.ClickException(f"cannot write the histogram: {err} (use --histogram PATH or --no-histogram)")
+    if as_json:
+        click.echo(format_json(report))
+    else:
+        click.echo(format_report(report))
+        if report.get("histogram"):
+            click.echo(f"\nhistogram of document lengths: {report['histogram']}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(tokenizer_cmd)
+    group.add_command(shards_cmd)
+    group.add_command(stats_cmd)

@@ -1,0 +1,380 @@
+"""Train the fastText quality classifier: reference text (positives) against the raw crawl (negatives).
+
+This is GPT-3's quality classifier (Brown et al. 2020, appendix A), with fastText in place of Spark's
+hashed features + logistic regression: positives are documents from REFERENCE, a curated set of the
+kind of text we want (GPT-3 used WebText, Wikipedia and books); negatives are documents sampled at
+random from the raw crawl being curated. The raw crawl also holds good pages, so some negatives are
+really positives: GPT-3 accepted that noise, and so do we. Its cost is that a good crawl page scores
+about as well as a *held-out reference* page, not near 1.0, and that the held-out precision and ROC AUC
+printed here understate the classifier (some "negatives" it scores high are good pages).
+
+Because of that the filter's default threshold is not 0.5 but the score that keeps `target_recall` of
+the held-out reference documents: "keep pages that look at least as much like the reference as the
+reference itself mostly does". It is saved in the manifest as `threshold` and used by `crawlgpt filter`
+unless --quality-threshold is given.
+
+Outputs, in DATA/quality/: `model.bin` (fastText) and `manifest.json`, written last and atomically,
+holding the config, the reference files' sha256, the raw inputs' manifest hash, the example counts, the
+held-out figures and the model's sha256. A rerun with the same config, reference and raw inputs skips
+training; other inputs retrain; another config is refused without `force`.
+
+Training is deterministic for a given seed: sampling uses `random.Random(seed)`, and fastText runs on
+one thread with that seed (fastText's multi-threaded training is not reproducible). One thread trains
+the default model on 7,000 documents in about ten seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from pipeline.documents import Document
+from pipeline.errors import ConfigError, InputError, StageConfigChanged
+from pipeline.filters.classifier import HQ_LABEL, LQ_LABEL, normalize_text
+from pipeline.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    atomic_path,
+    config_dict,
+    config_hash,
+    manifest_hash,
+    read_json,
+    sha256_file,
+    write_json_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+QUALITY_DIR = "quality"
+MODEL_NAME = "model.bin"
+#: How the texts are normalised before fastText sees them (recorded in the manifest for the filter).
+NORMALIZATION = "lower-punct"
+
+
+@dataclass(frozen=True)
+class QualityTrainConfig:
+    """How the quality classifier is trained."""
+
+    #: Files of good reference text (JSONL/.gz/.zst, Parquet, .txt, WET), the positives.
+    reference: tuple[str, ...]
+    #: Negatives sampled from the raw crawl per positive.
+    negatives_per_positive: float = 1.0
+    #: Share of positives and of negatives held out to measure the classifier.
+    holdout: float = 0.1
+    #: Seed of the sampling, the split and fastText.
+    seed: int = 0
+    #: Share of held-out reference documents the recommended threshold keeps.
+    target_recall: float = 0.98
+    #: fastText epochs.
+    epoch: int = 5
+    #: fastText learning rate.
+    lr: float = 0.1
+    #: fastText vector size (32 keeps the model ~10 MB; larger barely helps a two-class problem).
+    dim: int = 32
+    #: fastText word n-grams (1: words only; 2 adds bigrams, triples the model size for no gain here).
+    word_ngrams: int = 1
+    #: Words seen fewer times are ignored.
+    min_count: int = 2
+    #: Characters of each document used (the start of a long document says enough).
+    max_chars: int = 100_000
+    #: Field or column holding the text in JSONL/Parquet reference files.
+    text_field: str = "text"
+
+    def __post_init__(self) -> None:
+        if not self.reference:
+            raise ConfigError("--reference", "give at least one file of reference text")
+        if self.negatives_per_positive <= 0:
+            raise ConfigError("--negatives-per-positive", f"must be > 0, got {self.negatives_per_positive}")
+        if not 0 < self.holdout < 1:
+            raise ConfigError("--holdout", f"must be between 0 and 1, got {self.holdout}")
+        if not 0 < self.target_recall <= 1:
+            raise ConfigError("--target-recall", f"must be in (0, 1], got {self.target_recall}")
+
+
+def quality_dir(data_dir: str | Path) -> Path:
+    return Path(data_dir) / QUALITY_DIR
+
+
+def train_quality_model(
+    data_dir: str | Path,
+    config: QualityTrainConfig,
+    force: bool = False,
+    on_progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Train (or reuse) DATA/quality/model.bin and return the manifest."""
+    from pipeline.download import load_raw_files, raw_dir
+
+    out = quality_dir(data_dir)
+    cfg = config_dict(config)
+    cfg_hash = config_hash({"stage": "quality", "format": FORMAT_VERSION, **cfg})
+    raw_files = load_raw_files(data_dir)
+    if not raw_files:
+        raise InputError(f"{raw_dir(data_dir)}/manifest.json lists no files; run `make download` first")
+    reference = [_reference_entry(p) for p in config.reference]
+    raw_hash = manifest_hash(raw_dir(data_dir))
+
+    previous = read_json(out / MANIFEST_NAME) if (out / MANIFEST_NAME).exists() else None
+    if previous is not None:
+        if previous.get("config_hash") != cfg_hash:
+            if not force:
+                raise StageConfigChanged(
+                    f"{out} holds a quality model trained with another config ({_diff(previous.get('config', {}), cfg)}). "
+                    "Rerun with --force (make ... FORCE=1) to replace it, or use another DATA folder."
+                )
+            log.warning("quality: config changed, --force given: retraining")
+        elif _still_valid(previous, out, reference, raw_hash):
+            log.info("quality: model in %s is up to date, skipping training", out)
+            return previous
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)  # the model is being replaced: not finished
+
+    start = time.monotonic()
+    note = on_progress or (lambda msg: None)
+    rng = random.Random(config.seed)
+
+    note("reading reference documents")
+    positives, ref_unreadable = _read_texts(config.reference, config)
+    for entry, n_docs, n_bad in zip(reference, *_per_file_counts(positives, ref_unreadable, config.reference)):
+        entry["docs"], entry["unreadable"] = n_docs, n_bad
+    pos_texts = [t for _, t in positives]
+    if len(pos_texts) < 20:
+        raise InputError(
+            f"--reference: {len(pos_texts)} readable documents in {', '.join(config.reference)}; at least 20 are "
+            "needed to train and measure a classifier (thousands for a useful one)"
+        )
+    n_neg = max(1, round(config.negatives_per_positive * len(pos_texts)))
+    note(f"sampling {n_neg:,} negatives from {len(raw_files)} raw files")
+    neg_texts, crawl_docs = _reservoir_sample(_raw_texts(raw_files), n_neg, rng)
+    if len(neg_texts) < 10:
+        raise InputError(f"the raw crawl holds {crawl_docs} readable documents; too few negatives to train on")
+
+    rng.shuffle(pos_texts)
+    rng.shuffle(neg_texts)
+    pos_train, pos_test = _split(pos_texts, config.holdout)
+    neg_train, neg_test = _split(neg_texts, config.holdout)
+
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".train-", dir=out))
+    try:
+        train_file = tmp_dir / "train.txt"
+        lines = [f"{HQ_LABEL} {normalize_text(t, NORMALIZATION, config.max_chars)}" for t in pos_train]
+        lines += [f"{LQ_LABEL} {normalize_text(t, NORMALIZATION, config.max_chars)}" for t in neg_train]
+        rng.shuffle(lines)
+        train_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        note(f"training fastText on {len(lines):,} documents")
+        model = _train_fasttext(train_file, config)
+        note("measuring on held-out documents")
+        pos_scores = _scores(model, pos_test, config.max_chars)
+        neg_scores = _scores(model, neg_test, config.max_chars)
+        metrics = evaluate(pos_scores, neg_scores, config.target_recall)
+        with atomic_path(out / MODEL_NAME) as tmp_model:
+            model.save_model(str(tmp_model))
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+    model_path = out / MODEL_NAME
+    manifest = {
+        "stage": "quality",
+        "format_version": FORMAT_VERSION,
+        "config": cfg,
+        "config_hash": cfg_hash,
+        "reference": reference,
+        "raw_manifest_sha256": raw_hash,
+        "raw_docs_seen": crawl_docs,
+        "label": HQ_LABEL,
+        "negative_label": LQ_LABEL,
+        "normalization": NORMALIZATION,
+        "max_chars": config.max_chars,
+        "threshold": metrics["threshold"],
+        "counts": {
+            "train_positive": len(pos_train),
+            "train_negative": len(neg_train),
+            "holdout_positive": len(pos_test),
+            "holdout_negative": len(neg_test),
+        },
+        "metrics": metrics,
+        "model": {"path": MODEL_NAME, "bytes": model_path.stat().st_size, "sha256": sha256_file(model_path)},
+        "elapsed_s": round(time.monotonic() - start, 3),
+    }
+    write_json_atomic(out / MANIFEST_NAME, manifest)
+    log.info(
+        "quality: trained on %d+%d documents; held-out ROC AUC %.3f, threshold %.3f (recall %.3f, precision %.3f)",
+        len(pos_train), len(neg_train), metrics["roc_auc"], metrics["threshold"], metrics["recall"], metrics["precision"],
+    )
+    return manifest
+
+
+def model_manifest(model_path: str | Path) -> dict | None:
+    """The quality manifest that describes `model_path` (beside it, same sha256), or None (plug-in model)."""
+    model_path = Path(model_path)
+    manifest_path = model_path.parent / MANIFEST_NAME
+    if not manifest_path.exists():
+        return None
+    try:
+        manifest = read_json(manifest_path)
+    except ValueError:
+        return None
+    if manifest.get("stage") != "quality" or manifest.get("model", {}).get("path") != model_path.name:
+        return None
+    if manifest["model"].get("sha256") != sha256_file(model_path):
+        return None
+    return manifest
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+
+def roc_auc(pos_scores: np.ndarray, neg_scores: np.ndarray) -> float:
+    """Area under the ROC curve: the chance a random positive outscores a random negative (ties 1/2)."""
+    pos = np.asarray(pos_scores, dtype=np.float64)
+    neg = np.asarray(neg_scores, dtype=np.float64)
+    if not len(pos) or not len(neg):
+        return float("nan")
+    scores = np.concatenate([pos, neg])
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    # average rank of each distinct score (1-based), so tied scores share their ranks
+    ends = np.cumsum(counts)
+    avg_rank = ends - (counts - 1) / 2.0
+    ranks = avg_rank[inverse]
+    u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2.0
+    return float(u / (len(pos) * len(neg)))
+
+
+def evaluate(pos_scores: np.ndarray, neg_scores: np.ndarray, target_recall: float) -> dict:
+    """Held-out figures: ROC AUC, the threshold keeping `target_recall` of positives, precision and
+    recall there, and at 0.5."""
+    pos = np.sort(np.asarray(pos_scores, dtype=np.float64))
+    neg = np.asarray(neg_scores, dtype=np.float64)
+    k = int(np.floor((1.0 - target_recall) * len(pos)))
+    threshold = float(pos[min(k, len(pos) - 1)])
+
+    def at(t: float) -> tuple[float, float]:
+        tp = int((pos >= t).sum())
+        fp = int((neg >= t).sum())
+        return (tp / (tp + fp) if tp + fp else 0.0), tp / len(pos)
+
+    precision, recall = at(threshold)
+    precision_05, recall_05 = at(0.5)
+    return {
+        "roc_auc": round(roc_auc(pos, neg), 4),
+        "threshold": round(threshold, 4),
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "precision_at_0.5": round(precision_05, 4),
+        "recall_at_0.5": round(recall_05, 4),
+        "target_recall": target_recall,
+    }
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _train_fasttext(train_file: Path, config: QualityTrainConfig):
+    import fasttext
+
+    return fasttext.train_supervised(
+        input=str(train_file),
+        epoch=config.epoch,
+        lr=config.lr,
+        dim=config.dim,
+        wordNgrams=config.word_ngrams,
+        minCount=config.min_count,
+        loss="softmax",
+        thread=1,
+        seed=config.seed,
+        verbose=0,
+    )
+
+
+def _scores(model, texts: list[str], max_chars: int) -> np.ndarray:
+    out = np.empty(len(texts))
+    for i, t in enumerate(texts):
+        labels, probs = model.predict(normalize_text(t, NORMALIZATION, max_chars), k=2)
+        out[i] = next((float(p) for lab, p in zip(labels, probs) if lab == HQ_LABEL), 0.0)
+    return np.minimum(out, 1.0)
+
+
+def _split(items: list, holdout: float) -> tuple[list, list]:
+    k = max(1, round(len(items) * holdout))
+    return items[k:], items[:k]
+
+
+def _reference_entry(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"--reference: {p} does not exist. Give files of good text (see README: REFERENCE).")
+    return {"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+
+
+def _read_texts(paths: Iterable[str], config: QualityTrainConfig) -> tuple[list[tuple[str, str]], list[str]]:
+    """(path, text) of every readable document in `paths`, and the paths of unreadable items."""
+    from pipeline.readers import ReaderConfig, Unreadable, read_file
+
+    reader = ReaderConfig(text_field=config.text_field)
+    texts: list[tuple[str, str]] = []
+    bad: list[str] = []
+    for path in paths:
+        for item in read_file(path, reader):
+            if isinstance(item, Unreadable):
+                bad.append(path)
+            elif item.text.strip():
+                texts.append((path, item.text))
+    if bad:
+        log.warning("quality: %d unreadable items in the reference files (skipped)", len(bad))
+    return texts, bad
+
+
+def _per_file_counts(positives, unreadable, paths) -> tuple[list[int], list[int]]:
+    docs = [sum(1 for p, _ in positives if p == path) for path in paths]
+    bad = [sum(1 for p in unreadable if p == path) for path in paths]
+    return docs, bad
+
+
+def _raw_texts(raw_files: list[Path]) -> Iterator[str]:
+    from pipeline.readers import read_file
+
+    for path in raw_files:
+        for item in read_file(path):
+            if isinstance(item, Document) and item.text.strip():
+                yield item.text
+
+
+def _reservoir_sample(items: Iterable[str], k: int, rng: random.Random) -> tuple[list[str], int]:
+    """A uniform sample of `k` items from a stream (Vitter's algorithm R), and the stream's length."""
+    sample: list[str] = []
+    n = 0
+    for n, item in enumerate(items, start=1):
+        if len(sample) < k:
+            sample.append(item)
+        else:
+            j = rng.randrange(n)
+            if j < k:
+                sample[j] = item
+    return sample, n
+
+
+def _still_valid(previous: dict, out: Path, reference: list[dict], raw_hash: str | None) -> bool:
+    model = out / previous.get("model", {}).get("path", MODEL_NAME)
+    if not model.exists() or model.stat().st_size != previous["model"].get("bytes"):
+        return False
+    old_ref = [(r["path"], r["sha256"]) for r in previous.get("reference", [])]
+    new_ref = [(r["path"], r["sha256"]) for r in reference]
+    if old_ref != new_ref:
+        log.info("quality: reference files changed, retraining")
+        return False
+    if previous.get("raw_manifest_sha256") != raw_hash:
+        log.info("quality: raw inputs changed, retraining")
+        return False
+    return True
+
+
+def _diff(old: dict, new: dict) -> str:
+    keys = sorted(set(old) | set(new))
+    return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)) or "format changed"

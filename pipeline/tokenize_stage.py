@@ -1,0 +1,172 @@
+"""Tokenize the corpus into packed token shards (`make shards`).
+
+One task per corpus shard (a Parquet file of `make corpus`): its documents are read a batch at a
+time, encoded with `encode_batch_fast` (the tokenizer library runs a batch on its own thread pool),
+given an end-of-text token each, sent to the train or validation split by a hash of their id, and
+packed into `<shards>/<split>/<corpus shard>-NNNNN.arrow` files (format: `pipeline.token_shards`).
+
+Shard size: every corpus shard becomes at least one token file per split, and a new file is started
+whenever one reaches `max_shard_bytes` of tokens, so files never exceed that size (plus the offsets)
+and a worker holds at most one file's tokens per split in memory. Corpus shards are small (the
+filter writes one per input file, about 100-500 MB of text), so in practice there is one train and
+one (small) validation file per corpus shard; a huge corpus shard is cut into several files.
+
+Resume: the stage runs under `pipeline.stage.run_stage`, so a shard with a valid receipt is skipped,
+and a shard killed half-way is redone from scratch (its partial files are removed first). The
+manifest lists every file per split with tokens, documents, bytes and sha256, and repeats the
+tokenizer facts (hash, vocab size, end-of-text id, dtype) the reader checks. A copy of the tokenizer
+travels inside the shard folder (`tokenizer.json`), so a folder copied elsewhere can still be decoded.
+
+Accounting: documents in = documents packed + documents dropped as `empty` (no text, so no tokens).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pipeline.errors import ConfigError, InputError
+from pipeline.manifest import atomic_path, manifest_hash, sha256_file
+from pipeline.stage import Progress, ShardStats, ShardTask, report_progress, run_stage, stage_documents
+from pipeline.token_shards import SPLITS, ShardPacker, dtype_for_vocab, shard_manifest_fields, split_of
+from pipeline.tokenizer_train import TOKENIZER_FILE, TextCodec, iter_text_batches
+
+log = logging.getLogger(__name__)
+
+STAGE = "shards"
+
+
+@dataclass(frozen=True)
+class ShardsConfig:
+    """How documents become token shards. Changing a field remakes the shards (with --force)."""
+
+    #: Share of documents (chosen by a hash of their id) in the validation split. 1% of a 10k-document
+    #: corpus is ~100 documents (~100k tokens): enough for a stable validation loss, little taken from training.
+    val_fraction: float = 0.01
+    #: A token file is closed when its tokens reach this many bytes (256 MiB = 128M uint16 tokens):
+    #: large enough that file count stays small, small enough to write from memory on a laptop.
+    max_shard_bytes: int = 256 << 20
+    #: Documents per encode_batch call: large batches keep the tokenizer's threads busy.
+    batch_docs: int = 1024
+
+    def validate(self) -> None:
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError("val_fraction", f"{self.val_fraction}; must be in [0, 1)")
+        if self.max_shard_bytes < 1 << 10:
+            raise ConfigError("max_shard_bytes", f"{self.max_shard_bytes}; must be at least 1 KiB")
+        if self.batch_docs < 1:
+            raise ConfigError("batch_docs", f"{self.batch_docs}; must be at least 1")
+
+
+_CODECS: dict[tuple, TextCodec] = {}
+
+
+def _codec(path: str) -> TextCodec:
+    """The tokenizer, loaded once per worker process (keyed by path, size and mtime)."""
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    if key not in _CODECS:
+        _CODECS.clear()
+        _CODECS[key] = TextCodec(path)
+    return _CODECS[key]
+
+
+def _remove_partial_outputs(stage_dir: Path, name: str) -> None:
+    """Delete what an earlier, killed attempt at this shard left (files are rewritten from scratch)."""
+    for split in SPLITS:
+        folder = stage_dir / split
+        if folder.is_dir():
+            for p in folder.glob(f"{name}-[0-9][0-9][0-9][0-9][0-9].arrow"):
+                p.unlink()
+            for p in folder.glob(f".{name}-[0-9][0-9][0-9][0-9][0-9].arrow.*.tmp"):
+                p.unlink()
+
+
+def tokenize_shard(task: ShardTask, stage_dir: Path, config: ShardsConfig) -> ShardStats:
+    """Tokenize one corpus shard (`task.inputs = (corpus parquet, tokenizer.json)`) into token files."""
+    corpus_path, tokenizer_path = task.inputs
+    codec = _codec(tokenizer_path)
+    tok, eot, dtype = codec.tokenizer, codec.eot_id, dtype_for_vocab(codec.vocab_size)
+    _remove_partial_outputs(stage_dir, task.name)
+    packers = {
+        split: ShardPacker(stage_dir / split, task.name, vocab_size=codec.vocab_size, eot_id=eot,
+                           tokenizer_hash=codec.hash, max_shard_bytes=config.max_shard_bytes, base=stage_dir)
+        for split in SPLITS
+    }
+    stats = ShardStats()
+    tokens = {s: 0 for s in SPLITS}
+    text_bytes = 0
+    for ids, texts, lengths in iter_text_batches([Path(corpus_path)], batch_docs=config.batch_docs):
+        encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
+        for doc_id, enc, n_bytes in zip(ids, encodings, lengths):
+            stats.docs_in += 1
+            doc_ids = enc.ids
+            if not doc_ids:
+                stats.dropped["empty"] += 1
+                continue
+            arr = np.empty(len(doc_ids) + 1, dtype=dtype)
+            arr[:-1] = doc_ids
+            arr[-1] = eot
+            split = split_of(doc_id, config.val_fraction)
+            packers[split].add(arr)
+            tokens[split] += len(arr)
+            text_bytes += n_bytes
+            stats.kept += 1
+        report_progress(len(texts))
+    for split, packer in packers.items():
+        for rec in packer.finish():
+            stats.outputs.append({**rec, "rows": rec["documents"]})
+    stats.extra = {
+        "tokens": sum(tokens.values()),
+        "text_bytes": text_bytes,
+        **{f"{s}_tokens": tokens[s] for s in SPLITS},
+        **{f"{s}_documents": sum(r["documents"] for r in packers[s].records) for s in SPLITS},
+    }
+    log.debug("%s: %d documents, %d tokens", task.name, stats.kept, stats.extra["tokens"])
+    return stats
+
+
+def make_shards(
+    corpus_dir: str | Path,
+    tokenizer_path: str | Path,
+    out_dir: str | Path,
+    config: ShardsConfig = ShardsConfig(),
+    workers: int = 1,
+    force: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> dict:
+    """Tokenize every corpus shard into `out_dir`; return the manifest (see the module docstring)."""
+    config.validate()
+    corpus_dir, out_dir, tokenizer_path = Path(corpus_dir), Path(out_dir), Path(tokenizer_path).resolve()
+    inputs = stage_documents(corpus_dir, "corpus")
+    codec = TextCodec(tokenizer_path)  # fails early, naming `make tokenizer`, if it is missing
+    tasks = [ShardTask(name=Path(p).name.removesuffix(".parquet"), inputs=(str(p), str(tokenizer_path))) for p in inputs]
+    upstream = {"tokenizer": codec.hash, "corpus": manifest_hash(corpus_dir)}
+
+    def finalize(stage_dir: Path, manifest: dict) -> dict:
+        splits = {s: [] for s in SPLITS}
+        for shard in manifest["shards"]:
+            for out in shard["outputs"]:
+                split = out["path"].split("/", 1)[0]
+                splits[split].append({k: out[k] for k in ("path", "tokens", "documents", "bytes", "sha256")})
+        copy = stage_dir / TOKENIZER_FILE
+        if not copy.exists() or sha256_file(copy) != codec.hash:
+            with atomic_path(copy) as tmp:
+                shutil.copyfile(tokenizer_path, tmp)
+        manifest.update(shard_manifest_fields(splits, vocab_size=codec.vocab_size, eot_id=codec.eot_id,
+                                              tokenizer_hash=codec.hash))
+        manifest["tokenizer_file"] = TOKENIZER_FILE
+        manifest["tokenizer_source"] = str(tokenizer_path)
+        return manifest
+
+    manifest = run_stage(STAGE, out_dir, config, tasks, tokenize_shard, workers=workers, force=force,
+                         upstream=upstream, on_progress=on_progress, finalize=finalize)
+    if manifest["totals"]["kept"] == 0:
+        raise InputError(f"the corpus in {corpus_dir} produced no tokens (every document is empty); check `make corpus`")
+    return manifest

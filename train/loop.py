@@ -1,0 +1,405 @@
+"""The training loop: `train(config) -> TrainResult`, readable top to bottom.
+
+setup (processes, device, precision) -> data -> model -> optimizer -> resume -> loop
+(accumulate micro-batches, clip, step, log, evaluate, sample, checkpoint) -> final evaluation,
+checkpoint and loss plot.
+
+The same function runs as one process (`crawlgpt pretrain`) or as one rank of a `torchrun` job
+(DDP or FSDP2); every collective operation is called by all ranks in the same order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from model.gpt import GPT, GPTConfig, preset_config
+from train.checkpoint import (
+    capture_rng_state,
+    check_model_config,
+    checkpoint_path,
+    gather_model_state,
+    gather_optimizer_state,
+    latest_checkpoint,
+    load_checkpoint,
+    load_model_state,
+    load_optimizer_state,
+    prune_checkpoints,
+    restore_rng_state,
+    save_checkpoint,
+)
+from train.config import TrainConfig
+from train.data import TokenBatchLoader, eval_windows, open_split
+from train.distributed import (
+    DistContext,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    destroy_distributed,
+    gradient_sync,
+    init_distributed,
+    wrap_model,
+)
+from train.errors import (
+    RunDirError,
+    SeqLenError,
+    TrainConfigError,
+    TrainError,
+    VocabMismatchError,
+)
+from train.evaluate import autocast_context, evaluate_loss, load_tokenizer, sample_tokens
+from train.metrics import PLOT_NAME, MetricsWriter, format_progress, mfu, peak_flops, plot_losses, truncate_metrics
+from train.schedule import default_warmup_steps, learning_rate
+
+log = logging.getLogger(__name__)
+
+#: The embedding is padded to a multiple of this many rows: aligned matmuls run faster.
+VOCAB_MULTIPLE = 64
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    """Folder of the run."""
+    final_step: int
+    """Optimizer steps done when the run ended."""
+    train_losses: list[tuple[int, float]] = field(default_factory=list)
+    """(step, mean training loss since the previous record) at every log step of this process."""
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    """(step, validation loss) at every evaluation."""
+    checkpoint: Path | None = None
+    """The last checkpoint written."""
+    interrupted: bool = False
+    """True when SIGTERM/SIGINT stopped the run early (after writing a checkpoint)."""
+    num_params: int = 0
+    """Parameters of the model."""
+    tokens_per_s: float = 0.0
+    """Mean training throughput (all ranks), not counting the first log interval (compilation, warm-up)."""
+    data_wait_share: float = 0.0
+    """Share of training time spent waiting for the next batch."""
+    peak_memory_bytes: int | None = None
+    """Peak CUDA memory of this rank (None on CPU)."""
+    model_config: GPTConfig | None = None
+    """The model's config."""
+
+
+def resolve_preset(preset: str, device: torch.device) -> str:
+    """auto: gpt2-124m on a GPU, small anywhere else."""
+    if preset == "auto":
+        return "gpt2-124m" if device.type == "cuda" else "small"
+    return preset
+
+
+class StopSignal:
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (a second signal stops at once)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:  # asked twice: stop without the checkpoint
+            self.restore()
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning("received %s: finishing this step, writing a checkpoint, then stopping",
+                    signal.Signals(signum).name)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> TrainResult:
+    """Train (or resume) the run described by config. on_step(step) is called after every step."""
+    created_group = not torch.distributed.is_initialized()
+    ctx = init_distributed(config.device)
+    try:
+        return _train(config, ctx, on_step)
+    finally:
+        if created_group:
+            destroy_distributed()
+
+
+def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None] | None) -> TrainResult:
+    device = ctx.device
+    run_dir = Path(config.run_dir)
+
+    # ---- precision and determinism ------------------------------------------------------------
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+    if bf16 and device.type != "cuda":
+        raise TrainConfigError("--precision", f"bf16 autocast is for CUDA devices; use fp32 on {device.type}")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls outside autocast use TF32
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(config.seed)  # the same on every rank: FSDP2 does not broadcast the initial weights
+
+    # ---- data ---------------------------------------------------------------------------------
+    train_shards = open_split(config.data.shards_dir, "train")
+    val_shards = open_split(config.data.shards_dir, "val")
+    data_info = {"vocab_size": train_shards.vocab_size, "eot_id": train_shards.eot_id,
+                 "tokenizer_hash": train_shards.tokenizer_hash, "shards_dir": str(config.data.shards_dir)}
+    if ctx.is_main:
+        log.info("data: %s train tokens, %s val tokens, vocab %d, in %s", f"{train_shards.num_tokens:,}",
+                 f"{val_shards.num_tokens:,}", train_shards.vocab_size, config.data.shards_dir)
+
+    # ---- model config -------------------------------------------------------------------------
+    if "vocab_size" in config.model_overrides:
+        raise TrainConfigError("model_overrides", "vocab_size comes from the token shards and cannot be overridden")
+    preset = resolve_preset(config.preset, device)
+    model_vocab = VOCAB_MULTIPLE * math.ceil(train_shards.vocab_size / VOCAB_MULTIPLE)
+    model_config = preset_config(preset, model_vocab, **config.model_overrides)
+    seq_len = config.data.seq_len or model_config.max_seq_len
+    if seq_len > model_config.max_seq_len:
+        raise SeqLenError(
+            f"--seq-len {seq_len} is longer than the context of preset {preset!r} "
+            f"({model_config.max_seq_len} tokens); use --seq-len {model_config.max_seq_len} or less, "
+            f"or a preset with a longer context")
+
+    # ---- resume or start fresh ----------------------------------------------------------------
+    latest = latest_checkpoint(run_dir)
+    if latest is not None and not config.resume:
+        raise RunDirError(f"{run_dir} already holds checkpoints (newest {latest.name}); pass --resume to "
+                          f"continue that run, or choose a new --run name")
+    payload = None
+    if config.resume and latest is not None:
+        payload = load_checkpoint(latest)
+        saved = payload.get("data", {})
+        if saved.get("tokenizer_hash") not in (None, train_shards.tokenizer_hash) \
+                or saved.get("vocab_size") not in (None, train_shards.vocab_size):
+            raise VocabMismatchError(
+                f"checkpoint {latest} was trained on shards of tokenizer {str(saved.get('tokenizer_hash'))[:12]} "
+                f"(vocab {saved.get('vocab_size')}) but {config.data.shards_dir} holds tokenizer "
+                f"{train_shards.tokenizer_hash[:12]} (vocab {train_shards.vocab_size}); resume on the original "
+                f"shards or start a new --run")
+        check_model_config(payload, model_config, latest)
+    elif config.resume and ctx.is_main:
+        log.info("--resume: no checkpoint in %s yet, starting from step 0", run_dir)
+
+    # ---- model --------------------------------------------------------------------------------
+    model = GPT(model_config).to(device)
+    if ctx.is_main:
+        log.info("model: preset %s, %s parameters (%s without the token embedding), context %d, vocab %d",
+                 preset, f"{model.num_params():,}", f"{model.num_params(exclude_embedding=True):,}",
+                 model_config.max_seq_len, model_vocab)
+    if config.compile:
+        for block in model.blocks:
+            block.compile()  # in place: parameter names (and so checkpoints) stay the same
+    wrapped = wrap_model(model, ctx, config.parallelism, bf16)
+    forward_model = wrapped if config.parallelism == "fsdp" and ctx.is_distributed else model
+
+    # ---- optimizer: weight decay on matrices only ---------------------------------------------
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.optim.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=config.optim.lr, betas=(config.optim.beta1, config.optim.beta2),
+                                  eps=config.optim.eps, fused=device.type == "cuda")
+    warmup_steps = config.optim.warmup_steps if config.optim.warmup_steps is not None \
+        else default_warmup_steps(config.max_steps)
+    decay_steps = config.optim.decay_steps or config.max_steps
+
+    # ---- batches: gradient accumulation up to the global batch --------------------------------
+    micro = config.data.micro_batch_size
+    tokens_per_micro_step = micro * seq_len * ctx.world_size
+    grad_accum = max(1, config.global_batch_tokens // tokens_per_micro_step)
+    global_batch_tokens = grad_accum * tokens_per_micro_step
+    if ctx.is_main:
+        if global_batch_tokens != config.global_batch_tokens:
+            log.warning("global batch %s tokens is not a multiple of micro-batch x seq_len x ranks = %s: "
+                        "using %s", f"{config.global_batch_tokens:,}", f"{tokens_per_micro_step:,}",
+                        f"{global_batch_tokens:,}")
+        log.info("batch: %d ranks x %d micro-batches x %d windows x %d tokens = %s tokens per step; %d steps",
+                 ctx.world_size, grad_accum, micro, seq_len, f"{global_batch_tokens:,}", config.max_steps)
+    loader = TokenBatchLoader(train_shards, seq_len, micro, config.data.seed, rank=ctx.rank,
+                              world_size=ctx.world_size, prefetch_batches=config.data.prefetch_batches,
+                              pin_memory=device.type == "cuda")
+
+    # ---- restore ------------------------------------------------------------------------------
+    start_step = 0
+    if payload is not None:
+        load_model_state(model, payload["model"])
+        load_optimizer_state(model, optimizer, payload["optimizer"])
+        loader.load_state_dict(payload["loader"])
+        restore_rng_state(payload["rng"])
+        start_step = int(payload["step"])
+        if ctx.is_main:
+            dropped = truncate_metrics(run_dir / "metrics.jsonl", start_step)
+            log.info("resumed from %s at step %d%s", latest, start_step,
+                     f" (dropped {dropped} metric records written after it)" if dropped else "")
+        del payload
+
+    # ---- logging, evaluation and checkpoint helpers -------------------------------------------
+    metrics = MetricsWriter(run_dir, enabled=ctx.is_main, tensorboard=config.log.tensorboard)
+    flops_per_token = model.flops_per_token(seq_len)
+    peak = peak_flops(device, config.peak_tflops)
+    tokenizer = None
+    if config.eval.sample_every_steps > 0 and config.eval.tokenizer_path:
+        try:
+            tokenizer = load_tokenizer(config.eval.tokenizer_path)
+        except TrainError as err:
+            log.warning("samples will be token ids: %s", err)
+    result = TrainResult(run_dir=run_dir, final_step=start_step, num_params=model.num_params(),
+                         model_config=model_config)
+
+    def run_eval(step: int) -> None:
+        batches = eval_windows(val_shards, seq_len, micro, ctx.rank, ctx.world_size, config.eval.max_tokens)
+        ev = evaluate_loss(forward_model, batches, device, bf16=bf16, ctx=ctx)
+        result.val_losses.append((step, ev.loss))
+        metrics.write({"kind": "val", "step": step, "val_loss": ev.loss, "val_ppl": ev.perplexity,
+                       "val_tokens": ev.tokens})
+        if ctx.is_main:
+            log.info("step %d: validation loss %.4f, perplexity %.2f (%s tokens)", step, ev.loss,
+                     ev.perplexity, f"{ev.tokens:,}")
+
+    def run_sample(step: int) -> None:
+        fsdp = config.parallelism == "fsdp" and ctx.is_distributed
+        if not (ctx.is_main or fsdp):  # FSDP: every rank takes part in each forward
+            return
+        prompt_ids = [train_shards.eot_id]
+        if tokenizer is not None:
+            prompt_ids += tokenizer.encode(config.eval.sample_prompt).ids
+        prompt_ids = prompt_ids[-(model_config.max_seq_len - 1):]
+        new_ids = sample_tokens(forward_model, prompt_ids, config.eval.sample_tokens, device, seed=config.seed,
+                                eot_id=None if fsdp else train_shards.eot_id, bf16=bf16)
+        if tokenizer is not None:
+            text = config.eval.sample_prompt + tokenizer.decode(new_ids)
+        else:
+            text = " ".join(map(str, new_ids))
+        metrics.write({"kind": "sample", "step": step, "text": text})
+        if ctx.is_main:
+            log.info("step %d sample: %r", step, text)
+
+    def write_checkpoint(step: int) -> Path:
+        model_state = gather_model_state(model)  # collective under FSDP
+        optim_state = gather_optimizer_state(model, optimizer)
+        path = checkpoint_path(run_dir, step)
+        if ctx.is_main:
+            save_checkpoint(path, {
+                "step": step, "model": model_state, "optimizer": optim_state, "loader": loader.state_dict(),
+                "rng": capture_rng_state(), "model_config": model_config.to_dict(),
+                "train_config": config.to_dict(), "data": data_info,
+                "val_loss": result.val_losses[-1][1] if result.val_losses else None,
+            })
+            for old in prune_checkpoints(run_dir, config.checkpoint.keep_last):
+                log.debug("deleted old checkpoint %s", old)
+            log.info("checkpoint: %s", path)
+        barrier(ctx)
+        result.checkpoint = path
+        return path
+
+    # ---- the loop -----------------------------------------------------------------------------
+    stop = StopSignal()
+    if config.handle_signals:
+        stop.install()
+    step = start_step
+    last_eval = last_sample = last_ckpt = -1
+    interval_start = time.perf_counter()
+    interval_loss = torch.zeros((), device=device)
+    interval_steps = 0
+    interval_wait = 0.0
+    measured_time = measured_tokens = measured_wait = 0.0
+    wrapped.train()
+    try:
+        while step < config.max_steps:
+            lr = learning_rate(step, config.optim.lr, config.optim.min_lr, warmup_steps, decay_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for micro_step in range(grad_accum):
+                t0 = time.perf_counter()
+                inputs, targets = loader.next_batch()  # each (micro, seq_len), pinned on CUDA
+                interval_wait += time.perf_counter() - t0
+                inputs = inputs.to(device, non_blocking=True)
+                targets = targets.to(device, non_blocking=True)
+                with gradient_sync(wrapped, micro_step == grad_accum - 1):
+                    with autocast_context(device, bf16):
+                        _, loss = wrapped(inputs, targets)
+                    (loss / grad_accum).backward()  # the mean over micro-batches, as one big batch
+                interval_loss += loss.detach() / grad_accum
+            max_norm = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            interval_steps += 1
+            result.final_step = step
+
+            if step % config.log.every_steps == 0 or step == config.max_steps:
+                loss_value = all_reduce_sum(interval_loss, ctx).item() / (interval_steps * ctx.world_size)
+                if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+                    grad_norm = grad_norm.full_tensor()
+                elapsed = time.perf_counter() - interval_start
+                tokens = interval_steps * global_batch_tokens
+                tokens_per_s = tokens / elapsed
+                record = {"kind": "train", "step": step, "loss": loss_value, "lr": lr,
+                          "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s,
+                          "mfu": mfu(flops_per_token, tokens_per_s / ctx.world_size, peak),
+                          "data_wait_share": interval_wait / elapsed, "tokens_seen": step * global_batch_tokens}
+                if device.type == "cuda":
+                    record["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+                metrics.write(record)
+                result.train_losses.append((step, loss_value))
+                if ctx.is_main:
+                    log.info(format_progress(step, config.max_steps, record))
+                if step - interval_steps > start_step:  # skip the first interval: compilation, warm-up
+                    measured_time += elapsed
+                    measured_tokens += tokens
+                    measured_wait += interval_wait
+                interval_start, interval_steps, interval_wait = time.perf_counter(), 0, 0.0
+                interval_loss.zero_()
+
+            side_start = time.perf_counter()  # evaluation, samples, checkpoints: not training time
+            if config.eval.every_steps and step % config.eval.every_steps == 0:
+                run_eval(step)
+                last_eval = step
+            if config.eval.sample_every_steps and step % config.eval.sample_every_steps == 0:
+                run_sample(step)
+                last_sample = step
+            stopping = any_rank(stop.received is not None, ctx)
+            if stopping or (config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0):
+                write_checkpoint(step)
+                last_ckpt = step
+            if on_step is not None:
+                on_step(step)
+            interval_start += time.perf_counter() - side_start
+            if stopping:
+                result.interrupted = True
+                break
+
+        # ---- the end ------------------------------------------------------------------------------
+        if not result.interrupted:
+            if last_eval != step:
+                run_eval(step)
+            if config.eval.sample_every_steps and last_sample != step:
+                run_sample(step)
+            if last_ckpt != step:
+                write_checkpoint(step)
+    finally:
+        stop.restore()
+        loader.close()
+        metrics.close()
+
+    if ctx.is_main and config.log.plot:
+        png = plot_losses(run_dir / "metrics.jsonl", run_dir / PLOT_NAME)
+        if png is not None:
+            log.info("loss plot: %s", png)
+    if measured_time > 0:
+        result.tokens_per_s = measured_tokens / measured_time
+        result.data_wait_share = measured_wait / measured_time
+    if device.type == "cuda":
+        result.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
+    return result
