@@ -21,6 +21,9 @@ STEPS      ?= 0
 RUN        ?= default
 FORCE      ?=
 force_flag := $(if $(FORCE),--force,)
+# SOURCE/NUM_FILES are passed only when you set them: later targets reuse what raw/manifest.json recorded.
+user_set     = $(filter command line environment,$(origin $(1)))
+source_flags := $(if $(call user_set,SOURCE),--source '$(SOURCE)') $(if $(call user_set,NUM_FILES),--num-files $(NUM_FILES))
 
 .PHONY: help test test-fast corpus download quality-model filter dedup tokenizer shards stats pretrain bench clean
 
@@ -49,7 +52,7 @@ test-fast: $(VENV)
 	$(PY) -m pytest -m "not slow"
 
 download: $(VENV)
-	$(CLI) download --source '$(SOURCE)' --num-files $(NUM_FILES) --data $(DATA) $(force_flag)
+	$(CLI) download $(source_flags) --data $(DATA) $(force_flag)
 
 quality-model: download
 	$(if $(REFERENCE),$(CLI) quality-train --data $(DATA) --reference '$(REFERENCE)' $(force_flag),@echo "REFERENCE is empty: no quality classifier (heuristic rules only)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -97,13 +98,20 @@ def load_texts(corpus: Path) -> tuple[list[str], list[str]]:
     return ids, texts
 
 
-def best_of(repeat: int, fn) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def measure(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process's threads and of every child process it waited for)."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    c0, t0 = time.process_time(), time.perf_counter()
+    fn()
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    children = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return wall, time.process_time() - c0 + children
+
+
+def best(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    """The fastest wall time and the lowest CPU time over repeats (the machine may be shared)."""
+    return min(r[0] for r in runs), min(r[1] for r in runs)
 
 
 DATATROVE_SCRIPT = textwrap.dedent(
@@ -128,32 +136,32 @@ DATATROVE_SCRIPT = textwrap.dedent(
 )
 
 
-def run_datatrove(peer_python: str, ids: list[str], texts: list[str], tokenizer: Path, workers: int,
-                  n_files: int) -> float | None:
-    """Time datatrove's DocumentTokenizer on a JSONL export (n_files files, one task each)."""
-    if not Path(peer_python).exists():
-        return None
+def run_datatrove(peer_python: str, tokenizer: Path, workers: int, n_files: int) -> None:
+    """Run datatrove's DocumentTokenizer over the JSONL export (n_files files, one task each)."""
     base = WORK / "datatrove"
-    shutil.rmtree(base, ignore_errors=True)
-    src = base / "jsonl"
-    src.mkdir(parents=True)
-    per = (len(texts) + n_files - 1) // n_files
-    for k in range(n_files):
-        with open(src / f"part-{k:05d}.jsonl", "w", encoding="utf-8") as f:
-            for i in range(k * per, min((k + 1) * per, len(texts))):
-                f.write(json.dumps({"id": ids[i], "text": texts[i]}, ensure_ascii=False) + "\n")
-    script = base / "run_dt.py"
-    script.write_text(DATATROVE_SCRIPT)
+    shutil.rmtree(base / "out", ignore_errors=True)
+    shutil.rmtree(base / "logs", ignore_errors=True)
     env = dict(os.environ, TOKENIZERS_PARALLELISM="true")
     res = subprocess.run(
-        [peer_python, str(script), str(src), str(base / "out"), str(base / "logs"), str(tokenizer),
-         str(workers), str(n_files)],
+        [peer_python, str(base / "run_dt.py"), str(base / "jsonl"), str(base / "out"), str(base / "logs"),
+         str(tokenizer), str(workers), str(n_files)],
         capture_output=True, text=True, env=env,
     )
     if res.returncode != 0:
-        print(res.stderr[-3000:], file=sys.stderr)
-        return None
-    return json.loads(res.stdout.strip().splitlines()[-1])["seconds"]
+        raise RuntimeError(f"datatrove failed:\n{res.stderr[-3000:]}")
+
+
+def export_jsonl(ids: list[str], texts: list[str], n_files: int) -> None:
+    """The same documents as JSONL for datatrove's reader (one file per corpus shard)."""
+    base = WORK / "datatrove"
+    shutil.rmtree(base, ignore_errors=True)
+    (base / "jsonl").mkdir(parents=True)
+    per = (len(texts) + n_files - 1) // n_files
+    for k in range(n_files):
+        with open(base / "jsonl" / f"part-{k:05d}.jsonl", "w", encoding="utf-8") as f:
+            for i in range(k * per, min((k + 1) * per, len(texts))):
+                f.write(json.dumps({"id": ids[i], "text": texts[i]}, ensure_ascii=False) + "\n")
+    (base / "run_dt.py").write_text(DATATROVE_SCRIPT)
 
 
 def main() -> None:
@@ -162,82 +170,106 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--vocab-size", type=int, default=16384)
+    ap.add_argument("--skip-peer", action="store_true", help="do not run datatrove")
     args = ap.parse_args()
 
     from tokenizers import Tokenizer
 
+    from pipeline.token_shards import split_of
     from pipeline.tokenize_stage import ShardsConfig, make_shards
     from pipeline.tokenizer_train import TokenizerConfig, build_tokenizer, make_trainer, train_tokenizer
 
     corpus = corpus_dir(args.data)
     ids, texts = load_texts(corpus)
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-    print(f"corpus {corpus}: {len(texts):,} documents, {n_bytes / 1e6:.1f} MB of text, {args.workers} workers")
-
-    # 1. tokenizer training: ours (streaming) vs tokenizers directly on the same texts (held-out excluded).
-    from pipeline.token_shards import split_of
+    n_files = len(stage_documents(corpus))
+    print(f"corpus {corpus}: {len(texts):,} documents in {n_files} shards, {n_bytes / 1e6:.1f} MB of text; "
+          f"{args.workers} workers on {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
 
     cfg = TokenizerConfig(vocab_size=args.vocab_size)
     train_texts = [t for i, t in zip(ids, texts) if split_of(i, cfg.heldout_fraction) == "train"]
+    train_bytes = sum(len(t.encode("utf-8")) for t in train_texts)
     tok_dir = WORK / "tokenizer"
+    shards_dir = WORK / "shards"
+    tok_path = tok_dir / "tokenizer.json"
 
     def ours_train():
         shutil.rmtree(tok_dir, ignore_errors=True)
         train_tokenizer(corpus, tok_dir, cfg)
 
-    def direct_train():
+    def direct_train():  # the same trainer and pre-tokenizer, texts already in memory, nothing else
         tok = build_tokenizer(cfg.pattern)
         tok.train_from_iterator(
             (train_texts[i : i + 1024] for i in range(0, len(train_texts), 1024)), trainer=make_trainer(cfg)
         )
 
-    t_direct = best_of(args.repeat, direct_train)
-    t_ours = best_of(args.repeat, ours_train)
-    tok_path = tok_dir / "tokenizer.json"
+    runs: dict[str, list] = {k: [] for k in ("direct", "train", "floor", "floor_fast", "pack", "datatrove")}
+    for _ in range(args.repeat):  # interleaved, so a busy moment on a shared machine hits both sides
+        runs["direct"].append(measure(direct_train))
+        runs["train"].append(measure(ours_train))
     tok_manifest = json.loads((tok_dir / "manifest.json").read_text())
 
-    # 2. tokenize and pack.
     tok = Tokenizer.from_file(str(tok_path))
-    total_tokens = 0
+    n_tokens = 0
 
-    def floor():
-        nonlocal total_tokens
-        total_tokens = 0
+    def floor():  # Tokenizer.encode_batch alone, texts already in memory (all cores, the library's threads)
         for i in range(0, len(texts), 1024):
-            total_tokens += sum(len(e.ids) for e in tok.encode_batch_fast(texts[i : i + 1024], add_special_tokens=False))
+            tok.encode_batch(texts[i : i + 1024], add_special_tokens=False)
 
-    shards_dir = WORK / "shards"
+    def floor_fast():
+        nonlocal n_tokens
+        n_tokens = 0
+        for i in range(0, len(texts), 1024):
+            n_tokens += sum(len(e.ids) for e in tok.encode_batch_fast(texts[i : i + 1024], add_special_tokens=False))
 
     def ours_pack():
         shutil.rmtree(shards_dir, ignore_errors=True)
         make_shards(corpus, tok_path, shards_dir, ShardsConfig(), workers=args.workers)
 
-    t_floor = best_of(args.repeat, floor)
-    t_pack = best_of(args.repeat, ours_pack)
-    shards_manifest = json.loads((shards_dir / "manifest.json").read_text())
-    n_files = len(stage_documents(corpus))
     peer = os.environ.get("BENCH_PEER_PYTHON", str(REPO / ".venv-bench" / "bin" / "python"))
-    dt_times = [run_datatrove(peer, ids, texts, tok_path, args.workers, n_files) for _ in range(args.repeat)]
-    t_dt = min((t for t in dt_times if t is not None), default=None)
+    with_peer = not args.skip_peer and Path(peer).exists()
+    if with_peer:
+        export_jsonl(ids, texts, n_files)
+    for _ in range(args.repeat):
+        runs["floor"].append(measure(floor))
+        runs["floor_fast"].append(measure(floor_fast))
+        runs["pack"].append(measure(ours_pack))
+        if with_peer:
+            runs["datatrove"].append(measure(lambda: run_datatrove(peer, tok_path, args.workers, n_files)))
+    shards_manifest = json.loads((shards_dir / "manifest.json").read_text())
+    packed_tokens = shards_manifest["totals"]["extra"]["tokens"]
 
+    b = {k: best(v) for k, v in runs.items() if v}
     mb = n_bytes / 1e6
+    tmb = train_bytes / 1e6
+
+    def row(name, key, mbytes, tokens=None, ratio=""):
+        wall, cpu = b[key]
+        return (name, f"{wall:.2f}", f"{cpu:.2f}", f"{mbytes / wall:.2f}", f"{tokens / wall:,.0f}" if tokens else "", ratio)
+
     rows = [
-        ("train: tokenizers directly (texts in memory)", f"{t_direct:.2f}", f"{sum(len(t.encode()) for t in train_texts) / 1e6 / t_direct:.2f}", "", ""),
-        ("train: crawlgpt tokenizer (streamed)", f"{t_ours:.2f}", f"{tok_manifest['training']['bytes'] / 1e6 / t_ours:.2f}", "", f"{100 * (t_ours / t_direct - 1):+.1f}% vs direct"),
-        ("pack floor: encode_batch_fast only", f"{t_floor:.2f}", f"{mb / t_floor:.2f}", f"{total_tokens / t_floor:,.0f}", ""),
-        ("pack: crawlgpt shards", f"{t_pack:.2f}", f"{mb / t_pack:.2f}", f"{shards_manifest['totals']['extra']['tokens'] / t_pack:,.0f}", f"{t_pack / t_floor:.2f}x floor time"),
+        row("train: tokenizers train_from_iterator directly", "direct", tmb),
+        row("train: crawlgpt train_tokenizer (streamed)", "train", tmb, None,
+            f"{100 * (b['train'][0] / b['direct'][0] - 1):+.1f}% wall, {100 * (b['train'][1] / b['direct'][1] - 1):+.1f}% CPU"),
+        row("floor: Tokenizer.encode_batch alone", "floor", mb, n_tokens),
+        row("floor: Tokenizer.encode_batch_fast alone", "floor_fast", mb, n_tokens),
+        row("pack: crawlgpt shards (read, encode, pack, write)", "pack", mb, packed_tokens,
+            f"{b['pack'][0] / b['floor'][0]:.2f}x encode_batch, {b['pack'][0] / b['floor_fast'][0]:.2f}x _fast"),
     ]
-    if t_dt is not None:
-        rows.append(("pack: datatrove DocumentTokenizer", f"{t_dt:.2f}", f"{mb / t_dt:.2f}", f"{(total_tokens + len(texts)) / t_dt:,.0f}", f"crawlgpt {t_dt / t_pack:.2f}x faster"))
-    print(format_table(rows, ["what", "seconds", "MB/s", "tokens/s", "ratio"]))
+    if "datatrove" in b:
+        rows.append(row("pack: datatrove DocumentTokenizer", "datatrove", mb, packed_tokens,
+                        f"crawlgpt {b['datatrove'][0] / b['pack'][0]:.2f}x faster (CPU {b['datatrove'][1] / b['pack'][1]:.2f}x)"))
+    print(format_table(rows, ["what", "wall s", "CPU s", "MB/s", "tokens/s", "ratio"]))
     result = {
-        "corpus": str(corpus), "documents": len(texts), "text_bytes": n_bytes, "workers": args.workers,
-        "cpu_count": os.cpu_count(), "vocab_size": args.vocab_size, "repeat": args.repeat,
-        "train_direct_s": t_direct, "train_ours_s": t_ours, "train_overhead": t_ours / t_direct - 1,
-        "heldout": tok_manifest["heldout"],
-        "pack_floor_s": t_floor, "pack_ours_s": t_pack, "pack_vs_floor": t_pack / t_floor,
-        "pack_datatrove_s": t_dt, "speedup_vs_datatrove": (t_dt / t_pack) if t_dt else None,
-        "tokens": shards_manifest["totals"]["extra"]["tokens"],
+        "corpus": str(corpus), "documents": len(texts), "text_bytes": n_bytes, "train_bytes": train_bytes,
+        "corpus_shards": n_files, "workers": args.workers, "cpu_count": os.cpu_count(),
+        "load_average_end": os.getloadavg()[0], "vocab_size": args.vocab_size, "repeat": args.repeat,
+        "tokens": packed_tokens, "heldout": tok_manifest["heldout"],
+        "runs_wall_cpu_s": runs, "best_wall_cpu_s": b,
+        "train_overhead_wall": b["train"][0] / b["direct"][0] - 1,
+        "pack_vs_encode_batch": b["pack"][0] / b["floor"][0],
+        "pack_vs_encode_batch_fast": b["pack"][0] / b["floor_fast"][0],
+        "speedup_vs_datatrove": b["datatrove"][0] / b["pack"][0] if "datatrove" in b else None,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "tokenize.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -74,7 +74,7 @@ class DownloadConfig:
     base_url: str = DEFAULT_BASE_URL
     """Where Common Crawl paths (crawl-data/...) are fetched from; tests point it at a loopback server."""
     verify_gzip: bool = True
-    """Decompress each downloaded .gz file to its end before accepting it (about 0.5 s per 100 MB)."""
+    """Decompress each downloaded .gz file to its end before accepting it (about 1 s per 100 MB)."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:

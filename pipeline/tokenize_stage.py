@@ -40,6 +40,9 @@ from pipeline.tokenizer_train import TOKENIZER_FILE, TextCodec, iter_text_batche
 log = logging.getLogger(__name__)
 
 STAGE = "shards"
+#: Documents per encode_batch call: enough to keep the tokenizer's threads busy, little memory. Not part
+#: of the config because it does not change the output.
+ENCODE_BATCH_DOCS = 1024
 
 
 @dataclass(frozen=True)
@@ -52,16 +55,12 @@ class ShardsConfig:
     #: A token file is closed when its tokens reach this many bytes (256 MiB = 128M uint16 tokens):
     #: large enough that file count stays small, small enough to write from memory on a laptop.
     max_shard_bytes: int = 256 << 20
-    #: Documents per encode_batch call: large batches keep the tokenizer's threads busy.
-    batch_docs: int = 1024
 
     def validate(self) -> None:
         if not 0 <= self.val_fraction < 1:
             raise ConfigError("val_fraction", f"{self.val_fraction}; must be in [0, 1)")
         if self.max_shard_bytes < 1 << 10:
             raise ConfigError("max_shard_bytes", f"{self.max_shard_bytes}; must be at least 1 KiB")
-        if self.batch_docs < 1:
-            raise ConfigError("batch_docs", f"{self.batch_docs}; must be at least 1")
 
 
 _CODECS: dict[tuple, TextCodec] = {}
@@ -102,7 +101,7 @@ def tokenize_shard(task: ShardTask, stage_dir: Path, config: ShardsConfig) -> Sh
     stats = ShardStats()
     tokens = {s: 0 for s in SPLITS}
     text_bytes = 0
-    for ids, texts, lengths in iter_text_batches([Path(corpus_path)], batch_docs=config.batch_docs):
+    for ids, texts, lengths in iter_text_batches([Path(corpus_path)], batch_docs=ENCODE_BATCH_DOCS):
         encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
         for doc_id, enc, n_bytes in zip(ids, encodings, lengths):
             stats.docs_in += 1

@@ -13,7 +13,7 @@ import pytest
 from pipeline.documents import Document
 from pipeline.errors import InputError
 from pipeline.filters.language import LanguageFilter, default_lid_model_path
-from pipeline.filters.models import load_fasttext, resolve_model
+from pipeline.filters.models import fasttext_file_problem, load_fasttext, resolve_model
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_german_is_dropped_as_not_kept_and_english_is_kept_with_its_language(lid
     german = f.decide(document(sentences["de"][:10]))
     assert (german.keep, german.reason) == (False, "lang_not_kept")
     assert german.annotations["lang"] == "de"
-    assert german.score == german.annotations["lang_score"] == pytest.approx(german.score, abs=1e-4)
+    assert german.annotations["lang_score"] == pytest.approx(german.score, abs=1e-4)
 
     english = f.decide(document(sentences["en"][:10]))
     assert english.keep and english.reason is None
@@ -51,12 +51,18 @@ def test_keeping_several_languages(lid_model_path, sentences):
     assert f.decide(document(sentences["fr"][:10])).reason == "lang_not_kept"
 
 
-def test_ten_sentence_documents_are_identified_in_most_languages(lid_model_path, sentences):
+#: Widely written languages lid.176 knows well (the sample also has languages it barely knows, such as
+#: Xhosa or Tsonga, and codes it spells differently, such as nb for its "no").
+MAJOR = ("ar", "de", "el", "es", "fa", "fr", "hi", "hu", "it", "ja", "ko", "nl", "pl", "pt", "ru", "sv", "tr", "uk", "vi", "zh")
+
+
+def test_ten_sentence_documents_of_major_languages_are_identified(lid_model_path, sentences):
     f = LanguageFilter(lid_model_path, ("en",), 0.65)
-    langs = sorted(lang for lang, s in sentences.items() if len(s) >= 20)
-    right = sum(f.identify("\n".join(sentences[lang][10:20]))[0] == lang for lang in langs)
-    assert len(langs) >= 50
-    assert right / len(langs) >= 0.9
+    langs = [lang for lang in MAJOR if len(sentences.get(lang, ())) >= 20]
+    assert len(langs) >= 15
+    wrong = {lang: f.identify("\n".join(sentences[lang][10:20])) for lang in langs}
+    wrong = {lang: got for lang, got in wrong.items() if got[0] != lang}
+    assert not wrong
 
 
 def test_a_top_language_below_the_threshold_is_dropped_as_low_score(lid_model_path, sentences):
@@ -98,15 +104,21 @@ def test_a_file_that_is_not_a_fasttext_model_is_refused(tmp_path):
         LanguageFilter(tmp_path / "missing.ftz", ("en",))
 
 
-def test_a_truncated_model_is_refused(tmp_path, lid_model_path):
+@pytest.mark.parametrize("keep_bytes", [5000, -1])
+def test_a_truncated_model_is_refused_without_loading_it(tmp_path, lid_model_path, keep_bytes):
+    # fastText itself spends minutes on a cut file before failing; the size check answers at once
     cut = tmp_path / "cut.ftz"
-    cut.write_bytes(lid_model_path.read_bytes()[:5000])
-    with pytest.raises(InputError, match="could not be loaded"):
+    cut.write_bytes(lid_model_path.read_bytes()[:keep_bytes])
+    with pytest.raises(InputError, match="truncated"):
         load_fasttext(cut, "--lid-model")
 
 
+def test_the_installed_model_passes_the_structure_check(lid_model_path):
+    assert fasttext_file_problem(lid_model_path) is None
+
+
 def test_a_model_url_is_downloaded_once_into_the_cache(tmp_path, lid_model_path):
-    from tests.loopback_server import start_server
+    from loopback_server import start_server
 
     state, server = start_server()
     try:

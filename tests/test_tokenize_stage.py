@@ -133,25 +133,27 @@ def test_a_killed_shard_is_redone_and_its_partial_files_removed(data, tmp_path):
     assert again["splits"] == clean["splits"]
 
 
-@pytest.mark.slow
 def test_kill_and_rerun_equals_an_uninterrupted_run(data, tmp_path):
+    # Many small corpus shards, so the run is still going when the first receipt appears.
+    root = tmp_path / "d"
+    make_corpus(root, {f"s{k:02d}": synthetic_docs(40, 100 + k, f"s{k}") for k in range(40)})
+    tokenizer = data / "tokenizer" / "tokenizer.json"
     out = tmp_path / "shards"
     code = textwrap.dedent(f"""
-        from pipeline.tokenize_stage import ShardsConfig, make_shards
-        make_shards({str(data / 'corpus')!r}, {str(data / 'tokenizer' / 'tokenizer.json')!r}, {str(out)!r},
-                    ShardsConfig(val_fraction=0.1, batch_docs=1), workers=1)
+        from pipeline.tokenize_stage import make_shards
+        make_shards({str(root / 'corpus')!r}, {str(tokenizer)!r}, {str(out)!r}, workers=1)
     """)
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list((out / "_receipts").glob("*.json")):
-        time.sleep(0.01)
+    while time.monotonic() < deadline and len(list((out / "_receipts").glob("*.json"))) < 3:
+        time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "manifest.json").exists(), "the run finished before it could be killed"
-    config = ShardsConfig(val_fraction=0.1, batch_docs=1)
-    run(data, out, config)
-    run(data, tmp_path / "clean", config)
+    make_shards(root / "corpus", tokenizer, out)
+    make_shards(root / "corpus", tokenizer, tmp_path / "clean")
     assert shard_hashes(out) == shard_hashes(tmp_path / "clean")
+    assert not list(out.rglob("*.tmp"))
 
 
 def test_retrained_tokenizer_redoes_shards_and_old_hash_is_refused(data, tmp_path):

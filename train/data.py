@@ -81,7 +81,8 @@ class TokenBatchLoader:
 
     # -- order ---------------------------------------------------------------------------------
 
-    def _window_index(self, sample: int) -> int:
+    def window_index(self, sample: int) -> int:
+        """Which window global sample number `sample` reads: epoch by epoch, in a seeded permutation."""
         epoch, position = divmod(sample, self.num_windows)
         if epoch != self._perm_epoch:
             self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_windows)
@@ -91,7 +92,7 @@ class TokenBatchLoader:
     def _make_batch(self, first_sample: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's micro-batch of the micro-step whose first global sample is first_sample."""
         start = first_sample + self.rank * self.micro_batch_size
-        rows = [read_window(self.shards, self._window_index(sample) * self.seq_len, self.seq_len + 1)
+        rows = [read_window(self.shards, self.window_index(sample) * self.seq_len, self.seq_len + 1)
                 for sample in range(start, start + self.micro_batch_size)]
         tokens = torch.from_numpy(np.stack(rows).astype(np.int64))  # (micro_batch, seq_len + 1)
         inputs, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()  # each (micro_batch, seq_len)

@@ -215,8 +215,9 @@ def sample_tokens(model: GPT, prompt_ids: list[int], max_new_tokens: int, device
 
 def sample_text(checkpoint: str | Path, prompt: str, tokenizer_path: str | Path, max_new_tokens: int = 200,
                 temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = None,
-                seed: int | None = 0, device: torch.device = torch.device("cpu")) -> str:
-    """Generate a continuation of prompt with a checkpoint; returns the new text only."""
+                seed: int | None = 0, num_samples: int = 1,
+                device: torch.device = torch.device("cpu")) -> list[str]:
+    """num_samples continuations of prompt (seeds seed, seed + 1, ...); the new text only, cut at end-of-text."""
     model, payload, _ = load_for_inference(checkpoint, device)
     tokenizer = load_tokenizer(tokenizer_path)
     check_tokenizer(tokenizer_path, tokenizer, payload)
@@ -225,8 +226,12 @@ def sample_text(checkpoint: str | Path, prompt: str, tokenizer_path: str | Path,
     if len(prompt_ids) >= model.config.max_seq_len:
         raise SeqLenError(f"the prompt has {len(prompt_ids)} tokens; the model's context is "
                           f"{model.config.max_seq_len}: use a shorter prompt")
-    new_ids = sample_tokens(model, prompt_ids, max_new_tokens, device, temperature=temperature, top_k=top_k,
-                            top_p=top_p, seed=seed, eot_id=eot, bf16=device.type == "cuda")
-    if eot is not None and eot in new_ids:
-        new_ids = new_ids[:new_ids.index(eot)]
-    return tokenizer.decode(new_ids)
+    texts = []
+    for i in range(num_samples):
+        new_ids = sample_tokens(model, prompt_ids, max_new_tokens, device, temperature=temperature, top_k=top_k,
+                                top_p=top_p, seed=None if seed is None else seed + i, eot_id=eot,
+                                bf16=device.type == "cuda")
+        if eot is not None and eot in new_ids:
+            new_ids = new_ids[:new_ids.index(eot)]
+        texts.append(tokenizer.decode(new_ids))
+    return texts

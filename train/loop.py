@@ -79,6 +79,8 @@ class TrainResult:
     """The last checkpoint written."""
     interrupted: bool = False
     """True when SIGTERM/SIGINT stopped the run early (after writing a checkpoint)."""
+    stop_signal: int | None = None
+    """The signal that stopped the run (on any rank; None when it ran to the end)."""
     num_params: int = 0
     """Parameters of the model."""
     tokens_per_s: float = 0.0
@@ -342,7 +344,8 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
                 loss_value = all_reduce_sum(interval_loss, ctx).item() / (interval_steps * ctx.world_size)
                 if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
                     grad_norm = grad_norm.full_tensor()
-                elapsed = time.perf_counter() - interval_start
+                now = time.perf_counter()
+                elapsed = now - interval_start
                 tokens = interval_steps * global_batch_tokens
                 tokens_per_s = tokens / elapsed
                 record = {"kind": "train", "step": step, "loss": loss_value, "lr": lr,
@@ -359,7 +362,7 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
                     measured_time += elapsed
                     measured_tokens += tokens
                     measured_wait += interval_wait
-                interval_start, interval_steps, interval_wait = time.perf_counter(), 0, 0.0
+                interval_start, interval_steps, interval_wait = now, 0, 0.0  # logging time counts as training
                 interval_loss.zero_()
 
             side_start = time.perf_counter()  # evaluation, samples, checkpoints: not training time
@@ -378,6 +381,7 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
             interval_start += time.perf_counter() - side_start
             if stopping:
                 result.interrupted = True
+                result.stop_signal = stop.received or signal.SIGTERM  # another rank may have got it
                 break
 
         # ---- the end ------------------------------------------------------------------------------

@@ -65,5 +65,5 @@ def print_summary(title: str, manifest: dict) -> None:
 
 
 def fail(err: PipelineError) -> None:
-    """Turn a user-facing error into a clean message and exit code 2 (no traceback)."""
+    """Turn a user-facing error into a clean one-line message and exit code 1 (no traceback)."""
     raise click.ClickException(str(err)) from err

@@ -68,15 +68,13 @@ def tokenizer_cmd(data: Path, vocab_size: int, pattern: str, reserved_tokens: in
               help="Share of documents in the validation split (chosen by a hash of the document id).")
 @click.option("--max-shard-mb", type=float, default=_SH.max_shard_bytes / 2**20, show_default=True,
               help="Start a new token file when one reaches this many MiB of tokens.")
-@click.option("--batch-docs", type=int, default=_SH.batch_docs, show_default=True,
-              help="Documents per encode_batch call.")
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="tokenizer.json to use [default: DATA/tokenizer/tokenizer.json].")
 @force_option
-def shards_cmd(data: Path, workers: int, val_fraction: float, max_shard_mb: float, batch_docs: int,
+def shards_cmd(data: Path, workers: int, val_fraction: float, max_shard_mb: float,
                tokenizer_path: Path | None, force: bool) -> None:
     """Tokenize DATA/corpus into packed Arrow token shards under DATA/shards/{train,val}."""
-    config = ShardsConfig(val_fraction=val_fraction, max_shard_bytes=int(max_shard_mb * 2**20), batch_docs=batch_docs)
+    config = ShardsConfig(val_fraction=val_fraction, max_shard_bytes=int(max_shard_mb * 2**20))
     tok = tokenizer_path or data / "tokenizer" / TOKENIZER_FILE
     try:
         m = run_with_progress("shards", lambda on_progress: make_shards(

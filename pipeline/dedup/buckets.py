@@ -145,8 +145,11 @@ def bucket_pairs(
         return empty, empty, buckets
     a, b = np.concatenate(a_parts), np.concatenate(b_parts)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
-    pairs = np.unique(np.stack([lo, hi], axis=1), axis=0)
-    return pairs[:, 0].copy(), pairs[:, 1].copy(), buckets
+    order = np.lexsort((hi, lo))
+    lo, hi = lo[order], hi[order]
+    first = np.ones(lo.size, bool)
+    first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])  # the same pair from several bands counts once
+    return lo[first], hi[first], buckets
 
 
 def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
@@ -154,7 +157,7 @@ def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
     out = np.empty(sig_a.shape[0], np.float64)
     for lo in range(0, sig_a.shape[0], _VERIFY_CHUNK):
         hi = lo + _VERIFY_CHUNK
-        out[lo:hi] = (sig_a[lo:hi] == sig_b[lo:hi]).mean(axis=1)
+        out[lo:hi] = np.count_nonzero(sig_a[lo:hi] == sig_b[lo:hi], axis=1) / sig_a.shape[1]
     return out
 
 

@@ -54,7 +54,7 @@ def resolve_model(spec: str | Path, cache_dir: str | Path, option: str) -> Path:
 
 
 def check_fasttext_file(path: str | Path, option: str) -> None:
-    """Raise InputError unless `path` is a readable file that starts like a fastText model."""
+    """Raise InputError unless `path` is a complete fastText model file (checked without loading it)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{option}: model file {path} does not exist. Pass the path (or URL) of a fastText model.")
@@ -65,6 +65,9 @@ def check_fasttext_file(path: str | Path, option: str) -> None:
             f"{option}: {path} is not a fastText model (expected a .bin or .ftz file written by fastText, "
             f"first bytes {head!r}). Pass a fastText model, or retrain it."
         )
+    problem = fasttext_file_problem(path)
+    if problem is not None:
+        raise InputError(f"{option}: {path} is a fastText model file but {problem}. Download or train it again.")
 
 
 def load_fasttext(path: str | Path, option: str) -> Any:
@@ -83,3 +86,101 @@ def load_fasttext(path: str | Path, option: str) -> Any:
             raise InputError(f"{option}: {path} could not be loaded as a fastText model ({exc}). Retrain or re-download it.") from exc
         _LOADED[key] = model
     return model
+
+
+# --- structure check -----------------------------------------------------------------------------
+#
+# fastText (v0.9, file format version 12) writes: magic, version (int32 each); 12 int32 args and one
+# double; the dictionary (sizes, then per entry a NUL-terminated word, an int64 count, an int8 type,
+# then pruned-index pairs); a bool "input quantised" and the input matrix; a bool "output quantised" and
+# the output matrix. A dense matrix is int64 m, int64 n, m*n float32; a quantised one is bool qnorm,
+# int64 m, int64 n, int32 codesize, the codes, a product quantiser (4 int32, 256*dim float32) and, with
+# qnorm, m norm codes and a second quantiser. Walking those sizes tells a complete model from a cut
+# one without loading it: fastText itself can spend minutes on a truncated file before failing.
+
+_KSUB = 256  # product-quantiser centroids per sub-quantiser (fastText's nbits = 8)
+
+
+class _Cursor:
+    def __init__(self, f, size: int):
+        self.f, self.size, self.pos = f, size, 0
+
+    def skip(self, n: int) -> None:
+        if n < 0 or self.pos + n > self.size:
+            raise EOFError
+        self.pos += n
+        self.f.seek(self.pos)
+
+    def unpack(self, fmt: str):
+        n = struct.calcsize(fmt)
+        if self.pos + n > self.size:
+            raise EOFError
+        data = self.f.read(n)
+        self.pos += n
+        return struct.unpack(fmt, data)
+
+
+def _skip_pq(c: _Cursor) -> None:
+    dim, _nsubq, _dsub, _lastdsub = c.unpack("<iiii")
+    c.skip(4 * dim * _KSUB)
+
+
+def _skip_matrix(c: _Cursor, quantised: bool) -> None:
+    if not quantised:
+        m, n = c.unpack("<qq")
+        c.skip(4 * m * n)
+        return
+    (qnorm,) = c.unpack("<?")
+    m, _n = c.unpack("<qq")
+    (codesize,) = c.unpack("<i")
+    c.skip(codesize)
+    _skip_pq(c)
+    if qnorm:
+        c.skip(m)
+        _skip_pq(c)
+
+
+def _skip_dictionary(c: _Cursor) -> None:
+    size, _nwords, _nlabels = c.unpack("<iii")
+    _ntokens, prune_size = c.unpack("<qq")
+    chunk = b""
+    start = 0  # where the next entry starts in `chunk`
+    for _ in range(size):
+        while (end := chunk.find(b"\0", start)) < 0 or end + 10 > len(chunk):
+            more = c.f.read(1 << 16)
+            if not more:
+                raise EOFError
+            chunk = chunk[start:] + more
+            start = 0
+        # the word, its NUL, an int64 count and an int8 type
+        c.pos += end + 10 - start
+        start = end + 10
+    c.f.seek(c.pos)
+    if prune_size > 0:
+        c.skip(8 * prune_size)
+
+
+def fasttext_file_problem(path: str | Path) -> str | None:
+    """None if the file's sections add up to exactly its size, else what is wrong (truncated, extra
+    bytes, an unknown version)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        c = _Cursor(f, size)
+        try:
+            magic, version = c.unpack("<ii")
+            if magic != FASTTEXT_MAGIC:
+                return "not a fastText model"
+            if version != 12:
+                return None  # an older format: leave the judgement to fastText
+            c.skip(12 * 4 + 8)  # args
+            _skip_dictionary(c)
+            (quant_input,) = c.unpack("<?")
+            _skip_matrix(c, quant_input)
+            (quant_output,) = c.unpack("<?")
+            _skip_matrix(c, quant_input and quant_output)
+        except (EOFError, struct.error, MemoryError):
+            return f"truncated (the file ends before its sections do; {size} bytes)"
+    if c.pos != size:
+        return f"damaged ({size - c.pos} bytes after the last section)"
+    return None
