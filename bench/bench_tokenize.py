@@ -114,24 +114,32 @@ def best(runs: list[tuple[float, float]]) -> tuple[float, float]:
     return min(r[0] for r in runs), min(r[1] for r in runs)
 
 
+# Run by the peer environment's python. The __main__ guard matters: datatrove's executor starts its
+# workers with a forkserver that re-imports this script, which must not start another executor.
 DATATROVE_SCRIPT = textwrap.dedent(
     """
-    import sys, time, json
-    from datatrove.executor.local import LocalPipelineExecutor
-    from datatrove.pipeline.readers import JsonlReader
-    from datatrove.pipeline.tokens import DocumentTokenizer
-    src, out, logs, tok, workers, tasks = sys.argv[1:7]
-    ex = LocalPipelineExecutor(
-        pipeline=[
-            JsonlReader(src, text_key="text", id_key="id", compression=None),
-            DocumentTokenizer(out, local_working_dir=None, tokenizer_name_or_path=tok,
-                              eos_token="<|endoftext|>", shuffle_documents=False),
-        ],
-        tasks=int(tasks), workers=int(workers), logging_dir=logs, skip_completed=False,
-    )
-    t0 = time.perf_counter()
-    ex.run()
-    print(json.dumps({"seconds": time.perf_counter() - t0}))
+    import json, sys, time
+
+    def main():
+        from datatrove.executor.local import LocalPipelineExecutor
+        from datatrove.pipeline.readers import JsonlReader
+        from datatrove.pipeline.tokens import DocumentTokenizer
+
+        src, out, logs, tok, workers, tasks = sys.argv[1:7]
+        ex = LocalPipelineExecutor(
+            pipeline=[
+                JsonlReader(src, text_key="text", id_key="id", compression=None),
+                # its defaults, except no shuffling (crawlgpt does not shuffle either)
+                DocumentTokenizer(out, tokenizer_name_or_path=tok, eos_token="<|endoftext|>", shuffle_documents=False),
+            ],
+            tasks=int(tasks), workers=int(workers), logging_dir=logs, skip_completed=False,
+        )
+        t0 = time.perf_counter()
+        ex.run()
+        print(json.dumps({"seconds": time.perf_counter() - t0}))
+
+    if __name__ == "__main__":
+        main()
     """
 )
 

@@ -16,7 +16,14 @@ from pipeline.download import run_download
 from pipeline.errors import InputError, StageConfigChanged
 from pipeline.filters.classifier import QualityClassifierFilter, normalize_text, pareto_draw
 from pipeline.manifest import read_json, sha256_file
-from pipeline.quality_train import QualityTrainConfig, evaluate, model_manifest, roc_auc, train_quality_model
+from pipeline.quality_train import (
+    QualityTrainConfig,
+    evaluate,
+    model_manifest,
+    roc_auc,
+    train_fasttext,
+    train_quality_model,
+)
 from pipeline.readers import Unreadable, read_file
 
 
@@ -85,7 +92,7 @@ def test_classifier_trained_on_reference_vs_crawl_separates_unseen_reference_fro
     assert pairwise_auc(unseen_reference, junk) > 0.9
     # the manifest's own held-out figures are computed and self-consistent
     m = manifest["metrics"]
-    assert 0.5 < m["roc_auc"] <= 1.0 and m["recall"] >= 0.98 - 1e-9
+    assert 0.5 < m["roc_auc"] <= 1.0 and m["recall"] >= m["target_recall"]
     assert manifest["counts"] == {"train_positive": 240, "train_negative": 240, "holdout_positive": 60, "holdout_negative": 60}
     assert manifest["model"]["sha256"] == sha256_file(model)
     assert manifest["reference"][0]["sha256"] == sha256_file(ref)
@@ -157,16 +164,27 @@ def test_threshold_keeps_the_target_share_of_positives():
 
 
 def train_tiny(tmp_path: Path, labels=("__label__good", "__label__bad")) -> Path:
-    import fasttext
-
     good = ["the river town grew slowly and the people worked in the mills"] * 20
     bad = ["buy cheap pills casino bonus free download crack keygen"] * 20
-    path = tmp_path / "train.txt"
-    path.write_text("".join(f"{labels[0]} {t}\n" for t in good) + "".join(f"{labels[1]} {t}\n" for t in bad))
-    model = fasttext.train_supervised(str(path), epoch=20, thread=1, seed=0, verbose=0)
+    examples = [(labels[0], t) for t in good] + [(labels[1], t) for t in bad]
+    model = train_fasttext(examples, tmp_path, QualityTrainConfig(reference=("-",), epoch=20, min_count=1))
     out = tmp_path / "plug.bin"
     model.save_model(str(out))
     return out
+
+
+def test_training_is_reproducible_even_in_a_busy_process(tmp_path):
+    # fastText leaves most start weights uninitialised with one thread; ours are seeded, so the same
+    # data gives the same model however much memory this process has used and freed before
+    import os
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = train_tiny(tmp_path / "a")
+    junk = [bytearray(os.urandom(1 << 16)) for _ in range(200)]  # leave non-zero freed memory behind
+    del junk
+    second = train_tiny(tmp_path / "b")
+    assert sha256_file(first) == sha256_file(second)
 
 
 def test_any_fasttext_model_plugs_in_with_its_label(tmp_path):
@@ -196,12 +214,14 @@ def test_pareto_draws_are_fixed_by_id_and_follow_the_lomax_law():
     assert (draws > 0.5).mean() == pytest.approx(1.5 ** -9, abs=0.005)  # P(X > x) = (1 + x)^-alpha
 
 
-def test_pareto_mode_keeps_high_scores_and_a_few_low_ones(tmp_path):
+def test_pareto_mode_keeps_each_document_with_gpt3s_probability(tmp_path):
     model = train_tiny(tmp_path)
     f = QualityClassifierFilter(model, label="__label__good", normalization="none", pareto_alpha=9.0)
-    kept_good = sum(f.decide(Document(id=str(i), text="the river town grew slowly")).keep for i in range(300))
-    kept_bad = sum(f.decide(Document(id=str(i), text="buy cheap pills casino bonus")).keep for i in range(300))
-    assert kept_good > 250 and kept_bad < 30
+    for text in ("the river town grew slowly", "buy cheap pills casino bonus"):
+        score = f.score(text)
+        kept = np.mean([f.decide(Document(id=str(i), text=text)).keep for i in range(4000)])
+        # keep when Lomax(9) > 1 - score: probability (1 + 1 - score)^-9
+        assert kept == pytest.approx((2.0 - score) ** -9.0, abs=0.03)
 
 
 def test_normalisation_splits_punctuation_and_lowercases():

@@ -133,6 +133,14 @@ def test_evaluate_with_another_tokenizer_names_the_mismatch(cli, data, trained, 
     assert "not the one the model was trained with" in result.output, result.output
 
 
+def test_pretrain_with_a_tokenizer_other_than_the_shards_one_names_the_mismatch(cli, data, tmp_path):
+    other = train_tokenizer(tmp_path / "other.json", ["completely different words here"] * 20, vocab_size=300)
+    result = CliRunner().invoke(cli, [*PRETRAIN, "--data", str(data), "--steps", "2", "--run", "other-tok",
+                                      "--tokenizer", str(other)])
+    assert result.exit_code != 0
+    assert "is not the one the shards" in result.output and "make shards" in result.output
+
+
 def test_sample_continues_the_prompt_and_the_same_seed_repeats(cli, data, trained):
     args = ["sample", "--data", str(data), "--run", "cli", "--device", "cpu", "--prompt", "The cat",
             "--max-new-tokens", "12", "--seed", "3"]

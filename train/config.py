@@ -26,6 +26,8 @@ class DataConfig:
     """Seed of the window order; the order depends only on this seed and the step."""
     prefetch_batches: int = 4
     """Batches a background thread prepares ahead of the training step (0 = no background thread)."""
+    verify_checksums: bool = True
+    """Check every shard's sha256 against the manifest at start (sizes and metadata are always checked)."""
 
     def __post_init__(self) -> None:
         if self.seq_len is not None and self.seq_len < 1:

@@ -27,12 +27,12 @@ log = logging.getLogger(__name__)
 SHARDS_HINT = "run `crawlgpt shards --data DATA` (or `make shards`) to write the token shards"
 
 
-def open_split(shards_dir: str | Path, split: str):
+def open_split(shards_dir: str | Path, split: str, verify_checksums: bool = True):
     """Open one split of the token shards, turning any reader error into a `ShardDataError`."""
     from pipeline.token_shards import TokenShardError, TokenShards  # numpy/pyarrow only
 
     try:
-        return TokenShards(shards_dir, split=split)
+        return TokenShards(shards_dir, split=split, verify_checksums=verify_checksums)
     except TokenShardError as err:
         raise ShardDataError(f"cannot read the {split!r} token shards in {shards_dir}: {err}") from err
     except (OSError, ValueError) as err:  # pyarrow raises ArrowInvalid (a ValueError) on corrupt files

@@ -55,7 +55,7 @@ from train.errors import (
     TrainError,
     VocabMismatchError,
 )
-from train.evaluate import autocast_context, evaluate_loss, load_tokenizer, sample_tokens
+from train.evaluate import autocast_context, evaluate_loss, load_tokenizer, sample_tokens, tokenizer_hash
 from train.metrics import PLOT_NAME, MetricsWriter, format_progress, mfu, peak_flops, plot_losses, truncate_metrics
 from train.schedule import default_warmup_steps, learning_rate
 
@@ -152,8 +152,8 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
     torch.manual_seed(config.seed)  # the same on every rank: FSDP2 does not broadcast the initial weights
 
     # ---- data ---------------------------------------------------------------------------------
-    train_shards = open_split(config.data.shards_dir, "train")
-    val_shards = open_split(config.data.shards_dir, "val")
+    train_shards = open_split(config.data.shards_dir, "train", config.data.verify_checksums)
+    val_shards = open_split(config.data.shards_dir, "val", config.data.verify_checksums)
     data_info = {"vocab_size": train_shards.vocab_size, "eot_id": train_shards.eot_id,
                  "tokenizer_hash": train_shards.tokenizer_hash, "shards_dir": str(config.data.shards_dir)}
     if ctx.is_main:
@@ -251,6 +251,12 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
     peak = peak_flops(device, config.peak_tflops)
     tokenizer = None
     if config.eval.sample_every_steps > 0 and config.eval.tokenizer_path:
+        if tokenizer_hash(config.eval.tokenizer_path) != train_shards.tokenizer_hash:
+            raise VocabMismatchError(
+                f"tokenizer {config.eval.tokenizer_path} (sha256 {tokenizer_hash(config.eval.tokenizer_path)[:12]}) "
+                f"is not the one the shards in {config.data.shards_dir} were made with "
+                f"({train_shards.tokenizer_hash[:12]}); rerun `make shards` after changing the tokenizer, "
+                f"or pass the right --tokenizer")
         try:
             tokenizer = load_tokenizer(config.eval.tokenizer_path)
         except TrainError as err:

@@ -43,7 +43,7 @@ def _csv(value: str) -> tuple[str, ...]:
                    "--quality-label). Default: none, rules only.")
 @click.option("--quality-threshold", type=float, default=None,
               help="Keep documents whose P(label) is at least this. Default: the threshold in the model's "
-                   "manifest (keeps 98% of held-out reference documents), else 0.5.")
+                   "manifest (keeps 99.5% of held-out reference documents), else 0.5.")
 @click.option("--quality-label", default=None,
               help="The model's label for good text. Default: from the model's manifest, else __label__hq.")
 @click.option("--quality-normalization", type=click.Choice(NORMALIZATIONS), default=None,
@@ -165,7 +165,7 @@ def _print_quality_summary(manifest: dict, out: Path) -> None:
         ("reference documents (train / held out)", f"{c['train_positive']:,} / {c['holdout_positive']:,}"),
         ("crawl negatives (train / held out)", f"{c['train_negative']:,} / {c['holdout_negative']:,}"),
         ("held-out ROC AUC", f"{m['roc_auc']:.3f}"),
-        (f"threshold (keeps {m['target_recall']:.0%} of held-out reference)", f"{m['threshold']:.3f}"),
+        (f"threshold (keeps {m['target_recall']:.1%} of held-out reference)", f"{m['threshold']:.3f}"),
         ("precision / recall at that threshold", f"{m['precision']:.3f} / {m['recall']:.3f}"),
         ("precision / recall at 0.5", f"{m['precision_at_0.5']:.3f} / {m['recall_at_0.5']:.3f}"),
     ]

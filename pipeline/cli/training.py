@@ -154,6 +154,8 @@ def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens
 @tokenizer_option
 @click.option("--tensorboard/--no-tensorboard", default=True, show_default=True,
               help="Write TensorBoard events to DATA/runs/RUN/tensorboard (when tensorboard is installed).")
+@click.option("--verify-shards/--no-verify-shards", default=True, show_default=True,
+              help="Check every shard's sha256 against the manifest at start (slow for many GB).")
 @click.option("--peak-tflops", type=float, default=None,
               help="Device peak TFLOP/s for MFU [default: looked up from the GPU name; none on CPU].")
 def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: int, tokens: int,
@@ -162,7 +164,7 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
                  compile_: bool | None, device: str, precision: str, parallelism: str, eval_every: int | None,
                  eval_tokens: int, sample_every: int | None, prompt: str, sample_tokens: int,
                  ckpt_every: int | None, keep_last: int, log_every: int, seed: int, tokenizer_path: Path | None,
-                 tensorboard: bool, peak_tflops: float | None) -> None:
+                 tensorboard: bool, verify_shards: bool, peak_tflops: float | None) -> None:
     """Pretrain a GPT on DATA/shards; write DATA/runs/RUN/ (metrics.jsonl, loss.png, checkpoints/)."""
     from train import (CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig,
                        TrainError, train)
@@ -176,7 +178,7 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
             global_batch_tokens=r.batch_tokens, device=device, precision=precision, compile=r.compile,
             parallelism=parallelism, resume=resume, seed=seed, peak_tflops=peak_tflops,
             data=DataConfig(shards_dir=str(shards or data / "shards"), seq_len=seq_len or None,
-                            micro_batch_size=r.micro_batch, seed=seed),
+                            micro_batch_size=r.micro_batch, seed=seed, verify_checksums=verify_shards),
             optim=OptimConfig(lr=r.lr, min_lr=min_lr if min_lr is not None else r.lr / 10,
                               warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip),
             eval=EvalConfig(every_steps=r.eval_every, max_tokens=r.eval_tokens,

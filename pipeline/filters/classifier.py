@@ -48,7 +48,8 @@ def normalize_text(text: str, normalization: str = "lower-punct", max_chars: int
     text = text[:max_chars]
     if normalization == "none":
         return text.replace("\n", " ")
-    return _SPACE.sub(" ", _PUNCT.sub(r" \1 ", text.lower())).strip()
+    # "__label__" inside a document would read as a second label to fastText
+    return _SPACE.sub(" ", _PUNCT.sub(r" \1 ", text.lower())).strip().replace("__label__", "label")
 
 
 def pareto_draw(doc_id: str, alpha: float, seed: int) -> float:
