@@ -144,19 +144,40 @@ DATATROVE_SCRIPT = textwrap.dedent(
 )
 
 
-def run_datatrove(peer_python: str, tokenizer: Path, workers: int, n_files: int) -> None:
-    """Run datatrove's DocumentTokenizer over the JSONL export (n_files files, one task each)."""
+def run_datatrove(peer_python: str, tokenizer: Path, workers: int, n_files: int) -> float:
+    """Run datatrove's DocumentTokenizer over the JSONL export (n_files files, one task each).
+
+    Returns the CPU seconds of its whole process tree, sampled with psutil: its workers are children
+    of a forkserver that is never waited for, so `getrusage(RUSAGE_CHILDREN)` would miss them.
+    """
+    import psutil
+
     base = WORK / "datatrove"
     shutil.rmtree(base / "out", ignore_errors=True)
     shutil.rmtree(base / "logs", ignore_errors=True)
     env = dict(os.environ, TOKENIZERS_PARALLELISM="true")
-    res = subprocess.run(
+    proc = subprocess.Popen(
         [peer_python, str(base / "run_dt.py"), str(base / "jsonl"), str(base / "out"), str(base / "logs"),
          str(tokenizer), str(workers), str(n_files)],
-        capture_output=True, text=True, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
-    if res.returncode != 0:
-        raise RuntimeError(f"datatrove failed:\n{res.stderr[-3000:]}")
+    root = psutil.Process(proc.pid)
+    cpu: dict[int, float] = {}
+    while proc.poll() is None:
+        try:
+            for p in [root] + root.children(recursive=True):
+                try:
+                    t = p.cpu_times()
+                    cpu[p.pid] = t.user + t.system
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"datatrove failed:\n{err[-3000:]}")
+    return sum(cpu.values())
 
 
 def export_jsonl(ids: list[str], texts: list[str], n_files: int) -> None:
@@ -243,9 +264,16 @@ def main() -> None:
         runs["floor_fast"].append(measure(floor_fast))
         runs["pack"].append(measure(ours_pack))
         if with_peer:
-            runs["datatrove"].append(measure(lambda: run_datatrove(peer, tok_path, args.workers, n_files)))
+            t0 = time.perf_counter()
+            dt_cpu = run_datatrove(peer, tok_path, args.workers, n_files)
+            runs["datatrove"].append((time.perf_counter() - t0, dt_cpu))
     shards_manifest = json.loads((shards_dir / "manifest.json").read_text())
     packed_tokens = shards_manifest["totals"]["extra"]["tokens"]
+    dt_tokens = None
+    if with_peer:  # same work on both sides: datatrove's .ds files hold the same number of uint16 tokens
+        dt_tokens = sum(p.stat().st_size for p in (WORK / "datatrove" / "out").glob("*.ds")) // 2
+        if dt_tokens != packed_tokens:
+            print(f"warning: datatrove wrote {dt_tokens:,} tokens, crawlgpt {packed_tokens:,}", file=sys.stderr)
 
     b = {k: best(v) for k, v in runs.items() if v}
     mb = n_bytes / 1e6
@@ -272,7 +300,7 @@ def main() -> None:
         "corpus": str(corpus), "documents": len(texts), "text_bytes": n_bytes, "train_bytes": train_bytes,
         "corpus_shards": n_files, "workers": args.workers, "cpu_count": os.cpu_count(),
         "load_average_end": os.getloadavg()[0], "vocab_size": args.vocab_size, "repeat": args.repeat,
-        "tokens": packed_tokens, "heldout": tok_manifest["heldout"],
+        "tokens": packed_tokens, "datatrove_tokens": dt_tokens, "heldout": tok_manifest["heldout"],
         "runs_wall_cpu_s": runs, "best_wall_cpu_s": b,
         "train_overhead_wall": b["train"][0] / b["direct"][0] - 1,
         "pack_vs_encode_batch": b["pack"][0] / b["floor"][0],

@@ -181,6 +181,7 @@ def main() -> None:
     parser.add_argument("--gpu-steps", type=int, default=30, help="Optimizer steps of the GPU case (default 30).")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train.json",
                         help="JSON results file (default bench/results/train.json).")
+    parser.add_argument("--repeats", type=int, default=2, help="Rounds of CPU cases; the best of each is kept (default 2).")
     parser.add_argument("--no-compile", action="store_true", help="Skip the compiled CPU cases.")
     parser.add_argument("--no-cpu", action="store_true", help="Skip the CPU cases.")
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -207,11 +208,19 @@ def main() -> None:
         if not args.no_cpu:
             shards = write_random_shards(Path(tmp) / "cpu", VOCAB, train_tokens=2_000_000, val_tokens=50_000)
             variants = ["eager"] + ([] if args.no_compile else ["compile"])
-            for variant in variants:
-                for kind in ("plain", "trainer"):  # each pair back to back, so both see the same machine load
-                    name = f"{kind}-{variant}"
-                    print(f"running {name} ...", file=sys.stderr, flush=True)
-                    results["cpu_cases"][name] = run_case(name, args, shards, args.steps, args.warmup)
+            runs: dict[str, list[dict]] = {}
+            # Plain and trainer back to back, several rounds, best of each: robust to other processes'
+            # load coming and going (the CI machine has 2 cores shared with nothing, a laptop does not).
+            for round_ in range(args.repeats):
+                for variant in variants:
+                    for kind in ("plain", "trainer"):
+                        name = f"{kind}-{variant}"
+                        print(f"running {name} (round {round_ + 1}/{args.repeats}) ...", file=sys.stderr, flush=True)
+                        runs.setdefault(name, []).append(run_case(name, args, shards, args.steps, args.warmup))
+            for name, attempts in runs.items():
+                ok = [a for a in attempts if "tokens_per_s" in a]
+                best = max(ok, key=lambda a: a["tokens_per_s"]) if ok else attempts[-1]
+                results["cpu_cases"][name] = {**best, "all_tokens_per_s": [a.get("tokens_per_s") for a in attempts]}
             for variant in variants:
                 plain, trainer = results["cpu_cases"][f"plain-{variant}"], results["cpu_cases"][f"trainer-{variant}"]
                 if "tokens_per_s" in plain and "tokens_per_s" in trainer:

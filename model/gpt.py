@@ -325,7 +325,8 @@ class GPT(nn.Module):
             return self.head(x[:, [-1], :]), None  # (B, 1, V): generation needs only the last position
         logits = self.head(x)  # (B, T, V)
         # Cross-entropy in float32: bf16 logits lose too much precision in the log-sum-exp.
-        loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T), ignore_index=-1)
+        loss = F.cross_entropy(logits.float().view(B * T, -1),  # (B * T, V)
+                               targets.reshape(B * T), ignore_index=-1)  # (B * T,)
         return logits, loss
 
     # ----------------------------------------------------------------------------------------------

@@ -113,16 +113,9 @@ def write_shard(
     path = Path(path)
     dtype = dtype_for_vocab(vocab_size)
     lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+    if len(docs) and int(lengths.min()) < 1:
+        raise ValueError("every document must hold at least its end-of-text token")
     num_tokens = int(lengths.sum())
-    flat = np.concatenate(docs).astype(dtype, copy=False) if len(docs) else np.zeros(0, dtype)
-    if len(docs):
-        if int(np.min(lengths)) < 1:
-            raise ValueError("every document must hold at least its end-of-text token")
-        if int(flat.max(initial=0)) >= vocab_size:
-            raise ValueError(f"token id {int(flat.max())} is outside the vocabulary (size {vocab_size})")
-        ends = np.cumsum(lengths) - 1
-        if not np.all(flat[ends] == eot_id):
-            raise ValueError(f"every document must end with the end-of-text token {eot_id}")
     offsets = np.zeros(len(docs) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     meta = {
@@ -139,13 +132,19 @@ def write_shard(
     try:
         with pa.OSFile(str(tmp), "wb") as sink:
             with pa.ipc.new_file(sink, schema) as writer:
-                for lo in range(0, max(len(docs), 1), BATCH_DOCS):
+                # One record batch per BATCH_DOCS documents: only one batch is ever concatenated in memory.
+                for lo in range(0, len(docs), BATCH_DOCS):
                     hi = min(lo + BATCH_DOCS, len(docs))
-                    if hi <= lo:
-                        break
-                    off = offsets[lo : hi + 1]
-                    values = pa.array(flat[off[0] : off[-1]], type=_arrow_type(dtype))
-                    col = pa.LargeListArray.from_arrays(pa.array(off - off[0], pa.int64()), values)
+                    raw = np.concatenate(docs[lo:hi])
+                    # Check before narrowing to uint16, where an id >= 65,536 would silently wrap.
+                    if int(raw.min()) < 0 or int(raw.max()) >= vocab_size:
+                        bad = int(raw.max()) if int(raw.max()) >= vocab_size else int(raw.min())
+                        raise ValueError(f"token id {bad} is outside the vocabulary (size {vocab_size})")
+                    off = offsets[lo : hi + 1] - offsets[lo]
+                    if not np.all(raw[off[1:] - 1] == eot_id):
+                        raise ValueError(f"every document must end with the end-of-text token {eot_id}")
+                    values = pa.array(raw.astype(dtype, copy=False), type=_arrow_type(dtype))
+                    col = pa.LargeListArray.from_arrays(pa.array(off, pa.int64()), values)
                     col = col.cast(schema.field("tokens").type)
                     writer.write_batch(pa.record_batch([col], schema=schema))
         with open(tmp, "rb+") as f:
@@ -349,6 +348,10 @@ def open_shard(path: str | Path) -> ShardFile:
         )
     if chunks and chunks[0].dtype != np.dtype(meta["dtype"]):
         raise TokenShardError(f"token shard {path} stores {chunks[0].dtype}, metadata says {meta['dtype']}; run `{REMAKE}`")
+    for chunk, off in zip(chunks, offsets):
+        if len(off) > 1 and (np.any(np.diff(off) < 1) or not np.all(chunk[off[1:] - 1] == meta["eot_id"])):
+            raise TokenShardError(f"token shard {path} has a document that does not end with the end-of-text "
+                                  f"token {meta['eot_id']} (corrupt); run `{REMAKE}`")
     return shard
 
 
@@ -432,6 +435,11 @@ class TokenShards:
 
     def __len__(self) -> int:
         return self.num_tokens
+
+    def __reduce__(self):
+        # Pickled (e.g. into DataLoader worker processes) as "reopen these files", never as their
+        # contents: the receiving process maps the same files. Checksums were verified here already.
+        return (TokenShards, (str(self.shards_dir), self.split, self.vocab_size, self.tokenizer_hash, False))
 
     def __repr__(self) -> str:
         return (f"TokenShards({str(self.shards_dir)!r}, split={self.split!r}: {self.num_tokens:,} tokens, "

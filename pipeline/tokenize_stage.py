@@ -22,12 +22,13 @@ Accounting: documents in = documents packed + documents dropped as `empty` (no t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -131,6 +132,27 @@ def tokenize_shard(task: ShardTask, stage_dir: Path, config: ShardsConfig) -> Sh
     return stats
 
 
+@contextlib.contextmanager
+def _threads_per_worker(workers: int, n_tasks: int) -> Iterator[None]:
+    """Share the cores between worker processes instead of giving every process a thread per core.
+
+    The tokenizer library encodes a batch on a thread pool as large as the machine (RAYON_NUM_THREADS).
+    With several worker processes each would start one, oversubscribing the cores; the processes, one
+    corpus shard each, already keep the cores busy (and balance better than threads waiting for the
+    longest document of a batch), so each gets cores / processes threads. A value the user set wins.
+    Spawned workers read the environment when they start, so setting it around the pool suffices.
+    """
+    processes = min(workers, n_tasks)
+    if processes <= 1 or "RAYON_NUM_THREADS" in os.environ:
+        yield
+        return
+    os.environ["RAYON_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
+    try:
+        yield
+    finally:
+        del os.environ["RAYON_NUM_THREADS"]
+
+
 def make_shards(
     corpus_dir: str | Path,
     tokenizer_path: str | Path,
@@ -164,8 +186,9 @@ def make_shards(
         manifest["tokenizer_source"] = str(tokenizer_path)
         return manifest
 
-    manifest = run_stage(STAGE, out_dir, config, tasks, tokenize_shard, workers=workers, force=force,
-                         upstream=upstream, on_progress=on_progress, finalize=finalize)
+    with _threads_per_worker(workers, len(tasks)):
+        manifest = run_stage(STAGE, out_dir, config, tasks, tokenize_shard, workers=workers, force=force,
+                             upstream=upstream, on_progress=on_progress, finalize=finalize)
     if manifest["totals"]["kept"] == 0:
         raise InputError(f"the corpus in {corpus_dir} produced no tokens (every document is empty); check `make corpus`")
     return manifest

@@ -72,6 +72,18 @@ def test_window_inside_one_shard_is_a_view_of_the_memory_map(shard_dir):
     assert ds.dtype == np.uint16 and w.dtype == np.uint16
 
 
+def test_pickling_reopens_the_files_instead_of_copying_tokens(shard_dir):
+    import pickle
+
+    d, _ = shard_dir
+    ds = TokenShards(d, "train")
+    blob = pickle.dumps(ds)
+    assert len(blob) < 1000  # a path and a few facts, not the tokens
+    again = pickle.loads(blob)
+    assert again.num_tokens == ds.num_tokens
+    np.testing.assert_array_equal(again.window(100, 500), ds.window(100, 500))
+
+
 def test_out_of_range_window_and_document_raise_index_error(shard_dir):
     d, _ = shard_dir
     ds = TokenShards(d, "val")
@@ -112,6 +124,10 @@ def test_schema_metadata_describes_the_shard(shard_dir):
 def test_writer_refuses_ids_outside_vocab_and_documents_without_eot(tmp_path):
     with pytest.raises(ValueError, match="outside the vocabulary"):
         write_shard(tmp_path / "a.arrow", [np.array([5, VOCAB, EOT])], vocab_size=VOCAB, eot_id=EOT, tokenizer_hash="x")
+    with pytest.raises(ValueError, match="65537 is outside"):  # would wrap to 1 as uint16
+        write_shard(tmp_path / "w.arrow", [np.array([65537, 0])], vocab_size=65536, eot_id=0, tokenizer_hash="x")
+    with pytest.raises(ValueError, match="-1 is outside"):
+        write_shard(tmp_path / "n.arrow", [np.array([-1, 0])], vocab_size=65536, eot_id=0, tokenizer_hash="x")
     with pytest.raises(ValueError, match="end with the end-of-text"):
         write_shard(tmp_path / "b.arrow", [np.array([5, 6])], vocab_size=VOCAB, eot_id=EOT, tokenizer_hash="x")
     assert not list(tmp_path.iterdir())  # nothing half-written left behind

@@ -172,6 +172,15 @@ def test_training_lowers_the_loss_and_writes_metrics_plot_and_checkpoints(tmp_pa
     assert not list((tmp_path / "run" / "checkpoints").glob(".*tmp"))
 
 
+@pytest.mark.slow
+def test_compiled_blocks_follow_the_eager_loss_curve(tmp_path, shards):
+    eager = train(make_config(tmp_path / "eager", shards, max_steps=3))
+    compiled = train(make_config(tmp_path / "compiled", shards, max_steps=3, compile=True))
+    for (_, a), (_, b) in zip(eager.train_losses, compiled.train_losses):
+        assert a == pytest.approx(b, rel=1e-4)
+    assert compiled.val_losses[-1][1] == pytest.approx(eager.val_losses[-1][1], rel=1e-4)
+
+
 def test_a_checkpoint_holds_everything_needed_to_resume(tmp_path, shards):
     train(make_config(tmp_path / "run", shards, max_steps=3))
     payload = load_checkpoint(latest_checkpoint(tmp_path / "run"))

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from model.gpt import GPT, GPTConfig, preset_config
+from model.gpt import GPT, GPTConfig, ModelConfigError, preset_config
 from train.checkpoint import (
     capture_rng_state,
     check_model_config,
@@ -160,12 +160,32 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
         log.info("data: %s train tokens, %s val tokens, vocab %d, in %s", f"{train_shards.num_tokens:,}",
                  f"{val_shards.num_tokens:,}", train_shards.vocab_size, config.data.shards_dir)
 
+    # ---- tokenizer (samples only): it must be the one the shards were made with ---------------
+    tokenizer = None
+    tok_path = config.eval.tokenizer_path
+    if config.eval.sample_every_steps > 0 and tok_path:
+        if not Path(tok_path).is_file():
+            log.warning("tokenizer %s does not exist: samples will be token ids", tok_path)
+        elif tokenizer_hash(tok_path) != train_shards.tokenizer_hash:
+            raise VocabMismatchError(
+                f"tokenizer {tok_path} (sha256 {tokenizer_hash(tok_path)[:12]}) is not the one the shards in "
+                f"{config.data.shards_dir} were made with ({train_shards.tokenizer_hash[:12]}); rerun "
+                f"`make shards` after changing the tokenizer, or pass the right --tokenizer")
+        else:
+            try:
+                tokenizer = load_tokenizer(tok_path)
+            except TrainError as err:  # e.g. the tokenizers package is not installed
+                log.warning("samples will be token ids: %s", err)
+
     # ---- model config -------------------------------------------------------------------------
     if "vocab_size" in config.model_overrides:
         raise TrainConfigError("model_overrides", "vocab_size comes from the token shards and cannot be overridden")
     preset = resolve_preset(config.preset, device)
     model_vocab = VOCAB_MULTIPLE * math.ceil(train_shards.vocab_size / VOCAB_MULTIPLE)
-    model_config = preset_config(preset, model_vocab, **config.model_overrides)
+    try:
+        model_config = preset_config(preset, model_vocab, **config.model_overrides)
+    except (TypeError, ModelConfigError) as err:  # an unknown preset or field, widths that do not divide
+        raise TrainConfigError("--preset / model_overrides", str(err)) from err
     seq_len = config.data.seq_len or model_config.max_seq_len
     if seq_len > model_config.max_seq_len:
         raise SeqLenError(
@@ -249,18 +269,6 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
     metrics = MetricsWriter(run_dir, enabled=ctx.is_main, tensorboard=config.log.tensorboard)
     flops_per_token = model.flops_per_token(seq_len)
     peak = peak_flops(device, config.peak_tflops)
-    tokenizer = None
-    if config.eval.sample_every_steps > 0 and config.eval.tokenizer_path:
-        if tokenizer_hash(config.eval.tokenizer_path) != train_shards.tokenizer_hash:
-            raise VocabMismatchError(
-                f"tokenizer {config.eval.tokenizer_path} (sha256 {tokenizer_hash(config.eval.tokenizer_path)[:12]}) "
-                f"is not the one the shards in {config.data.shards_dir} were made with "
-                f"({train_shards.tokenizer_hash[:12]}); rerun `make shards` after changing the tokenizer, "
-                f"or pass the right --tokenizer")
-        try:
-            tokenizer = load_tokenizer(config.eval.tokenizer_path)
-        except TrainError as err:
-            log.warning("samples will be token ids: %s", err)
     result = TrainResult(run_dir=run_dir, final_step=start_step, num_params=model.num_params(),
                          model_config=model_config)
 

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import click
 
-from model.gpt import PRESETS
-
 #: Steps of `pretrain --steps 0` on a CPU: the `small` preset at the CPU batch below takes about ten
 #: minutes on 2 cores (measured with bench/bench_train.py; see docs/readme-train.md).
 CPU_AUTO_STEPS = 100
@@ -30,7 +28,10 @@ GPU_MICRO_BATCH = {"tiny": 64, "small": 64, "gpt2-124m": 32, "350m": 16, "1b": 8
 GPU_BATCH_TOKENS = 1 << 18
 CPU_MICRO_BATCH = 8
 
-PRESET_CHOICES = ["auto", *PRESETS]
+#: The presets of model/gpt.py, spelled out so that `crawlgpt --help` does not import torch (a test
+#: checks they agree).
+PRESET_NAMES = ("tiny", "small", "gpt2-124m", "350m", "1b")
+PRESET_CHOICES = ["auto", *PRESET_NAMES]
 
 data_option = click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=Path("data"),
                            show_default=True, help="Data folder (shards/ and tokenizer/ in, runs/ out).")
@@ -72,6 +73,7 @@ def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens
     """Fill in every "auto" option from the hardware and the preset."""
     import torch
 
+    from model.gpt import PRESETS
     from train.errors import TrainConfigError
 
     on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())

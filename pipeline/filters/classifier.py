@@ -34,8 +34,8 @@ LQ_LABEL = "__label__lq"
 #: Names of the text normalisations a quality model may expect.
 NORMALIZATIONS = ("lower-punct", "none")
 
-_PUNCT = re.compile(r"([^\w\s])")
-_SPACE = re.compile(r"\s+")
+#: A token: a run of word characters, or one punctuation mark or symbol.
+_TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
 def normalize_text(text: str, normalization: str = "lower-punct", max_chars: int = 100_000) -> str:
@@ -49,7 +49,7 @@ def normalize_text(text: str, normalization: str = "lower-punct", max_chars: int
     if normalization == "none":
         return text.replace("\n", " ")
     # "__label__" inside a document would read as a second label to fastText
-    return _SPACE.sub(" ", _PUNCT.sub(r" \1 ", text.lower())).strip().replace("__label__", "label")
+    return " ".join(_TOKEN.findall(text.lower())).replace("__label__", "label")
 
 
 def pareto_draw(doc_id: str, alpha: float, seed: int) -> float:
