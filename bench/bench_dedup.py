@@ -215,33 +215,37 @@ PEER_SCRIPT = textwrap.dedent(
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
-    src, out, workers, files = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    cfg = MinhashConfig()
-    read = lambda: JsonlReader(src, glob_pattern="*.jsonl")
-    stages = {
-        "signatures": LocalPipelineExecutor(
-            [read(), MinhashDedupSignature(output_folder=f"{out}/sigs", config=cfg)],
-            tasks=files, workers=workers, logging_dir=f"{out}/logs/1"),
-        "buckets": LocalPipelineExecutor(
-            [MinhashDedupBuckets(input_folder=f"{out}/sigs", output_folder=f"{out}/buckets", config=cfg)],
-            tasks=cfg.num_buckets, workers=workers, logging_dir=f"{out}/logs/2"),
-        "clusters": LocalPipelineExecutor(
-            [MinhashDedupCluster(input_folder=f"{out}/buckets", output_folder=f"{out}/remove", config=cfg,
-                                 save_cluster_id=True)],
-            tasks=1, workers=1, logging_dir=f"{out}/logs/3"),
-        "filter": LocalPipelineExecutor(
-            [read(), MinhashDedupFilter(input_folder=f"{out}/remove", load_cluster_ids=True,
-                                        exclusion_writer=JsonlWriter(f"{out}/removed", compression=None)),
-             JsonlWriter(f"{out}/kept", compression=None)],
-            tasks=files, workers=workers, logging_dir=f"{out}/logs/4"),
-    }
-    times = {}
-    for name, executor in stages.items():
-        t0 = time.perf_counter()
-        executor.run()
-        times[name] = time.perf_counter() - t0
-        open(f"{out}/phase", "w").write(name)
-    json.dump(times, open(f"{out}/times.json", "w"))
+    def main():
+        src, out, workers, files = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+        cfg = MinhashConfig()
+        read = lambda: JsonlReader(src, glob_pattern="*.jsonl")
+        stages = {
+            "signatures": LocalPipelineExecutor(
+                [read(), MinhashDedupSignature(output_folder=f"{out}/sigs", config=cfg)],
+                tasks=files, workers=workers, logging_dir=f"{out}/logs/1"),
+            "buckets": LocalPipelineExecutor(
+                [MinhashDedupBuckets(input_folder=f"{out}/sigs", output_folder=f"{out}/buckets", config=cfg)],
+                tasks=cfg.num_buckets, workers=workers, logging_dir=f"{out}/logs/2"),
+            "clusters": LocalPipelineExecutor(
+                [MinhashDedupCluster(input_folder=f"{out}/buckets", output_folder=f"{out}/remove", config=cfg,
+                                     save_cluster_id=True)],
+                tasks=1, workers=1, logging_dir=f"{out}/logs/3"),
+            "filter": LocalPipelineExecutor(
+                [read(), MinhashDedupFilter(input_folder=f"{out}/remove", load_cluster_ids=True,
+                                            exclusion_writer=JsonlWriter(f"{out}/removed", compression=None)),
+                 JsonlWriter(f"{out}/kept", compression=None)],
+                tasks=files, workers=workers, logging_dir=f"{out}/logs/4"),
+        }
+        times = {}
+        for name, executor in stages.items():
+            t0 = time.perf_counter()
+            executor.run()
+            times[name] = time.perf_counter() - t0
+            open(f"{out}/phase", "w").write(name)
+        json.dump(times, open(f"{out}/times.json", "w"))
+
+    if __name__ == "__main__":  # the executor starts workers with forkserver, which re-imports this file
+        main()
     """
 )
 

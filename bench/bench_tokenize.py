@@ -200,6 +200,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--vocab-size", type=int, default=16384)
     ap.add_argument("--skip-peer", action="store_true", help="do not run datatrove")
+    ap.add_argument("--only", choices=["train", "pack"], help="run one half of the benchmark")
     args = ap.parse_args()
 
     from tokenizers import Tokenizer
@@ -233,9 +234,11 @@ def main() -> None:
         )
 
     runs: dict[str, list] = {k: [] for k in ("direct", "train", "floor", "floor_fast", "pack", "datatrove")}
-    for _ in range(args.repeat):  # interleaved, so a busy moment on a shared machine hits both sides
+    for _ in range(args.repeat if args.only != "pack" else 0):  # interleaved: a busy moment hits both sides
         runs["direct"].append(measure(direct_train))
         runs["train"].append(measure(ours_train))
+    if not tok_path.exists():
+        train_tokenizer(corpus, tok_dir, cfg)
     tok_manifest = json.loads((tok_dir / "manifest.json").read_text())
 
     tok = Tokenizer.from_file(str(tok_path))
@@ -259,7 +262,7 @@ def main() -> None:
     with_peer = not args.skip_peer and Path(peer).exists()
     if with_peer:
         export_jsonl(ids, texts, n_files)
-    for _ in range(args.repeat):
+    for _ in range(args.repeat if args.only != "train" else 0):
         runs["floor"].append(measure(floor))
         runs["floor_fast"].append(measure(floor_fast))
         runs["pack"].append(measure(ours_pack))
@@ -267,10 +270,10 @@ def main() -> None:
             t0 = time.perf_counter()
             dt_cpu = run_datatrove(peer, tok_path, args.workers, n_files)
             runs["datatrove"].append((time.perf_counter() - t0, dt_cpu))
-    shards_manifest = json.loads((shards_dir / "manifest.json").read_text())
-    packed_tokens = shards_manifest["totals"]["extra"]["tokens"]
-    dt_tokens = None
-    if with_peer:  # same work on both sides: datatrove's .ds files hold the same number of uint16 tokens
+    packed_tokens = dt_tokens = None
+    if runs["pack"]:
+        packed_tokens = json.loads((shards_dir / "manifest.json").read_text())["totals"]["extra"]["tokens"]
+    if runs["datatrove"]:  # same work on both sides: datatrove's .ds files hold the same number of uint16 tokens
         dt_tokens = sum(p.stat().st_size for p in (WORK / "datatrove" / "out").glob("*.ds")) // 2
         if dt_tokens != packed_tokens:
             print(f"warning: datatrove wrote {dt_tokens:,} tokens, crawlgpt {packed_tokens:,}", file=sys.stderr)
@@ -283,15 +286,20 @@ def main() -> None:
         wall, cpu = b[key]
         return (name, f"{wall:.2f}", f"{cpu:.2f}", f"{mbytes / wall:.2f}", f"{tokens / wall:,.0f}" if tokens else "", ratio)
 
-    rows = [
-        row("train: tokenizers train_from_iterator directly", "direct", tmb),
-        row("train: crawlgpt train_tokenizer (streamed)", "train", tmb, None,
-            f"{100 * (b['train'][0] / b['direct'][0] - 1):+.1f}% wall, {100 * (b['train'][1] / b['direct'][1] - 1):+.1f}% CPU"),
-        row("floor: Tokenizer.encode_batch alone", "floor", mb, n_tokens),
-        row("floor: Tokenizer.encode_batch_fast alone", "floor_fast", mb, n_tokens),
-        row("pack: crawlgpt shards (read, encode, pack, write)", "pack", mb, packed_tokens,
-            f"{b['pack'][0] / b['floor'][0]:.2f}x encode_batch, {b['pack'][0] / b['floor_fast'][0]:.2f}x _fast"),
-    ]
+    rows = []
+    if "train" in b:
+        rows += [
+            row("train: tokenizers train_from_iterator directly", "direct", tmb),
+            row("train: crawlgpt train_tokenizer (streamed)", "train", tmb, None,
+                f"{100 * (b['train'][0] / b['direct'][0] - 1):+.1f}% wall, {100 * (b['train'][1] / b['direct'][1] - 1):+.1f}% CPU"),
+        ]
+    if "pack" in b:
+        rows += [
+            row("floor: Tokenizer.encode_batch alone", "floor", mb, n_tokens),
+            row("floor: Tokenizer.encode_batch_fast alone", "floor_fast", mb, n_tokens),
+            row("pack: crawlgpt shards (read, encode, pack, write)", "pack", mb, packed_tokens,
+                f"{b['pack'][0] / b['floor'][0]:.2f}x encode_batch, {b['pack'][0] / b['floor_fast'][0]:.2f}x _fast"),
+        ]
     if "datatrove" in b:
         rows.append(row("pack: datatrove DocumentTokenizer", "datatrove", mb, packed_tokens,
                         f"crawlgpt {b['datatrove'][0] / b['pack'][0]:.2f}x faster (CPU {b['datatrove'][1] / b['pack'][1]:.2f}x)"))
@@ -302,13 +310,14 @@ def main() -> None:
         "load_average_end": os.getloadavg()[0], "vocab_size": args.vocab_size, "repeat": args.repeat,
         "tokens": packed_tokens, "datatrove_tokens": dt_tokens, "heldout": tok_manifest["heldout"],
         "runs_wall_cpu_s": runs, "best_wall_cpu_s": b,
-        "train_overhead_wall": b["train"][0] / b["direct"][0] - 1,
-        "pack_vs_encode_batch": b["pack"][0] / b["floor"][0],
-        "pack_vs_encode_batch_fast": b["pack"][0] / b["floor_fast"][0],
+        "train_overhead_wall": b["train"][0] / b["direct"][0] - 1 if "train" in b else None,
+        "train_overhead_cpu": b["train"][1] / b["direct"][1] - 1 if "train" in b else None,
+        "pack_vs_encode_batch": b["pack"][0] / b["floor"][0] if "pack" in b else None,
+        "pack_vs_encode_batch_fast": b["pack"][0] / b["floor_fast"][0] if "pack" in b else None,
         "speedup_vs_datatrove": b["datatrove"][0] / b["pack"][0] if "datatrove" in b else None,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "tokenize.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / ("tokenize.json" if args.only is None else f"tokenize-{args.only}.json")).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Each raw file is one shard. Every document goes through a fixed chain of filters, cheapest and most
 decisive first: language ID, Gopher quality, C4, FineWeb, Gopher repetition, then the quality
 classifier. The first filter that says drop decides the document's reason; the rest are not run. The
-chain's order is part of the config, so a rerun gives the same reasons.
+order is fixed (`RULES`; the config only selects families), so a rerun gives the same reasons.
 
 Outputs in DATA/filtered/ (the common document-stage layout):
 - `<shard>.parquet`: kept documents, their text untouched, with `lang`, `lang_score` and (with a
@@ -203,15 +203,27 @@ def chain_names(config: FilterConfig) -> list[str]:
     return names + (["quality_classifier"] if config.quality_model is not None else [])
 
 
-_CHAINS: dict[FilterConfig, list[Filter]] = {}
+_CHAINS: dict[tuple, list[Filter]] = {}
 
 
 def _chain_for(config: FilterConfig) -> list[Filter]:
-    """One chain (and one load of each model) per worker process and config."""
-    chain = _CHAINS.get(config)
+    """One chain (and one load of each model) per worker process, config and model files.
+
+    The key includes each model file's size and modification time, so a model retrained at the same
+    path is loaded afresh (a long-lived process, e.g. tests running shards in-process, must not keep
+    filtering with the old one).
+    """
+    key = (config, *(_file_key(p) for p in (config.lid_model, config.quality_model) if p))
+    chain = _CHAINS.get(key)
     if chain is None:
-        chain = _CHAINS[config] = build_chain(config)
+        _CHAINS.clear()
+        chain = _CHAINS[key] = build_chain(config)
     return chain
+
+
+def _file_key(path: str) -> tuple:
+    st = Path(path).stat()
+    return (path, st.st_size, st.st_mtime_ns)
 
 
 def decide(chain: list[Filter], doc: Document) -> tuple[Decision | None, dict]:

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 MANIFEST_NAME = "manifest.json"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 FORMAT_VERSION = 1
 
 
@@ -37,6 +39,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get normal permissions
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -148,7 +148,20 @@ def inputs_fingerprint(task: ShardTask, extra: str = "") -> str:
     return h.hexdigest()[:16]
 
 
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
 def _config_diff(old: dict, new: dict) -> str:
+    """The fields that differ, by dotted key (nested configs are compared field by field)."""
+    old, new = _flatten(old), _flatten(new)
     keys = sorted(set(old) | set(new))
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
     return "; ".join(diffs) or "(no field differs; the stage's format version changed)"

@@ -174,6 +174,16 @@ def test_accounting_identity_holds_per_shard_and_in_the_manifest(data):
     assert d["clusters"] == t["kept"] - hist["1"]
 
 
+def test_progress_covers_all_four_phases_as_one_run(data):
+    seen = []
+    run_dedup(data, CONFIG, on_progress=seen.append)
+    total = 2 * 3 + CONFIG.partitions + 1  # shards twice, partitions, the cluster task
+    assert {p.shards_total for p in seen} == {total}
+    assert [p.shards_done for p in seen] == sorted(p.shards_done for p in seen)
+    assert seen[-1].shards_done == total
+    assert seen[-1].docs == 2 * len(corpus())  # read once for signatures, once to write the corpus
+
+
 def test_rerun_skips_everything_and_a_changed_config_needs_force(data):
     run_dedup(data, CONFIG)
     corpus_file = data / "corpus" / "shard-00.parquet"
@@ -211,6 +221,20 @@ def test_a_run_killed_midway_resumes_to_the_same_result(data, tmp_path, monkeypa
     monkeypatch.setattr(stage_mod, "apply_shard", real_apply)
     run_dedup(data, CONFIG)
     assert outcome(data) == outcome(clean)
+
+
+def test_empty_shards_wordless_and_short_documents(tmp_path):
+    make_filtered(
+        tmp_path,
+        [[], [Document("p1", "!!! ..."), Document("p2", "?"), Document("s1", "Hello there"),
+              Document("s2", "hello, THERE."), Document("s3", "hello you")]],
+    )
+    m = run_dedup(tmp_path, CONFIG)
+    kept, removed = outcome(tmp_path)
+    assert set(kept) == {"p1", "s1", "s3"}  # no words at all: exact duplicates of each other
+    assert removed == {"p2": ("exact_duplicate", removed["p2"][1], "p1"),
+                       "s2": ("exact_duplicate", removed["s2"][1], "s1")}
+    assert m["totals"]["docs_in"] == 5
 
 
 def test_missing_upstream_stage_names_the_command_to_run(tmp_path):

@@ -161,9 +161,14 @@ def test_a_killed_process_resumes_to_the_same_outputs(tmp_path, crawl_small, sha
     cmd = [sys.executable, "-m", "pipeline.cli", "filter", "--workers", "1", "--lid-model", str(lid_model_path), "--data"]
     subprocess.run(cmd + [str(whole)], check=True, capture_output=True)
     proc = subprocess.Popen(cmd + [str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(6)  # inside the first shard
+    out = filter_dir(killed)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".*.tmp")) and time.monotonic() < deadline:  # a shard is being written
+        time.sleep(0.05)
+    time.sleep(1.0)  # well inside the first shard (2,500 records)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert list(out.glob(".*.tmp")), "the kill should leave a half-written shard behind"
     assert not (filter_dir(killed) / "manifest.json").exists()
     subprocess.run(cmd + [str(killed)], check=True, capture_output=True)
     assert output_hashes(killed) == output_hashes(whole)
@@ -207,6 +212,10 @@ def test_a_new_quality_model_redoes_every_shard(tmp_path, crawl_small, config, s
     after = {p.name: read_json(p)["inputs_fingerprint"] for p in receipts.iterdir()}
     assert before.keys() == after.keys() and all(before[k] != after[k] for k in before)
     assert second["totals"]["docs_in"] == first["totals"]["docs_in"]
+    # and the new model is the one applied (shards run in this process: no stale cached model)
+    rescored = {d.id: d.meta["quality_score"] for d in read_documents(filter_dir(data) / "crawl-00005.parquet")}
+    old = {d.id: d.meta["quality_score"] for d in kept}
+    assert any(rescored[i] != old[i] for i in rescored.keys() & old.keys())
 
 
 def test_rule_overrides_are_typed_and_checked(config):

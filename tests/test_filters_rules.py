@@ -271,11 +271,17 @@ def test_fineweb_rules_name_the_failing_condition():
 
 def test_fineweb_dup_line_limit_is_the_published_ten_percent():
     lines = CLEAN.splitlines()
-    one_repeat = "\n".join(lines * 2 + [lines[0]])  # heavy repetition
-    assert reason(FineWebFilter(), one_repeat) == "fineweb_max_dup_line_char_ratio"
-    long_article = "\n".join(lines + [f"{line} Again {i}." for i, line in enumerate(lines * 3)] + ["* * * * * * * * * * * *"] * 2)
-    # a repeated separator line is a sliver of the characters: kept (datatrove's 0.01 would drop it)
-    assert FineWebFilter().decide(doc(long_article)).reason != "fineweb_max_dup_line_char_ratio"
+    heavy = "\n".join(lines * 2 + [lines[0]])  # more than half the characters repeat
+    assert reason(FineWebFilter(), heavy) == "fineweb_max_dup_line_char_ratio"
+    # an article with a separator line used four times: 3 repeats are ~3 % of the characters, over
+    # datatrove's 0.01 but well under the paper's 0.1, so the article is kept
+    sep = "* * * * * * * * * * * * * * * * * *"
+    body = [f"{line} Part {i}." for i, line in enumerate(lines * 2)]
+    article = "\n".join(body[:3] + [sep] + body[3:6] + [sep] + body[6:9] + [sep] + body[9:] + [sep])
+    share = 3 * len(sep) / sum(len(line) for line in article.splitlines())
+    assert 0.01 < share < 0.1
+    assert FineWebFilter().decide(doc(article)).keep
+    assert reason(FineWebFilter(FineWebConfig(max_dup_line_char_ratio=0.01)), article) == "fineweb_max_dup_line_char_ratio"
 
 
 def test_lines_ending_in_a_quoted_sentence_count_as_punctuated():

@@ -29,7 +29,7 @@ class StageProgress:
     """A tqdm bar over shards that also shows documents per second and an ETA by shard fraction."""
 
     def __init__(self, desc: str):
-        self.bar = tqdm(desc=desc, unit="shard", dynamic_ncols=True, file=sys.stderr)
+        self.bar = tqdm(desc=desc, total=0, unit=" shards", dynamic_ncols=True, file=sys.stderr)
         self._shown = 0
 
     def __call__(self, p: Progress) -> None:
@@ -40,8 +40,8 @@ class StageProgress:
         rate = p.docs / p.elapsed_s if p.elapsed_s > 0 else 0.0
         todo = p.shards_total - p.shards_skipped
         frac = (p.shards_done - p.shards_skipped) / todo if todo else 1.0
-        eta = p.elapsed_s * (1 - frac) / frac if frac > 0 else float("nan")
-        self.bar.set_postfix_str(f"{p.docs:,} docs, {rate:,.0f} docs/s, ETA {eta:,.0f}s", refresh=False)
+        eta = f"{p.elapsed_s * (1 - frac) / frac:,.0f}s" if frac > 0 else "?"
+        self.bar.set_postfix_str(f"{p.docs:,} docs, {rate:,.0f} docs/s, ETA {eta}", refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:

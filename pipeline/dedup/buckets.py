@@ -188,12 +188,12 @@ def partition_shard(task: ShardTask, stage_dir: Path, config: PartitionConfig) -
             band_parts.append(bk[mine])
             key_parts.append(keys[has_shingles][doc_rows])
             exact_parts.append(exact[has_shingles][doc_rows])
-    _check_unique_keys(np.concatenate(own_keys), np.concatenate(own_files), task.inputs)
+    _check_unique_keys(_cat(own_keys, np.uint64), _cat(own_files, np.int32), task.inputs)
 
-    ex_a, ex_b = exact_pairs(np.concatenate(exact_hash_parts), np.concatenate(exact_key_parts))
-    band = np.concatenate(band_parts)
+    ex_a, ex_b = exact_pairs(_cat(exact_hash_parts, np.uint64), _cat(exact_key_parts, np.uint64))
+    band = _cat(band_parts, np.uint64)
     cand_a, cand_b, buckets = bucket_pairs(
-        band, np.concatenate(key_parts), np.concatenate(exact_parts), config.bucket_window
+        band, _cat(key_parts, np.uint64), _cat(exact_parts, np.uint64), config.bucket_window
     )
     jaccard = _verify(task.inputs, cand_a, cand_b)
     ok = jaccard >= config.threshold
@@ -219,6 +219,10 @@ def partition_shard(task: ShardTask, stage_dir: Path, config: PartitionConfig) -
     }
     log.debug("partition %s: %s", task.name, stats.extra)
     return stats
+
+
+def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
 
 def _verify(paths: tuple[str, ...], a: np.ndarray, b: np.ndarray) -> np.ndarray:

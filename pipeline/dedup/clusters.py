@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import AccountingError
 from pipeline.manifest import atomic_path, output_record
 from pipeline.stage import ShardStats, ShardTask
 
@@ -108,6 +109,13 @@ def cluster_shard(task: ShardTask, stage_dir: Path, config: ClusterConfig) -> Sh
                 member_words[idx] = batch.column("words").to_numpy()[rows]
                 member_exact[idx] = np.array(batch.column("exact").to_pylist(), object)[rows]
                 member_shard[idx] = shard
+
+    missing = np.flatnonzero(member_shard == None)  # noqa: E711 (element-wise on an object array)
+    if missing.size:
+        raise AccountingError(
+            f"{missing.size} documents of the partitions' edges (key {int(nodes[missing[0]]):016x}, ...) are "
+            "in no signature file: the work files under DATA/dedup are inconsistent. Rerun with --force."
+        )
 
     # Representative: most words, then smallest id (a Python sort over duplicates only).
     order = sorted(range(nodes.size), key=lambda i: (int(roots[i]), -int(member_words[i]), member_id[i]))

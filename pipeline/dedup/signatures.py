@@ -13,7 +13,7 @@ The signature file of a shard has one row per document and no text, so later pha
 | key | uint64 | 64-bit hash of the document id (see `normalize.id_keys`) |
 | id | string | the document id |
 | words | int32 | words in the normalised text (the representative rule prefers more) |
-| shingles | int32 | distinct-or-not shingles hashed (0: the document takes part in exact dedup only) |
+| shingles | int32 | shingles hashed (0: no words; the document takes part in exact dedup only) |
 | exact | fixed_size_binary(16) | blake2b of the normalised text |
 | signature | fixed_size_list<uint32>[num_perm] | the MinHash signature |
 """

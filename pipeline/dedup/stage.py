@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -151,7 +150,3 @@ def run_dedup(
     )
     return manifest
 
-
-def with_overrides(config: DedupConfig, **overrides) -> DedupConfig:
-    """A copy of `config` with the given non-None fields replaced (validated again)."""
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
