@@ -82,7 +82,7 @@ BENCH_VENV := .venv-bench
 $(BENCH_VENV)/.installed:
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
-	$(BENCH_VENV)/bin/pip install --quiet 'datatrove[processing]==0.10.1' fasttext-numpy2-wheel tokenizers datasketch psutil warcio faust-cchardet python-magic spacy aiohttp
+	$(BENCH_VENV)/bin/pip install --quiet 'datatrove[processing]==0.10.1' fasttext-numpy2-wheel tokenizers datasketch psutil warcio faust-cchardet python-magic spacy aiohttp orjson
 	touch $@
 
 bench: $(VENV) $(BENCH_VENV)/.installed

@@ -25,8 +25,11 @@ Measured:
 3. the floor: datasketch alone hashing the same word 3-gram shingles, `MinHash.bulk` in a bare loop
    over precomputed shingles (a) as bytes with datasketch's default hash, the plain way to use it, and
    (b) as our pre-hashed uint32 arrays, i.e. only the permutations our stage asks datasketch for;
-4. memory: peak RSS summed over the process tree (main process + workers), sampled every 20 ms, per
-   phase, at 1x and 8x the crawl.
+4. memory, at 1x and 8x the crawl: peak RSS summed over the process tree (main process + workers,
+   sampled every 20 ms) per phase, which is dominated by each process's fixed ~150-300 MB of imported
+   libraries; and, to see what grows with the corpus, the working memory of one task of each phase
+   (peak of numpy/Python allocations by tracemalloc + peak of Arrow's memory pool) measured in a fresh
+   process: one signature shard, one partition (of 8), the cluster task.
 
 Usage: .venv/bin/python bench/bench_dedup.py [--workers 2] [--skip-peer] [--skip-8x]
 Prints tables and writes bench/results/dedup.json; `--plot` also redraws docs/dedup-scurve.png.
@@ -126,6 +129,7 @@ class TreeMonitor:
         self.phase_of = phase_of
         self.interval_s = interval_s
         self.peak: dict[str, int] = defaultdict(int)
+        self.cpu: dict[int, float] = {}  # pid -> last seen user + system seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -138,6 +142,8 @@ class TreeMonitor:
                 for p in procs:
                     try:
                         rss += p.memory_info().rss
+                        t = p.cpu_times()
+                        self.cpu[p.pid] = t.user + t.system
                     except psutil.Error:
                         pass
             except psutil.Error:
@@ -147,18 +153,11 @@ class TreeMonitor:
             self.peak["total"] = max(self.peak["total"], rss)
             time.sleep(self.interval_s)
 
-    def stop(self) -> dict[str, int]:
+    def stop(self) -> tuple[dict[str, int], float]:
+        """(peak RSS per phase, CPU seconds summed over every process seen)."""
         self._stop.set()
         self._thread.join()
-        return dict(self.peak)
-
-
-def _children_cpu_s() -> float:
-    """User + system CPU seconds of all finished descendants (pool workers included)."""
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+        return dict(self.peak), sum(self.cpu.values())
 
 
 def run_ours(data: Path, workers: int, config: DedupConfig) -> dict:
@@ -177,14 +176,12 @@ def run_ours(data: Path, workers: int, config: DedupConfig) -> dict:
     cmd = [sys.executable, "-m", "pipeline.cli", "dedup", "--data", str(data), "--workers", str(workers),
            "--ngram", str(config.ngram), "--num-perm", str(config.num_perm), "--bands", str(config.bands),
            "--rows", str(config.rows), "--threshold", str(config.threshold), "--partitions", str(config.partitions)]
-    cpu0 = _children_cpu_s()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     monitor = TreeMonitor(proc.pid, phase_of)
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
-    cpu = _children_cpu_s() - cpu0
-    peak = monitor.stop()
+    peak, cpu = monitor.stop()
     if proc.returncode != 0:
         raise SystemExit(f"crawlgpt dedup failed:\n{out}\n{err}")
     manifest = load_manifest(data / "corpus")
@@ -201,6 +198,51 @@ def our_prediction(data: Path) -> tuple[dict[str, str], set[str]]:
     for path in sorted((data / "corpus" / "rejected").glob("*.parquet")):
         removed.update(pq.read_table(path, columns=["id"])["id"].to_pylist())
     return members, removed
+
+
+# --- working memory of one task per phase ------------------------------------------------------------
+
+
+def probe_working_memory(data: Path) -> dict:
+    """Run one task of each phase in this process; peak tracemalloc + Arrow pool bytes of each."""
+    import tracemalloc
+
+    from pipeline.dedup.buckets import partition_name, partition_shard
+    from pipeline.dedup.clusters import cluster_shard
+    from pipeline.dedup.config import ClusterConfig
+
+    config = DedupConfig()
+    sig_dir = data / "dedup" / "signatures"
+    sig_files = tuple(str(sig_dir / f"{p.stem}.parquet") for p in stage_documents(data / "filtered"))
+    edge_files = tuple(sorted(str(p) for p in (data / "dedup" / "partitions").glob("part-*.parquet")))
+    out = WORK / "probe"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    from pipeline.dedup.signatures import signature_shard
+
+    first_input = str(stage_documents(data / "filtered")[0])
+    probes = {
+        "signatures (one shard)": lambda: signature_shard(ShardTask("probe", (first_input,)), out,
+                                                          config.signature_config()),
+        "partitions (one of 8)": lambda: partition_shard(ShardTask(partition_name(0), sig_files), out,
+                                                         config.partition_config()),
+        "clusters (the one task)": lambda: cluster_shard(ShardTask("clusters", edge_files + sig_files), out,
+                                                         ClusterConfig(len(edge_files), len(sig_files))),
+    }
+    result = {}
+    pools = []  # every proxy pool stays alive: buffers allocated from it are freed through it
+    tracemalloc.start()
+    for name, run in probes.items():
+        pool = pa.proxy_memory_pool(pa.default_memory_pool())
+        pools.append(pool)
+        pa.set_memory_pool(pool)
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        stats = run()
+        peak = tracemalloc.get_traced_memory()[1] - base
+        result[name] = {"python_numpy_bytes": peak, "arrow_bytes": pool.max_memory(),
+                        "extra": {k: v for k, v in stats.extra.items() if isinstance(v, int)}}
+    return result
 
 
 # --- datatrove ---------------------------------------------------------------------------------------
@@ -280,14 +322,12 @@ def run_datatrove(data: Path, workers: int) -> dict:
         return order[min(order.index(done) + 1, 3)] if done else order[0]
 
     cmd = [PEER_PYTHON, str(script), str(src), str(out), str(workers), str(files)]
-    cpu0 = _children_cpu_s()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     monitor = TreeMonitor(proc.pid, phase_of)
     stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t0
-    cpu = _children_cpu_s() - cpu0
-    peak = monitor.stop()
+    peak, cpu = monitor.stop()
     if proc.returncode != 0:
         raise SystemExit(f"datatrove failed:\n{stdout[-3000:]}\n{stderr[-3000:]}")
     members, removed = {}, set()
@@ -504,13 +544,23 @@ def mib(n: int) -> str:
     return f"{n / 2**20:,.0f}"
 
 
+def run_probe(data: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--probe", str(data)], cwd=REPO, capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-peer", action="store_true", help="do not run datatrove")
     ap.add_argument("--skip-8x", action="store_true", help="do not measure the 8x corpus")
     ap.add_argument("--plot", action="store_true", help="redraw docs/dedup-scurve.png")
+    ap.add_argument("--probe", type=Path, help=argparse.SUPPRESS)  # internal: working memory of DATA
     args = ap.parse_args()
+    if args.probe:
+        print(json.dumps(probe_working_memory(args.probe)))
+        return
     if not CRAWL.is_dir():
         raise SystemExit(f"crawl-dev not found at {CRAWL} (set CRAWLGPT_SHARED_DATA)")
     config = DedupConfig()
@@ -541,6 +591,7 @@ def main() -> None:
     }
     floor = floor_times(data1, config)
     results["floor"] = floor
+    results["working_memory_1x"] = run_probe(data1)
 
     if not args.skip_peer:
         dt = run_datatrove(data1, args.workers)
@@ -554,6 +605,7 @@ def main() -> None:
         docs8, _ = load_truth(data8)
         m8, rm8 = our_prediction(data8)
         q8 = evaluate(data8, docs8, m8, rm8)
+        results["working_memory_8x"] = run_probe(data8)
         results["ours_8x"] = {"docs": len(docs8), "wall_s": r8["wall_s"], "stage_s": r8["stage_s"],
                               "phase_s": r8["manifest"]["dedup"]["phase_elapsed_s"], "peak_rss": r8["peak_rss"],
                               "precision": q8["precision"], "recall": {k: v["recall"] for k, v in q8["recall"].items()}}
@@ -621,6 +673,14 @@ def report(r: dict) -> None:
         print()
         print(format_table(rows, ["peak RSS (process tree)", f"1x ({n:,}) MiB", f"8x ({r8['docs']:,}) MiB",
                                   "growth bytes/doc"]))
+        rows = []
+        w1, w8 = r["working_memory_1x"], r["working_memory_8x"]
+        for name in w1:
+            a = w1[name]["python_numpy_bytes"] + w1[name]["arrow_bytes"]
+            b = w8[name]["python_numpy_bytes"] + w8[name]["arrow_bytes"]
+            rows.append([name, mib(a), mib(b), f"{(b - a) / max(r8['docs'] - n, 1):,.0f}"])
+        print()
+        print(format_table(rows, ["working memory of one task", "1x MiB", "8x MiB", "growth bytes/doc"]))
         print(f"8x: {r8['wall_s']:.1f}s ({r8['docs'] / r8['wall_s']:,.0f} docs/s), precision {r8['precision']:.4f}, "
               f"recall {r8['recall']}")
     print()

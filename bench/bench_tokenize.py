@@ -201,7 +201,7 @@ def main() -> None:
     ap.add_argument("--vocab-size", type=int, default=16384)
     ap.add_argument("--skip-peer", action="store_true", help="do not run datatrove")
     ap.add_argument("--only", choices=["train", "pack"], help="run one half of the benchmark")
-    args = ap.parse_args()
+    args, _ = ap.parse_known_args()  # bench/run.sh passes the same arguments to every benchmark
 
     from tokenizers import Tokenizer
 

@@ -161,7 +161,8 @@ def case_gpu(steps: int, warmup: int, shards: str) -> dict:
 
 
 def run_case(name: str, args: argparse.Namespace, shards: Path | None, steps: int, warmup: int) -> dict:
-    cmd = [sys.executable, __file__, "--case", name, "--steps", str(steps), "--warmup", str(warmup)]
+    cmd = [sys.executable, __file__, "--case", name, "--steps", str(steps), "--warmup", str(warmup),
+           "--threads", str(args.threads)]
     if shards is not None:
         cmd += ["--shards", str(shards)]
     t0 = time.perf_counter()
@@ -184,12 +185,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="Rounds of CPU cases; the best of each is kept (default 2).")
     parser.add_argument("--no-compile", action="store_true", help="Skip the compiled CPU cases.")
     parser.add_argument("--no-cpu", action="store_true", help="Skip the CPU cases.")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads per case; 0 = torch's default (one per core) (default 0).")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--shards", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.case:  # child process: run one case, print its JSON on the last line
         logging.basicConfig(level=logging.WARNING)
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         kind, _, variant = args.case.partition("-")
         if kind == "plain":
             out = case_plain(args.steps, args.warmup, variant == "compile")
@@ -202,7 +209,7 @@ def main() -> None:
 
     import torch
 
-    results: dict = {"torch": torch.__version__, "cpu_threads": torch.get_num_threads(), "cpu_cases": {},
+    results: dict = {"torch": torch.__version__, "cpu_threads": args.threads or torch.get_num_threads(), "cpu_cases": {},
                      "cpu_model": {**CPU_MODEL, "batch": CPU_BATCH, "vocab": VOCAB}}
     with tempfile.TemporaryDirectory(prefix="bench-shards-") as tmp:
         if not args.no_cpu:

@@ -136,7 +136,10 @@ def test_the_representative_is_the_longest_then_the_smallest_id(tmp_path):
     assert removed["d"][::2] == ("exact_duplicate", "c")  # equal length: the smaller id
 
 
-def test_results_do_not_depend_on_workers_partitions_shard_split_or_read_order(tmp_path):
+def test_results_do_not_depend_on_workers_partitions_shard_split_or_read_order(tmp_path, monkeypatch):
+    import pipeline.dedup.stage as stage_mod
+
+    monkeypatch.setattr(stage_mod, "DOCS_PER_WORKER", {k: 1 for k in stage_mod.DOCS_PER_WORKER})  # real pools
     docs = corpus(seed=1)
     make_filtered(tmp_path / "a", [docs[0::2], docs[1::2]])
     run_dedup(tmp_path / "a", DedupConfig(partitions=1), workers=1)
@@ -277,6 +280,15 @@ def test_show_finds_a_cluster_by_member_or_cluster_id(data):
 
 def test_true_jaccard_of_word_trigrams():
     assert jaccard(shingle_set("a b c d", 3), shingle_set("A, b c. d e", 3)) == 2 / 3
+
+
+def test_small_phases_run_in_process_and_large_ones_get_the_workers():
+    from pipeline.dedup.stage import phase_workers
+
+    assert phase_workers("signatures", 8, 6, 13_000) == 1
+    assert phase_workers("signatures", 8, 6, 10_000_000) == 6  # never more workers than tasks
+    assert phase_workers("partitions", 2, 8, 105_000, 8) == 2
+    assert phase_workers("apply", 2, 48, 20_000) == 1
 
 
 def test_cli_dedup_and_dedup_show(data):

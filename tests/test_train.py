@@ -221,6 +221,23 @@ def test_resume_after_sigterm_reaches_bitwise_the_same_weights_as_an_uninterrupt
     assert steps == list(range(1, 11))
 
 
+def test_a_stop_signal_is_remembered_and_only_a_second_ctrl_c_interrupts_at_once():
+    from train.loop import StopSignal
+
+    stop = StopSignal()
+    stop.install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.received == signal.SIGINT
+        os.kill(os.getpid(), signal.SIGTERM)  # what torchrun sends its workers after a Ctrl-C: ignored
+        assert stop.received == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 class Payload:  # any class: weights_only=True refuses to build it when loading
     pass
 

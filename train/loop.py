@@ -101,7 +101,7 @@ def resolve_preset(preset: str, device: torch.device) -> str:
 
 
 class StopSignal:
-    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (a second signal stops at once)."""
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (a second Ctrl-C stops at once)."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -114,9 +114,13 @@ class StopSignal:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.received is not None:  # asked twice: stop without the checkpoint
-            self.restore()
-            raise KeyboardInterrupt
+        if self.received is not None:
+            # Ctrl-C twice: stop at once, without the checkpoint. Any other repeat is ignored: torchrun
+            # answers the terminal's SIGINT by sending SIGTERM to every worker, which must not abort it.
+            if signum == self.received == signal.SIGINT:
+                self.restore()
+                raise KeyboardInterrupt
+            return
         self.received = signum
         log.warning("received %s: finishing this step, writing a checkpoint, then stopping",
                     signal.Signals(signum).name)

@@ -70,10 +70,10 @@ def partition_of(hashes: np.ndarray, partitions: int) -> np.ndarray:
 def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """(docs, bands) uint64: a hash of each band's `rows` signature values and of the band number."""
     n = signatures.shape[0]
-    banded = signatures[:, : bands * rows].reshape(n, bands, rows).astype(np.uint64)
+    banded = signatures[:, : bands * rows].reshape(n, bands, rows)
     h = np.broadcast_to(fmix64(np.arange(bands, dtype=np.uint64) + _BAND_SEED), (n, bands)).copy()
     for r in range(rows):
-        h ^= banded[:, :, r]
+        h ^= banded[:, :, r]  # uint32 -> uint64, no copy of the whole signature matrix
         h *= _BAND_MULT
     return fmix64(h)
 
@@ -92,9 +92,12 @@ def signature_matrix(column: pa.Array) -> np.ndarray:
     return values[start : start + len(column) * width].reshape(len(column), width)
 
 
+#: Signature rows read at a time: bounds the per-batch temporaries (band keys, masks) of a partition.
+BATCH_ROWS = 8192
+
+
 def _batches(path: str, columns: list[str]):
-    for batch in pq.ParquetFile(path).iter_batches(columns=columns):
-        yield batch
+    yield from pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns)
 
 
 def exact_pairs(exact: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

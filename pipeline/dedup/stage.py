@@ -35,6 +35,23 @@ STAGE = "dedup"
 UPSTREAM_DIR = "filtered"
 WORK_DIR = "dedup"
 OUTPUT_DIR = "corpus"
+#: Documents of work that make starting one more worker process worth it (a spawned worker needs ~0.5-1 s
+#: to start and import numpy, pyarrow and datasketch). Below this a phase runs in-process: on the 13k
+#: documents of the dev crawl that is faster than any pool. Per phase, from bench/bench_dedup.py costs:
+#: signatures ~150 us/doc, partitions ~9 us/doc per partition, apply ~50 us/doc.
+DOCS_PER_WORKER = {"signatures": 15_000, "partitions": 200_000, "apply": 40_000}
+
+
+def phase_workers(phase: str, workers: int, tasks: int, docs: int, partitions: int = 1) -> int:
+    """Workers worth starting for a phase: at most `workers` and `tasks`, one per DOCS_PER_WORKER of work."""
+    work = docs * (partitions if phase == "partitions" else 1)
+    n = max(1, min(workers, tasks, round(work / DOCS_PER_WORKER[phase])))
+    if n < min(workers, tasks):
+        log.info("dedup-%s: %d worker(s) for %s documents (a worker pays off per ~%s)", phase, n, f"{docs:,}",
+                 f"{DOCS_PER_WORKER[phase] // (partitions if phase == 'partitions' else 1):,}")
+    return n
+
+
 class _PhaseProgress:
     """Presents the four phases to one progress callback as a single run over all their tasks."""
 
@@ -83,6 +100,7 @@ def run_dedup(
     upstream_manifest = load_manifest(upstream_dir) or {}
     upstream = {"filtered": upstream_manifest.get("config_hash", "")}
     names = [Path(p).stem for p in inputs]
+    n_docs = int(upstream_manifest.get("totals", {}).get("kept", 0))
     work = data_dir / WORK_DIR
     progress = _PhaseProgress(on_progress, 2 * len(inputs) + config.partitions + 1)
     t0 = time.monotonic()
@@ -90,7 +108,8 @@ def run_dedup(
     m1 = run_stage(
         "dedup-signatures", work / "signatures", config.signature_config(),
         [ShardTask(n, (str(p),)) for n, p in zip(names, inputs)],
-        signature_shard, workers=workers, force=force, upstream=upstream, on_progress=progress.phase(),
+        signature_shard, workers=phase_workers("signatures", workers, len(inputs), n_docs),
+        force=force, upstream=upstream, on_progress=progress.phase(),
     )
     signature_files = tuple(str(work / "signatures" / f"{n}.parquet") for n in names)
     t1 = time.monotonic()
@@ -98,7 +117,8 @@ def run_dedup(
     m2 = run_stage(
         "dedup-partitions", work / "partitions", config.partition_config(),
         [ShardTask(partition_name(i), signature_files) for i in range(config.partitions)],
-        partition_shard, workers=workers, force=force, on_progress=progress.phase(),
+        partition_shard, workers=phase_workers("partitions", workers, config.partitions, n_docs, config.partitions),
+        force=force, on_progress=progress.phase(),
     )
     edge_files = tuple(str(work / "partitions" / p) for p in manifest_outputs(m2, ""))
     t2 = time.monotonic()
@@ -140,8 +160,8 @@ def run_dedup(
     manifest = run_stage(
         STAGE, data_dir / OUTPUT_DIR, config,
         [ShardTask(n, (str(p), str(work / "clusters" / f"{n}.parquet"))) for n, p in zip(names, inputs)],
-        apply_shard, workers=workers, force=force, upstream=upstream, on_progress=progress.phase(),
-        finalize=finalize,
+        apply_shard, workers=phase_workers("apply", workers, len(inputs), n_docs),
+        force=force, upstream=upstream, on_progress=progress.phase(), finalize=finalize,
     )
     log.info(
         "dedup: %d documents in, %d kept, %d exact and %d near duplicates removed in %.1fs",
