@@ -50,8 +50,8 @@ log = logging.getLogger(__name__)
 EDGE_SCHEMA = pa.schema([("key", pa.uint64()), ("root", pa.uint64())])
 _BAND_SEED = np.uint64(0x2545F4914F6CDD1D)
 _BAND_MULT = np.uint64(0x9FB21C651E98DF25)
-#: Candidate pairs verified per numpy step (bounds the temporary pairs x num_perm comparison array).
-_VERIFY_CHUNK = 1 << 15
+#: Candidate pairs verified per numpy step (bounds the gathered pairs x num_perm signature arrays).
+_VERIFY_CHUNK = 4096
 
 
 def partition_name(index: int) -> str:
@@ -157,11 +157,7 @@ def bucket_pairs(
 
 def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
     """Share of equal MinHash values per row pair: the MinHash estimate of Jaccard similarity."""
-    out = np.empty(sig_a.shape[0], np.float64)
-    for lo in range(0, sig_a.shape[0], _VERIFY_CHUNK):
-        hi = lo + _VERIFY_CHUNK
-        out[lo:hi] = np.count_nonzero(sig_a[lo:hi] == sig_b[lo:hi], axis=1) / sig_a.shape[1]
-    return out
+    return np.count_nonzero(sig_a == sig_b, axis=1) / sig_a.shape[1]
 
 
 def partition_shard(task: ShardTask, stage_dir: Path, config: PartitionConfig) -> ShardStats:
@@ -245,7 +241,12 @@ def _verify(paths: tuple[str, ...], a: np.ndarray, b: np.ndarray) -> np.ndarray:
     sigs = np.concatenate(found_sigs)
     order = np.argsort(keys)
     keys, sigs = keys[order], sigs[order]
-    return estimated_jaccard(sigs[np.searchsorted(keys, a)], sigs[np.searchsorted(keys, b)])
+    ia, ib = np.searchsorted(keys, a), np.searchsorted(keys, b)
+    out = np.empty(a.size, np.float64)
+    for lo in range(0, a.size, _VERIFY_CHUNK):  # gather pairs' signatures a chunk at a time
+        hi = lo + _VERIFY_CHUNK
+        out[lo:hi] = estimated_jaccard(sigs[ia[lo:hi]], sigs[ib[lo:hi]])
+    return out
 
 
 def _check_unique_keys(keys: np.ndarray, files: np.ndarray, paths: tuple[str, ...]) -> None:
