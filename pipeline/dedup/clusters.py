@@ -36,7 +36,7 @@ from pipeline.errors import AccountingError
 from pipeline.manifest import atomic_path, output_record
 from pipeline.stage import ShardStats, ShardTask
 
-from .buckets import estimated_jaccard, signature_matrix
+from .buckets import BATCH_ROWS, estimated_jaccard, signature_matrix
 from .config import ClusterConfig
 from .unionfind import connected_components
 
@@ -100,7 +100,7 @@ def cluster_shard(task: ShardTask, stage_dir: Path, config: ClusterConfig) -> Sh
     n_docs = 0
     for path in sig_paths:
         shard = Path(path).stem
-        for batch in pq.ParquetFile(path).iter_batches(columns=["key", "id", "words", "exact"]):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=["key", "id", "words", "exact"]):
             keys = batch.column("key").to_numpy()
             n_docs += keys.size
             idx, rows = _lookup(nodes, keys)
@@ -133,7 +133,7 @@ def cluster_shard(task: ShardTask, stage_dir: Path, config: ClusterConfig) -> Sh
     rep_row[reps] = np.arange(reps.size)
     jaccard = np.ones(nodes.size, np.float32)
     for path in sig_paths:
-        for batch in pq.ParquetFile(path).iter_batches(columns=["key", "signature"]):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=["key", "signature"]):
             idx, rows = _lookup(nodes, batch.column("key").to_numpy())
             if rows.size:
                 sig = signature_matrix(batch.column("signature"))[rows]
@@ -200,7 +200,7 @@ def _signatures_of(paths: tuple[str, ...], wanted: np.ndarray) -> np.ndarray:
     """Signatures of the documents with keys `wanted` (sorted), in that order."""
     out = None
     for path in paths:
-        for batch in pq.ParquetFile(path).iter_batches(columns=["key", "signature"]):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=["key", "signature"]):
             idx, rows = _lookup(wanted, batch.column("key").to_numpy())
             if rows.size:
                 sig = signature_matrix(batch.column("signature"))
