@@ -24,7 +24,6 @@ import bisect
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -33,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import PipelineError
+from pipeline.manifest import atomic_path, sha256_file, write_json_atomic
 
 TOKEN_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -78,21 +78,6 @@ def _schema(dtype: np.dtype, meta: dict[str, str]) -> pa.Schema:
                      metadata=metadata)
 
 
-def _sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write_bytes_path(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 # --- writing -------------------------------------------------------------------------------------
 
 
@@ -128,8 +113,7 @@ def write_shard(
         "num_documents": len(docs),
     }
     schema = _schema(dtype, meta)
-    tmp = _atomic_write_bytes_path(path)
-    try:
+    with atomic_path(path) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink:
             with pa.ipc.new_file(sink, schema) as writer:
                 # One record batch per BATCH_DOCS documents: only one batch is ever concatenated in memory.
@@ -149,16 +133,12 @@ def write_shard(
                     writer.write_batch(pa.record_batch([col], schema=schema))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return {
         "path": str(path),
         "tokens": num_tokens,
         "documents": len(docs),
         "bytes": path.stat().st_size,
-        "sha256": _sha256(path),
+        "sha256": sha256_file(path),
     }
 
 
@@ -215,14 +195,7 @@ def write_manifest(out_dir: str | Path, splits: dict[str, list[dict]], *, vocab_
     """Write a minimal token-shard `manifest.json` (the fields the reader checks); return it."""
     manifest = dict(extra or {})
     manifest.update(shard_manifest_fields(splits, vocab_size=vocab_size, eot_id=eot_id, tokenizer_hash=tokenizer_hash))
-    path = Path(out_dir) / MANIFEST_NAME
-    tmp = _atomic_write_bytes_path(path)
-    try:
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_json_atomic(Path(out_dir) / MANIFEST_NAME, manifest)
     return manifest
 
 
@@ -410,7 +383,7 @@ class TokenShards:
                     f"token shard {path} has {size} bytes, the manifest says {rec['bytes']} (truncated or "
                     f"replaced); run `{REMAKE}`"
                 )
-            if verify_checksums and _sha256(path) != rec["sha256"]:
+            if verify_checksums and sha256_file(path) != rec["sha256"]:
                 raise TokenShardError(f"token shard {path} does not match its sha256 in {manifest_path} (corrupt); run `{REMAKE}`")
             shard = open_shard(path)
             m = shard.meta
