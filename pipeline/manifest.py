@@ -103,10 +103,25 @@ def output_record(path: str | Path, rows: int, base: str | Path) -> dict:
     }
 
 
+def _without_timings(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _without_timings(v) for k, v in obj.items() if "elapsed" not in k}
+    if isinstance(obj, list):
+        return [_without_timings(v) for v in obj]
+    return obj
+
+
 def manifest_hash(stage_dir: str | Path) -> str | None:
-    """sha256 of a stage's manifest.json, or None if the stage has not finished."""
+    """A content fingerprint of a finished stage's manifest, or None if the stage has not finished.
+
+    Timings (any key containing "elapsed") are left out: a rerun that skips every shard rewrites the
+    manifest with new timings, and that must not make downstream stages redo their work.
+    """
     p = Path(stage_dir) / MANIFEST_NAME
-    return sha256_file(p) if p.exists() else None
+    if not p.exists():
+        return None
+    blob = json.dumps(_without_timings(read_json(p)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def load_manifest(stage_dir: str | Path) -> dict | None:

@@ -303,3 +303,28 @@ def test_cli_dedup_and_dedup_show(data):
     assert "exact_duplicate" in result.output
     result = runner.invoke(main, ["dedup", "--data", str(data), "--workers", "1", "--bands", "99"])
     assert result.exit_code != 0 and "invalid bands" in result.output
+
+
+def test_labelled_copies_in_a_real_crawl_file_join_their_originals(shared_data, tmp_path):
+    from pipeline.readers import read_file
+
+    labels = {}
+    for line in open(shared_data / "crawl-dev" / "labels.jsonl", encoding="utf-8"):
+        row = json.loads(line)
+        labels[row["uri"]] = row
+    shards = [
+        [d for d in read_file(shared_data / "crawl-dev" / f"crawl-0000{i}.warc.wet.gz") if isinstance(d, Document)]
+        for i in (4, 5)
+    ]
+    make_filtered(tmp_path, shards)
+    run_dedup(tmp_path, CONFIG)
+    members = {}
+    for path in (tmp_path / "dedup" / "clusters").glob("*.parquet"):
+        members.update((row["id"], row["cluster"]) for row in pq.read_table(path).to_pylist())
+    docs = [d for shard in shards for d in shard]
+    by_url = {d.url: d.id for d in docs}
+    pairs = [(d.id, by_url[labels[d.url]["cluster"]]) for d in docs
+             if "edit" in labels[d.url] and labels[d.url]["cluster"] in by_url]
+    assert len(pairs) == 100
+    caught = sum(a in members and members[a] == members.get(b) for a, b in pairs)
+    assert caught >= 0.97 * len(pairs)

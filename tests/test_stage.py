@@ -198,3 +198,17 @@ def test_killing_a_stage_at_any_moment_then_rerunning_equals_an_uninterrupted_ru
         manifest = json.loads((run_dir / "out" / "manifest.json").read_text())
         assert manifest["totals"]["docs_in"] == 30
         assert not list((run_dir / "out").rglob("*.tmp"))
+
+
+def test_manifest_hash_ignores_timings_so_a_no_op_rerun_does_not_invalidate_downstream(tmp_path):
+    from pipeline.manifest import manifest_hash
+
+    tasks = make_inputs(tmp_path)
+    run_stage("toy", tmp_path / "out", KeepLongConfig(), tasks, keep_long)
+    first = manifest_hash(tmp_path / "out")
+    m = run_stage("toy", tmp_path / "out", KeepLongConfig(), tasks, keep_long)
+    assert "elapsed_s" in m
+    assert manifest_hash(tmp_path / "out") == first
+    write_documents(tasks[0].inputs[0], [Document(id="changed", text="different content")])
+    run_stage("toy", tmp_path / "out", KeepLongConfig(), tasks, keep_long)
+    assert manifest_hash(tmp_path / "out") != first

@@ -84,7 +84,9 @@ def _print_dedup_summary(manifest: dict) -> None:
     if not d:
         return
     click.echo("")
-    click.echo(format_table(list(d["cluster_size_histogram"].items()), ["cluster size", "clusters"]))
+    from pipeline.dedup.clusters import histogram_rows
+
+    click.echo(format_table(histogram_rows(d["cluster_size_histogram"]), ["cluster size", "clusters"]))
     pairs = d.get("pairs", {})
     click.echo("")
     click.echo(format_table([(k.replace("_", " "), v) for k, v in pairs.items()], ["LSH", "count"]))

@@ -9,8 +9,10 @@ The probability of that, for a pair with Jaccard similarity s, is the S-curve
 Band keys are split into `partitions` by hash range (partition p owns keys in [p, p+1) * 2^64 / P), and
 exact-content hashes likewise. A partition reads only the signature files, keeps the band keys in its
 range, and needs nothing from any other partition: partitions run in parallel here and could run on
-different machines. Its memory is about 24 bytes x bands / partitions per document (band key, document
-key, content hash), plus the signatures of its candidate documents.
+different machines. It holds 24 bytes per band entry (band key, document key, content hash), about
+90 at the peak of sorting them, i.e. ~90 x bands / partitions bytes per document of the corpus, plus
+4 x num_perm bytes per document with a candidate pair while it verifies them (bench/bench_dedup.py
+measures 485 bytes per document for one of 8 partitions).
 
 Inside a partition:
 - exact duplicates: documents with the same content hash are linked to the one with the smallest key;

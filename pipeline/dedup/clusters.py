@@ -2,9 +2,10 @@
 
 The partitions' edge files hold at most one (key, root) edge per duplicate document per partition, so
 this phase's memory grows with the number of documents that have a duplicate, never with the number of
-candidate pairs or with the corpus: about 60 bytes per duplicate (node arrays, id, word count, content
-hash) plus one signature per cluster (4 x num_perm bytes) to estimate each member's Jaccard similarity
-with its representative.
+candidate pairs or with the rest of the corpus: about 500 bytes per duplicate (key arrays, its id and
+content hash as Python objects, a sort key) plus one signature per cluster (4 x num_perm bytes) to
+estimate each member's Jaccard similarity with its representative. (datatrove's cluster stage, by
+contrast, reads every duplicate pair of every bucket into a Python dict.)
 
 The representative of a cluster is the member with the most normalised words (the most complete copy),
 ties broken by the smallest id: a rule on the documents themselves, not on where they were read.
@@ -78,7 +79,12 @@ def size_histogram(sizes: np.ndarray, singletons: int) -> dict[str, int]:
     counts: Counter = Counter({"1": singletons} if singletons else {})
     for size, n in zip(*np.unique(sizes, return_counts=True)):
         counts[size_bin(int(size))] += int(n)
-    return dict(sorted(counts.items(), key=lambda kv: int(kv[0].split("-")[0])))
+    return dict(histogram_rows(counts))
+
+
+def histogram_rows(histogram: dict[str, int]) -> list[tuple[str, int]]:
+    """(size bin, clusters) in size order (JSON manifests sort keys as strings: "129-256" < "2")."""
+    return sorted(histogram.items(), key=lambda kv: int(kv[0].split("-")[0]))
 
 
 def cluster_shard(task: ShardTask, stage_dir: Path, config: ClusterConfig) -> ShardStats:

@@ -21,7 +21,7 @@ from pipeline.errors import InputError
 from pipeline.manifest import load_manifest
 from pipeline.stage import format_table, manifest_outputs, stage_documents
 
-from .clusters import REPRESENTATIVE
+from .clusters import REPRESENTATIVE, histogram_rows
 from .normalize import normalize_text, normalize_texts
 from .config import DedupConfig
 from .stage import OUTPUT_DIR, UPSTREAM_DIR, WORK_DIR
@@ -193,7 +193,7 @@ def cluster_overview(data_dir: str | Path) -> str:
     if corpus is None or "dedup" not in corpus:
         raise InputError(f"{Path(data_dir) / OUTPUT_DIR} has no finished dedup stage. Run `make dedup` first.")
     d = corpus["dedup"]
-    out = [format_table(list(d["cluster_size_histogram"].items()), ["cluster size", "clusters"]), ""]
+    out = [format_table(histogram_rows(d["cluster_size_histogram"]), ["cluster size", "clusters"]), ""]
     out.append(
         format_table([(c["cluster"], c["size"], c["representative"]) for c in d["largest_clusters"]],
                      ["largest clusters", "size", "representative"])

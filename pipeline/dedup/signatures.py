@@ -77,7 +77,7 @@ def shingle_hashes(words: WordHashes, ngram: int) -> tuple[np.ndarray, np.ndarra
     padded = np.concatenate([w, np.zeros(ngram - 1, np.uint64)])
     acc = np.zeros(total, np.uint64)
     for k in range(ngram):
-        term = padded[k : k + total] * (_SHINGLE_BASE ** np.uint64(ngram - 1 - k))
+        term = padded[k : k + total] * np.uint64(pow(int(_SHINGLE_BASE), ngram - 1 - k, 1 << 64))
         term[pos + k >= doc_end] = 0
         acc += term
     full = pos + ngram <= doc_end

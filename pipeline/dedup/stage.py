@@ -105,7 +105,7 @@ def run_dedup(
     progress = _PhaseProgress(on_progress, 2 * len(inputs) + config.partitions + 1)
     t0 = time.monotonic()
 
-    m1 = run_stage(
+    run_stage(
         "dedup-signatures", work / "signatures", config.signature_config(),
         [ShardTask(n, (str(p),)) for n, p in zip(names, inputs)],
         signature_shard, workers=phase_workers("signatures", workers, len(inputs), n_docs),
