@@ -75,7 +75,7 @@ stats: $(VENV)
 	$(CLI) stats $(DATA)/shards
 
 pretrain: shards
-	$(CLI) pretrain --data $(DATA) --preset $(PRESET) --steps $(STEPS) --run $(RUN)
+	$(CLI) pretrain --data $(DATA) --preset $(PRESET) --steps $(STEPS) --run $(RUN) --resume
 
 # Peers for the benchmarks (datatrove) live in their own environment, never in .venv.
 BENCH_VENV := .venv-bench
