@@ -27,10 +27,4 @@ def main(verbose: bool) -> None:
 
 
 for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"pipeline.cli.{_name}")
-    except ModuleNotFoundError as exc:  # a command module still being written must not break the others
-        if exc.name != f"pipeline.cli.{_name}":
-            raise
-        continue
-    _module.register(main)
+    importlib.import_module(f"pipeline.cli.{_name}").register(main)
