@@ -85,7 +85,8 @@ def file_fingerprint(path: str | Path) -> str:
     """A cheap identity for an input file: its name, size and modification time.
 
     Hashing every input on every rerun would cost as much as reading it; like `make`, we trust size and
-    mtime. Upstream stage outputs also carry sha256 in their manifest, which `input_fingerprint` uses.
+    mtime. A change further upstream (a new model, another stage's config) reaches a shard through the
+    `upstream` fingerprint that `stage.run_stage` mixes in.
     """
     p = Path(path)
     st = p.stat()

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
