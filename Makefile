@@ -86,7 +86,7 @@ $(BENCH_VENV)/.installed:
 	touch $@
 
 bench: $(VENV) $(BENCH_VENV)/.installed
-	BENCH_PEER_PYTHON=$(BENCH_VENV)/bin/python WORKERS=$(WORKERS) bash bench/run.sh
+	BENCH_PEER_PYTHON=$(abspath $(BENCH_VENV))/bin/python WORKERS=$(WORKERS) bash bench/run.sh
 
 clean:
 	rm -rf $(DATA)
