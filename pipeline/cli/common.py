@@ -29,10 +29,13 @@ class StageProgress:
     """A tqdm bar over shards that also shows documents per second and an ETA by shard fraction."""
 
     def __init__(self, desc: str):
-        self.bar = tqdm(desc=desc, total=0, unit=" shards", dynamic_ncols=True, file=sys.stderr)
+        self.desc = desc
+        self.bar: tqdm | None = None  # created at the first report, so errors before the stage starts print cleanly
         self._shown = 0
 
     def __call__(self, p: Progress) -> None:
+        if self.bar is None:
+            self.bar = tqdm(desc=self.desc, total=p.shards_total, unit=" shards", dynamic_ncols=True, file=sys.stderr)
         if self.bar.total != p.shards_total:
             self.bar.total = p.shards_total
         self.bar.update(p.shards_done - self._shown)
@@ -45,7 +48,8 @@ class StageProgress:
         self.bar.refresh()
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run_with_progress(desc: str, call: Callable[[Callable[[Progress], None]], dict]) -> dict:
