@@ -35,7 +35,7 @@ def gzip_members(n_members: int, seed: int = 0, member_bytes: int = 50_000) -> b
     out = b""
     for _ in range(n_members):
         text = " ".join(rng.choice(words) for _ in range(member_bytes // 6))
-        out += gzip.compress(text.encode())
+        out += gzip.compress(text.encode(), mtime=0)  # deterministic: the header would hold the current time
     return out
 
 
