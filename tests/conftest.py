@@ -28,3 +28,25 @@ def lid_model_path() -> Path:
         return Path(default_lid_model_path())
     except Exception as exc:  # noqa: BLE001 - any failure means the model is not installed
         pytest.skip(f"lid.176 model not available: {exc}")
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and are then immune to other busy processes."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def server():
+    """A loopback HTTP server (tests/loopback_server.py) that can answer 503, drop, ignore Range or 404."""
+    from loopback_server import start_server
+
+    state, srv = start_server()
+    yield state
+    srv.shutdown()
+    srv.server_close()

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from loopback_server import start_server
 from pipeline.download import (
     DEFAULT_NUM_FILES,
     DEFAULT_SOURCE,
@@ -38,13 +37,6 @@ def gzip_members(n_members: int, seed: int = 0, member_bytes: int = 50_000) -> b
         out += gzip.compress(text.encode(), mtime=0)  # deterministic: the header would hold the current time
     return out
 
-
-@pytest.fixture()
-def server():
-    state, srv = start_server()
-    yield state
-    srv.shutdown()
-    srv.server_close()
 
 
 def fast(server, **kw) -> DownloadConfig:

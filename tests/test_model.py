@@ -11,13 +11,7 @@ from model import GPT, PRESETS, GPTConfig, KVCache, ModelConfigError, SequenceTo
 from model.gpt import sample_next_token
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and are then immune to other busy processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(**overrides) -> GPT:

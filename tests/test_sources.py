@@ -8,20 +8,12 @@ import logging
 
 import pytest
 
-from loopback_server import start_server
 from pipeline.download import DownloadConfig, DownloadError
 from pipeline.errors import ConfigError, InputError
 from pipeline.sources import resolve_source
 
 CRAWL = "CC-MAIN-2099-07"
 
-
-@pytest.fixture()
-def server():
-    state, srv = start_server()
-    yield state
-    srv.shutdown()
-    srv.server_close()
 
 
 def config(server) -> DownloadConfig:

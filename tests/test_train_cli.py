@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from pipeline.cli import training
@@ -21,13 +20,7 @@ WORDS = ("the cat dog sat on a mat and ran to house with big small red blue tree
          "river stone bird sang song morning night").split()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and are then immune to other busy processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_text(rng: np.random.Generator, sentences: int) -> str:
