@@ -2,7 +2,7 @@
 
 This is the hot path of the filter stage, so WARC files are parsed with FastWARC (resiliparse's native
 WARC parser): our whole reader, checks included, reads WET about 1.8x faster than bare warcio
-(bench/bench_readers.py; figures in the README, section "Download").
+(bench/bench_readers.py; figures in docs/download.md).
 
 `read_file` never raises for bad content inside a file. A web crawl always holds some damage (a
 download cut short, a record of binary junk, a line of invalid JSON), and one bad record must cost

@@ -55,7 +55,7 @@ def _csv(value: str) -> tuple[str, ...]:
 @click.option("--set", "overrides", multiple=True, metavar="FAMILY.FIELD=VALUE",
               help="Change one rule threshold, e.g. --set gopher_quality.min_words=30 or "
                    "--set c4.drop_curly_bracket=false; 'none' turns a rule off. Repeatable. "
-                   "Fields are listed in the README, section 'Filtering'.")
+                   "Fields are listed in docs/filter.md.")
 @click.option("--text-field", default=_F.text_field, show_default=True,
               help="JSONL key / Parquet column holding the text (for raw inputs that are not WET/WARC).")
 @click.option("--workers", type=int, default=DEFAULT_WORKERS, show_default=True,

@@ -1,6 +1,6 @@
 """Exact and MinHash-LSH near-duplicate removal: DATA/filtered -> DATA/corpus.
 
-See `stage.py` for how the four phases fit together and the README (section "Dedup") for the user manual.
+See `stage.py` for how the four phases fit together and docs/dedup.md for the user manual.
 `run_dedup` is imported on first use, so that reading the config (e.g. for CLI defaults) stays cheap.
 """
 

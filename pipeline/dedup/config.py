@@ -52,7 +52,7 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class DedupConfig:
-    """Exact and MinHash-LSH near-duplicate removal. Defaults and their reasons: README, section "Dedup"."""
+    """Exact and MinHash-LSH near-duplicate removal. Defaults and their reasons: docs/dedup.md."""
 
     ngram: int = 3
     """Words per shingle. 3 keeps copies with 6-8 % of words edited at Jaccard >= 0.55 (5-grams: ~0.45)."""
