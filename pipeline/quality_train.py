@@ -347,7 +347,7 @@ def _split(items: list, holdout: float) -> tuple[list, list]:
 def _reference_entry(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"--reference: {p} does not exist. Give files of good text (see docs/filter.md, "The quality classifier").")
+        raise InputError(f"--reference: {p} does not exist. Give files of good text (see docs/filter.md, section 'The quality classifier').")
     return {"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
 
 
