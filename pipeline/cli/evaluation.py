@@ -45,5 +45,82 @@ def export_cmd(data: Path, run: str, checkpoint: Path | None, out_dir: Path, tok
     click.echo(f"load it with: AutoModelForCausalLM.from_pretrained({str(result.out_dir)!r})")
 
 
+def _task_files(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for value in values:
+        task, sep, path = value.partition("=")
+        if not sep or not task or not path:
+            raise click.BadParameter(f"{value!r}: expected TASK=PATH", param_hint="--file")
+        pairs.append((task, path))
+    return tuple(pairs)
+
+
+@click.command("benchmark")
+@data_option
+@run_option
+@checkpoint_option
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A Hugging Face model folder (e.g. from `crawlgpt export`) instead of a checkpoint.")
+@click.option("--tasks", default="piqa,lambada", show_default=True,
+              help="Comma-separated: piqa, lambada, hellaswag, arc_easy, arc_challenge, winogrande.")
+@click.option("--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("../shared/data/eval"),
+              show_default=True, help="Folder with the tasks' files under their public release names.")
+@click.option("--file", "files", multiple=True, metavar="TASK=PATH",
+              help="Where one task's file is, when not in --eval-dir under its release name (repeatable).")
+@click.option("--limit", type=int, default=0, show_default=True,
+              help="Score only the first N items of each task (a quick look); 0 = all.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Sequences per forward pass.")
+@click.option("--threads", type=int, default=0, show_default=True, help="torch CPU threads; 0 = torch's default.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the results (and per-item scores) as JSON to this file.")
+@tokenizer_option
+@device_option
+def benchmark_cmd(data: Path, run: str, checkpoint: Path | None, model_dir: Path | None, tasks: str, eval_dir: Path,
+                  files: tuple[str, ...], limit: int, batch_size: int, threads: int, json_path: Path | None,
+                  tokenizer_path: Path | None, device: str) -> None:
+    """Zero-shot accuracy on PIQA, LAMBADA, HellaSwag, ARC and WinoGrande, scored as lm-evaluation-harness does."""
+    import torch
+    from tqdm import tqdm
+
+    from evals.scoring import RESULTS_HEADER, BenchmarkConfig, load_items, load_scoring_model, results_table_rows, \
+        run_benchmarks
+    from evals.tasks import BenchmarkDataError
+    from pipeline.stage import format_table
+    from train.distributed import resolve_device
+    from train.errors import TrainError
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    target = model_dir or checkpoint or data / "runs" / run
+    tok = tokenizer_path or data / "tokenizer" / "tokenizer.json"
+    bar: list[tqdm] = []
+    try:
+        config = BenchmarkConfig(tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), eval_dir=str(eval_dir),
+                                 files=_task_files(files), limit=limit or None, batch_size=batch_size)
+        items = load_items(config)
+        model = load_scoring_model(target, resolve_device(device), tok if tok.is_file() else tokenizer_path)
+
+        def on_start(task: str, requests: int) -> None:
+            if bar:
+                bar.pop().close()
+            bar.append(tqdm(total=requests, desc=task, unit=" requests", dynamic_ncols=True, file=sys.stderr))
+
+        results = run_benchmarks(model, config, items, on_start=on_start, on_progress=lambda n: bar[-1].update(n))
+    except (TrainError, BenchmarkDataError, ValueError) as err:
+        _fail(err)
+    finally:
+        if bar:
+            bar.pop().close()
+    click.echo(f"\nmodel: {target}" + (f" (first {limit} items per task)" if limit else ""))
+    click.echo(format_table(results_table_rows(results), RESULTS_HEADER))
+    if json_path is not None:
+        report = {"model": str(target), "limit": limit or None, "threads": torch.get_num_threads(),
+                  "results": [r.to_json(with_items=True) for r in results]}
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        click.echo(f"results: {json_path}")
+
+
 def register(group: click.Group) -> None:
     group.add_command(export_cmd)
+    group.add_command(benchmark_cmd)
