@@ -20,17 +20,32 @@ PRESET     ?= auto
 STEPS      ?= 0
 RUN        ?= default
 FORCE      ?=
+# Benchmark files to decontaminate the corpus against (space-separated, [TASK=]PATH); empty = no decontamination.
+DECONTAMINATE ?=
+EVAL_DIR   ?= ../shared/data/eval
+TASKS      ?= piqa,lambada
+LIMIT      ?= 0
+EXPORT_DIR ?= $(DATA)/export/$(RUN)
+# The data ablation (docs/ablation.md): model size and budget; the defaults are the CPU-sized ones.
+ABLATION_PRESET ?= tiny
+ABLATION_STEPS  ?= 300
+ABLATION_SEEDS  ?= 1,2,3
+ABLATION_ARGS   ?=
 force_flag := $(if $(FORCE),--force,)
 # SOURCE/NUM_FILES are passed only when you set them: later targets reuse what raw/manifest.json recorded.
 user_set     = $(filter command line environment,$(origin $(1)))
 source_flags := $(if $(call user_set,SOURCE),--source '$(SOURCE)') $(if $(call user_set,NUM_FILES),--num-files $(NUM_FILES))
 
-.PHONY: help test test-fast corpus download quality-model filter dedup tokenizer shards stats pretrain bench clean
+.PHONY: help test test-fast corpus download quality-model filter dedup decontaminate tokenizer shards stats pretrain \
+        benchmark export ablation bench clean
 
 help:
-	@echo "targets: test corpus (download quality-model filter dedup) tokenizer shards stats pretrain bench clean"
+	@echo "targets: test corpus (download quality-model filter dedup decontaminate) tokenizer shards stats pretrain"
+	@echo "         benchmark export ablation bench clean"
 	@echo "vars: SOURCE=$(SOURCE) NUM_FILES=$(NUM_FILES) DATA=$(DATA) LANGS=$(LANGS) REFERENCE=$(REFERENCE)"
 	@echo "      WORKERS=$(WORKERS) VOCAB_SIZE=$(VOCAB_SIZE) PRESET=$(PRESET) STEPS=$(STEPS) RUN=$(RUN) FORCE=$(FORCE)"
+	@echo "      DECONTAMINATE=$(DECONTAMINATE) EVAL_DIR=$(EVAL_DIR) TASKS=$(TASKS) LIMIT=$(LIMIT) EXPORT_DIR=$(EXPORT_DIR)"
+	@echo "      ABLATION_PRESET=$(ABLATION_PRESET) ABLATION_STEPS=$(ABLATION_STEPS) ABLATION_SEEDS=$(ABLATION_SEEDS)"
 
 # The virtual environment. torch is installed first, pinned to the CPU build, so that nothing pulls a
 # CUDA build; if .venv already has a torch (e.g. a GPU user's own build), it is kept.
@@ -63,19 +78,39 @@ filter: quality-model
 dedup: filter
 	$(CLI) dedup --data $(DATA) --workers $(WORKERS) $(force_flag)
 
-corpus: dedup
+# Optional: drop documents sharing a 13-gram with a benchmark; later stages then read DATA/decontaminated.
+corpus_from := $(if $(strip $(DECONTAMINATE)),decontaminated,corpus)
+decontaminate: dedup
+	$(if $(strip $(DECONTAMINATE)),$(CLI) decontaminate --data $(DATA) $(foreach b,$(DECONTAMINATE),--benchmark '$(b)') --workers $(WORKERS) $(force_flag),@echo "DECONTAMINATE is empty: no decontamination")
+
+corpus: decontaminate
 
 tokenizer: corpus
-	$(CLI) tokenizer --data $(DATA) --vocab-size $(VOCAB_SIZE) $(force_flag)
+	$(CLI) tokenizer --data $(DATA) --from $(corpus_from) --vocab-size $(VOCAB_SIZE) $(force_flag)
 
 shards: tokenizer
-	$(CLI) shards --data $(DATA) --workers $(WORKERS) $(force_flag)
+	$(CLI) shards --data $(DATA) --from $(corpus_from) --workers $(WORKERS) $(force_flag)
 
 stats: $(VENV)
 	$(CLI) stats $(DATA)/shards
 
 pretrain: shards
 	$(CLI) pretrain --data $(DATA) --preset $(PRESET) --steps $(STEPS) --run $(RUN) --resume
+
+# Zero-shot benchmarks of the run's newest checkpoint (PIQA and LAMBADA from EVAL_DIR; LIMIT=N for a quick look).
+benchmark: $(VENV)
+	$(CLI) benchmark --data $(DATA) --run $(RUN) --tasks $(TASKS) --eval-dir $(EVAL_DIR) --limit $(LIMIT) \
+		--json $(DATA)/runs/$(RUN)/benchmark.json
+
+# The run's newest checkpoint as a Hugging Face LlamaForCausalLM folder.
+export: $(VENV)
+	$(CLI) export --data $(DATA) --run $(RUN) --out $(EXPORT_DIR) --overwrite
+
+# Raw crawl vs curated corpus: same model, budget, schedule and seeds (docs/ablation.md).
+ablation: shards
+	$(CLI) shards --data $(DATA) --from raw --workers $(WORKERS)
+	$(CLI) ablation --data $(DATA) --preset $(ABLATION_PRESET) --steps $(ABLATION_STEPS) --seeds $(ABLATION_SEEDS) \
+		--eval-dir $(EVAL_DIR) $(ABLATION_ARGS)
 
 # Peers for the benchmarks (datatrove) live in their own environment, never in .venv.
 BENCH_VENV := .venv-bench

@@ -51,12 +51,9 @@ class Item:
     """Index of the right request."""
     choice_chars: tuple[int, ...]
     """Characters of each answer choice without the delimiter space: acc_norm divides by these."""
-
-    @property
-    def text(self) -> str:
-        """All the item's text (context and every choice), for decontamination."""
-        seen = dict.fromkeys(r.context for r in self.requests)
-        return "\n".join([*seen, *(r.continuation.strip() for r in self.requests)])
+    passages: tuple[str, ...] = ()
+    """The item's own text without the prompt scaffolding ("Question:", "Answer:"), as it would appear on a
+    web page: question and answer together, one passage per choice. Decontamination matches these."""
 
 
 @dataclass(frozen=True)
@@ -96,9 +93,9 @@ def _need(record: dict, path: Path, number: int, *fields: str) -> list:
     return [record[f] for f in fields]
 
 
-def _choices(item_id: str, context: str, choices: list[str], label: int, delimiter: str = " ") -> Item:
+def _choices(item_id: str, context: str, choices: list[str], label: int, question: str, delimiter: str = " ") -> Item:
     return Item(item_id, tuple(Request(context, delimiter + c) for c in choices), label,
-                tuple(len(c) for c in choices))
+                tuple(len(c) for c in choices), tuple(f"{question} {c}" for c in choices))
 
 
 def read_piqa(path: Path) -> list[Item]:
@@ -113,7 +110,7 @@ def read_piqa(path: Path) -> list[Item]:
         goal, sol1, sol2 = _need(record, path, number, "goal", "sol1", "sol2")
         if i >= len(labels) or labels[i] not in ("0", "1"):
             raise BenchmarkDataError(f"{labels_path}: line {i + 1} should be 0 or 1 (one label per line of {path})")
-        items.append(_choices(f"piqa-{number}", f"Question: {goal}\nAnswer:", [sol1, sol2], int(labels[i])))
+        items.append(_choices(f"piqa-{number}", f"Question: {goal}\nAnswer:", [sol1, sol2], int(labels[i]), goal))
     if len(labels) != len(items):
         raise BenchmarkDataError(f"{labels_path} has {len(labels)} labels but {path} has {len(items)} questions")
     return items
@@ -127,7 +124,7 @@ def read_lambada(path: Path) -> list[Item]:
         context, _, word = text.rpartition(" ")
         if not context or not word:
             raise BenchmarkDataError(f"{path}:{number}: a LAMBADA passage needs a last word after a space")
-        items.append(Item(f"lambada-{number}", (Request(context, " " + word),), 0, (len(word),)))
+        items.append(Item(f"lambada-{number}", (Request(context, " " + word),), 0, (len(word),), (text,)))
     return items
 
 
@@ -146,7 +143,8 @@ def read_hellaswag(path: Path) -> list[Item]:
                                                        "endings", "activity_label")
         context = _hellaswag_clean(activity + ": " + ctx_a + " " + ctx_b.capitalize())
         choices = [_hellaswag_clean(e) for e in endings]
-        items.append(_choices(f"hellaswag-{record.get('ind', number)}", context, choices, int(label)))
+        items.append(_choices(f"hellaswag-{record.get('ind', number)}", context, choices, int(label),
+                              ctx_a + " " + ctx_b))
     return items
 
 
@@ -164,7 +162,7 @@ def read_arc(path: Path) -> list[Item]:
         if answer not in labels:
             raise BenchmarkDataError(f"{path}:{number}: answerKey {answer!r} is not one of the labels {labels}")
         items.append(_choices(str(record.get("id", f"arc-{number}")), f"Question: {stem}\nAnswer:", texts,
-                              labels.index(answer)))
+                              labels.index(answer), stem))
     return items
 
 
@@ -180,7 +178,7 @@ def read_winogrande(path: Path) -> list[Item]:
         rest = " " + sentence[cut + 1:].strip()
         requests = tuple(Request(sentence[:cut] + option, rest) for option in (option1, option2))
         items.append(Item(str(record.get("qID", f"winogrande-{number}")), requests, int(answer) - 1,
-                          (len(rest) - 1, len(rest) - 1)))
+                          (len(rest) - 1, len(rest) - 1), tuple(sentence.replace("_", o, 1) for o in (option1, option2))))
     return items
 
 

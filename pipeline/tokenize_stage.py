@@ -56,12 +56,21 @@ class ShardsConfig:
     #: A token file is closed when its tokens reach this many bytes (256 MiB = 128M uint16 tokens):
     #: large enough that file count stays small, small enough to write from memory on a laptop.
     max_shard_bytes: int = 256 << 20
+    #: What is tokenized: "corpus" (the curated documents of `make corpus`) or "raw" (every readable
+    #: document of the download stage's files, unfiltered and not deduplicated: the baseline of the
+    #: data ablation, see docs/ablation.md).
+    source: str = "corpus"
 
     def validate(self) -> None:
         if not 0 <= self.val_fraction < 1:
             raise ConfigError("val_fraction", f"{self.val_fraction}; must be in [0, 1)")
         if self.max_shard_bytes < 1 << 10:
             raise ConfigError("max_shard_bytes", f"{self.max_shard_bytes}; must be at least 1 KiB")
+        if self.source not in SOURCES:
+            raise ConfigError("source", f"{self.source!r}; choose one of {SOURCES}")
+
+
+SOURCES = ("corpus", "raw")
 
 
 _CODECS: dict[tuple, TextCodec] = {}
@@ -102,7 +111,7 @@ def tokenize_shard(task: ShardTask, stage_dir: Path, config: ShardsConfig) -> Sh
     stats = ShardStats()
     tokens = {s: 0 for s in SPLITS}
     text_bytes = 0
-    for ids, texts, lengths in iter_text_batches([Path(corpus_path)], batch_docs=ENCODE_BATCH_DOCS):
+    for ids, texts, lengths in _document_batches(Path(corpus_path), stats, raw=config.source == "raw"):
         encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
         for doc_id, enc, n_bytes in zip(ids, encodings, lengths):
             stats.docs_in += 1
@@ -130,6 +139,30 @@ def tokenize_shard(task: ShardTask, stage_dir: Path, config: ShardsConfig) -> Sh
     }
     log.debug("%s: %d documents, %d tokens", task.name, stats.kept, stats.extra["tokens"])
     return stats
+
+
+def _document_batches(path: Path, stats: ShardStats, raw: bool) -> Iterator[tuple[list[str], list[str], list[int]]]:
+    """(ids, texts, UTF-8 byte lengths) batches of a corpus shard, or of a raw file read by the download
+    stage's readers (then every unreadable record is counted in stats.unreadable by its reason)."""
+    if not raw:
+        yield from iter_text_batches([path], batch_docs=ENCODE_BATCH_DOCS)
+        return
+    from pipeline.readers import Unreadable, read_file
+
+    batch: tuple[list[str], list[str], list[int]] = ([], [], [])
+    for item in read_file(path):
+        if isinstance(item, Unreadable):
+            stats.docs_in += 1
+            stats.unreadable[item.reason] += 1
+            continue
+        batch[0].append(item.id)
+        batch[1].append(item.text)
+        batch[2].append(len(item.text.encode("utf-8", "surrogatepass")))
+        if len(batch[0]) >= ENCODE_BATCH_DOCS:
+            yield batch
+            batch = ([], [], [])
+    if batch[0]:
+        yield batch
 
 
 @contextlib.contextmanager
@@ -162,12 +195,27 @@ def make_shards(
     force: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> dict:
-    """Tokenize every corpus shard into `out_dir`; return the manifest (see the module docstring)."""
+    """Tokenize every corpus shard into `out_dir`; return the manifest (see the module docstring).
+
+    With `config.source == "raw"`, corpus_dir is the download stage's folder (DATA/raw) and every file it
+    lists is tokenized as read, with no filter and no dedup.
+    """
     config.validate()
     corpus_dir, out_dir, tokenizer_path = Path(corpus_dir), Path(out_dir), Path(tokenizer_path).resolve()
-    inputs = stage_documents(corpus_dir, "corpus")
+    if config.source == "raw":
+        from pipeline.download import load_raw_files
+
+        inputs = load_raw_files(corpus_dir.parent)
+    else:
+        inputs = stage_documents(corpus_dir, "corpus")
     codec = TextCodec(tokenizer_path)  # fails early, naming `make tokenizer`, if it is missing
-    tasks = [ShardTask(name=Path(p).name.removesuffix(".parquet"), inputs=(str(p), str(tokenizer_path))) for p in inputs]
+    if config.source == "raw":
+        from pipeline.filter_stage import shard_name  # crawl-00000.warc.wet.gz -> crawl-00000, as filter names it
+
+        names = [shard_name(p) for p in inputs]
+    else:
+        names = [Path(p).name.removesuffix(".parquet") for p in inputs]
+    tasks = [ShardTask(name=n, inputs=(str(p), str(tokenizer_path))) for n, p in zip(names, inputs)]
     upstream = {"tokenizer": codec.hash, "corpus": manifest_hash(corpus_dir)}
 
     def finalize(stage_dir: Path, manifest: dict) -> dict:

@@ -37,15 +37,18 @@ force_option = click.option("--force", is_flag=True, help="Discard outputs made 
               help="Train on at most this many MB of text, sampled evenly by document id (0 = whole corpus).")
 @click.option("--heldout-fraction", type=float, default=_TOK.heldout_fraction, show_default=True,
               help="Share of documents held out (as the shards' validation split) to measure compression.")
+@click.option("--from", "source", type=click.Choice(["corpus", "decontaminated"]), default="corpus",
+              show_default=True, help="Documents to train on: DATA/corpus, or DATA/decontaminated after "
+                                      "`crawlgpt decontaminate`.")
 @force_option
 def tokenizer_cmd(data: Path, vocab_size: int, pattern: str, reserved_tokens: int, min_frequency: int,
-                  sample_mb: float, heldout_fraction: float, force: bool) -> None:
+                  sample_mb: float, heldout_fraction: float, source: str, force: bool) -> None:
     """Train the byte-level BPE tokenizer on DATA/corpus; write DATA/tokenizer/tokenizer.json."""
     config = TokenizerConfig(vocab_size=vocab_size, min_frequency=min_frequency, pattern=pattern,
                              reserved_tokens=reserved_tokens, sample_bytes=int(sample_mb * 1e6),
                              heldout_fraction=heldout_fraction)
     try:
-        m = train_tokenizer(data / "corpus", data / "tokenizer", config, force=force)
+        m = train_tokenizer(data / source, data / "tokenizer", config, force=force)
     except PipelineError as err:
         fail(err)
     h, t = m["heldout"], m["training"]
@@ -70,15 +73,24 @@ def tokenizer_cmd(data: Path, vocab_size: int, pattern: str, reserved_tokens: in
               help="Start a new token file when one reaches this many MiB of tokens.")
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="tokenizer.json to use [default: DATA/tokenizer/tokenizer.json].")
+@click.option("--from", "source", type=click.Choice(["corpus", "decontaminated", "raw"]), default="corpus",
+              show_default=True,
+              help="corpus: the curated DATA/corpus; decontaminated: DATA/decontaminated; raw: every readable "
+                   "document of DATA/raw's files, unfiltered and not deduplicated (the data ablation's baseline).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder [default: DATA/shards, or DATA/shards-raw with --from raw].")
 @force_option
 def shards_cmd(data: Path, workers: int, val_fraction: float, max_shard_mb: float,
-               tokenizer_path: Path | None, force: bool) -> None:
-    """Tokenize DATA/corpus into packed Arrow token shards under DATA/shards/{train,val}."""
-    config = ShardsConfig(val_fraction=val_fraction, max_shard_bytes=int(max_shard_mb * 2**20))
+               tokenizer_path: Path | None, source: str, out_dir: Path | None, force: bool) -> None:
+    """Tokenize DATA/corpus (or DATA/raw) into packed Arrow token shards under DATA/shards/{train,val}."""
+    config = ShardsConfig(val_fraction=val_fraction, max_shard_bytes=int(max_shard_mb * 2**20),
+                          source="raw" if source == "raw" else "corpus")
     tok = tokenizer_path or data / "tokenizer" / TOKENIZER_FILE
+    src = data / source
+    out = out_dir or data / ("shards-raw" if source == "raw" else "shards")
     try:
         m = run_with_progress("shards", lambda on_progress: make_shards(
-            data / "corpus", tok, data / "shards", config, workers=workers, force=force, on_progress=on_progress))
+            src, tok, out, config, workers=workers, force=force, on_progress=on_progress))
     except PipelineError as err:
         fail(err)
     rows = [(split, s["files"], s["documents"], s["tokens"], f"{s['bytes'] / 2**20:.1f} MiB")
