@@ -8,7 +8,8 @@ Scoring follows lm-evaluation-harness (`HFLM.loglikelihood`), so figures are com
 - End-of-text is put before every context: our documents start after end-of-text in training, so this
   is the state a model sees at the start of a text. The harness does the same with `add_bos_token=True`
   (our export names end-of-text as bos); without it, it prepends end-of-text only to empty contexts.
-- Sequences longer than the context window lose tokens on the left (the continuation is kept whole).
+- Sequences longer than the context window lose tokens on the left (a continuation longer than the
+  whole window, which only models with very short contexts meet, is scored on its last window tokens).
 - The log-likelihood of a continuation is the sum of its tokens' log-probabilities; it is "greedy" when
   every token is the model's most likely one.
 
@@ -163,15 +164,19 @@ def score_requests(model: ScoringModel, pairs: Sequence[tuple[list[int], list[in
                    on_progress: Callable[[int], None] | None = None) -> list[tuple[float, bool]]:
     """(summed log-probability, greedy?) of each continuation given its context, in the order given."""
     window = model.max_seq_len
-    prepared = []  # (input ids, continuation ids)
+    prepared = []  # (input ids, continuation ids scored)
+    cut = 0
     for context_ids, continuation_ids in pairs:
         if not continuation_ids:
             raise ValueError("a continuation encodes to no tokens; nothing to score")
-        if len(continuation_ids) > window:
-            raise ValueError(f"a continuation of {len(continuation_ids)} tokens does not fit the model's "
-                             f"context of {window}")
         tokens = (context_ids + continuation_ids)[-(window + 1):]
+        if len(continuation_ids) > window:  # only its last `window` tokens can be predicted in one window
+            continuation_ids = continuation_ids[-window:]
+            cut += 1
         prepared.append((tokens[:-1], continuation_ids))
+    if cut:
+        log.warning("%d continuations are longer than the model's context of %d tokens: only their last %d "
+                    "tokens are scored", cut, window, window)
     order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0]))
     results: list[tuple[float, bool] | None] = [None] * len(prepared)
     for start in range(0, len(order), batch_size):
@@ -327,3 +332,43 @@ def results_table_rows(results: list[TaskResult]) -> list[tuple[str, ...]]:
 
 
 RESULTS_HEADER = ("task", "items", "acc %", "acc_norm %", "perplexity", "chance %", "seconds")
+
+
+class TrainingBenchmark:
+    """The quick benchmark `pretrain --benchmark TASK` runs at every evaluation step.
+
+    Items are read and the tokenizer loaded once, at the start of training; each call scores the model
+    as it is and returns flat metrics (`piqa_acc`, `piqa_acc_norm`, `lambada_perplexity`, ...) for
+    metrics.jsonl. The tokenizer must be the one the shards were made with (checked by hash).
+    """
+
+    def __init__(self, tasks: Sequence[str], eval_dir: str, limit: int | None, tokenizer_path: str | Path,
+                 tokenizer_hash: str, eot_id: int, batch_size: int = 32):
+        from train.errors import TrainConfigError, VocabMismatchError
+        from train.evaluate import load_tokenizer
+        from train.evaluate import tokenizer_hash as file_hash
+
+        try:
+            self.config = BenchmarkConfig(tasks=tuple(tasks), eval_dir=eval_dir, limit=limit, batch_size=batch_size)
+            self.items = load_items(self.config)
+        except (ValueError, OSError) as err:
+            raise TrainConfigError("--benchmark", str(err)) from err
+        if file_hash(tokenizer_path) != tokenizer_hash:
+            raise VocabMismatchError(f"tokenizer {tokenizer_path} is not the one the shards were made with; "
+                                     f"pass the shards' tokenizer with --tokenizer")
+        self.tokenizer = load_tokenizer(tokenizer_path)
+        self.eot_id = eot_id
+
+    def __call__(self, model, forward_model=None) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        if forward_model is not None:
+            forward_model.eval()
+        try:
+            scorer = CrawlGPTScoring(model, self.tokenizer, self.eot_id, forward_model=forward_model)
+            results = run_benchmarks(scorer, self.config, self.items)
+        finally:
+            model.train(was_training)
+            if forward_model is not None:
+                forward_model.train(was_training)
+        return {f"{r.task}_{k}": v for r in results for k, v in r.metrics.items() if not k.endswith("stderr")}

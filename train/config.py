@@ -84,6 +84,12 @@ class EvalConfig:
     """New tokens per sample."""
     tokenizer_path: str | None = None
     """tokenizer.json used to encode the prompt and decode samples; None = log token ids only."""
+    benchmarks: tuple[str, ...] = ()
+    """Zero-shot benchmarks (evals.tasks names) scored at every evaluation step; () = none."""
+    benchmark_limit: int | None = 500
+    """Items of each benchmark scored at each evaluation step (None = all)."""
+    benchmark_dir: str = "../shared/data/eval"
+    """Folder holding the benchmark files under their release names."""
 
     def __post_init__(self) -> None:
         for name, option in (("every_steps", "--eval-every"), ("sample_every_steps", "--sample-every"),
@@ -92,6 +98,9 @@ class EvalConfig:
                 raise TrainConfigError(option, f"must be >= 0, got {getattr(self, name)}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise TrainConfigError("--eval-tokens", f"must be >= 1, got {self.max_tokens}")
+        if self.benchmark_limit is not None and self.benchmark_limit < 1:
+            raise TrainConfigError("--benchmark-limit", f"must be >= 1, got {self.benchmark_limit}")
+        object.__setattr__(self, "benchmarks", tuple(self.benchmarks))  # a list from a checkpoint's dict
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,15 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
             except TrainError as err:  # e.g. the tokenizers package is not installed
                 log.warning("samples will be token ids: %s", err)
 
+    # ---- zero-shot benchmarks at each evaluation (optional; evals/ is imported only when asked) --
+    benchmark = None
+    if config.eval.benchmarks:
+        from evals.scoring import TrainingBenchmark
+
+        benchmark = TrainingBenchmark(config.eval.benchmarks, config.eval.benchmark_dir, config.eval.benchmark_limit,
+                                      tok_path or Path(config.data.shards_dir) / "tokenizer.json",
+                                      train_shards.tokenizer_hash, train_shards.eot_id)
+
     # ---- model config -------------------------------------------------------------------------
     if "vocab_size" in config.model_overrides:
         raise TrainConfigError("model_overrides", "vocab_size comes from the token shards and cannot be overridden")
@@ -285,6 +294,12 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
         if ctx.is_main:
             log.info("step %d: validation loss %.4f, perplexity %.2f (%s tokens)", step, ev.loss,
                      ev.perplexity, f"{ev.tokens:,}")
+        if benchmark is not None:  # every rank scores (FSDP needs all of them in each forward)
+            with autocast_context(device, bf16):
+                scores = benchmark(model, wrapped if config.parallelism == "fsdp" and ctx.is_distributed else None)
+            metrics.write({"kind": "benchmark", "step": step, **scores})
+            if ctx.is_main:
+                log.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
     def run_sample(step: int) -> None:
         fsdp = config.parallelism == "fsdp" and ctx.is_distributed

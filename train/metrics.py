@@ -153,7 +153,19 @@ def plot_losses(metrics_path: str | Path, png_path: str | Path) -> Path | None:
     records = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train" and "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "val" and "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(8, 5))
+    bench = [r for r in records if r.get("kind") == "benchmark"]
+    if bench:  # `pretrain --benchmark`: accuracy curves in a second panel
+        fig, (ax, bench_ax) = plt.subplots(1, 2, figsize=(14, 5))
+        for key in sorted({k for r in bench for k in r if k.endswith("_acc") or k.endswith("_acc_norm")}):
+            points = [(r["step"], r[key]) for r in bench if key in r]
+            bench_ax.plot(*zip(*points), marker="o", linewidth=1.5, label=key.replace("_", " "))
+        bench_ax.set_xlabel("step")
+        bench_ax.set_ylabel("accuracy")
+        bench_ax.set_title("zero-shot benchmarks")
+        bench_ax.grid(alpha=0.3)
+        bench_ax.legend()
+    else:
+        fig, ax = plt.subplots(figsize=(8, 5))
     if train:
         ax.plot(*zip(*train), label="train", linewidth=1)
     if val:

@@ -160,13 +160,21 @@ def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens
               help="Check every shard's sha256 against the manifest at start (slow for many GB).")
 @click.option("--peak-tflops", type=float, default=None,
               help="Device peak TFLOP/s for MFU [default: looked up from the GPU name; none on CPU].")
+@click.option("--benchmark", "benchmarks", multiple=True, metavar="TASK",
+              help="Score this zero-shot benchmark (piqa, lambada, hellaswag, ...) at every evaluation step, into "
+                   "metrics.jsonl and loss.png (repeatable).")
+@click.option("--benchmark-limit", type=int, default=500, show_default=True,
+              help="Items of each --benchmark scored per evaluation; 0 = all.")
+@click.option("--eval-dir", "benchmark_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("../shared/data/eval"), show_default=True, help="Folder of the --benchmark files.")
 def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: int, tokens: int,
                  batch_tokens: int, micro_batch: int, seq_len: int, lr: float | None, min_lr: float | None,
                  warmup_steps: int | None, weight_decay: float, grad_clip: float, resume: bool,
                  compile_: bool | None, device: str, precision: str, parallelism: str, eval_every: int | None,
                  eval_tokens: int, sample_every: int | None, prompt: str, sample_tokens: int,
                  ckpt_every: int | None, keep_last: int, log_every: int, seed: int, tokenizer_path: Path | None,
-                 tensorboard: bool, verify_shards: bool, peak_tflops: float | None) -> None:
+                 tensorboard: bool, verify_shards: bool, peak_tflops: float | None, benchmarks: tuple[str, ...],
+                 benchmark_limit: int, benchmark_dir: Path) -> None:
     """Pretrain a GPT on DATA/shards; write DATA/runs/RUN/ (metrics.jsonl, loss.png, checkpoints/)."""
     from train import (CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig,
                        TrainError, train)
@@ -186,7 +194,9 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
             eval=EvalConfig(every_steps=r.eval_every, max_tokens=r.eval_tokens,
                             sample_every_steps=r.eval_every if sample_every is None else sample_every,
                             sample_prompt=prompt, sample_tokens=sample_tokens,
-                            tokenizer_path=str(tokenizer) if tokenizer.is_file() else None),
+                            tokenizer_path=str(tokenizer) if tokenizer.is_file() else None,
+                            benchmarks=benchmarks, benchmark_limit=benchmark_limit or None,
+                            benchmark_dir=str(benchmark_dir)),
             checkpoint=CheckpointConfig(every_steps=r.eval_every if ckpt_every is None else ckpt_every,
                                         keep_last=keep_last),
             log=LogConfig(every_steps=r.log_every, tensorboard=tensorboard),
