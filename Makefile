@@ -37,11 +37,11 @@ user_set     = $(filter command line environment,$(origin $(1)))
 source_flags := $(if $(call user_set,SOURCE),--source '$(SOURCE)') $(if $(call user_set,NUM_FILES),--num-files $(NUM_FILES))
 
 .PHONY: help test test-fast corpus download quality-model filter dedup decontaminate tokenizer shards stats pretrain \
-        benchmark export ablation bench clean
+        benchmark export ablation bench bench-eval clean
 
 help:
 	@echo "targets: test corpus (download quality-model filter dedup decontaminate) tokenizer shards stats pretrain"
-	@echo "         benchmark export ablation bench clean"
+	@echo "         benchmark export ablation bench bench-eval clean"
 	@echo "vars: SOURCE=$(SOURCE) NUM_FILES=$(NUM_FILES) DATA=$(DATA) LANGS=$(LANGS) REFERENCE=$(REFERENCE)"
 	@echo "      WORKERS=$(WORKERS) VOCAB_SIZE=$(VOCAB_SIZE) PRESET=$(PRESET) STEPS=$(STEPS) RUN=$(RUN) FORCE=$(FORCE)"
 	@echo "      DECONTAMINATE=$(DECONTAMINATE) EVAL_DIR=$(EVAL_DIR) TASKS=$(TASKS) LIMIT=$(LIMIT) EXPORT_DIR=$(EXPORT_DIR)"
@@ -119,6 +119,20 @@ $(BENCH_VENV)/.installed:
 	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
 	$(BENCH_VENV)/bin/pip install --quiet 'datatrove[processing]==0.10.1' fasttext-numpy2-wheel tokenizers datasketch psutil warcio faust-cchardet python-magic spacy aiohttp orjson
 	touch $@
+
+# lm-evaluation-harness, the peer of `crawlgpt benchmark`, in its own environment (CPU torch first).
+LMEVAL_VENV := .venv-bench-lmeval
+$(LMEVAL_VENV)/.installed:
+	test -x $(LMEVAL_VENV)/bin/python || $(PYTHON) -m venv $(LMEVAL_VENV)
+	$(LMEVAL_VENV)/bin/pip install --quiet --upgrade pip
+	$(LMEVAL_VENV)/bin/pip install --quiet torch==$(TORCH_VERSION)
+	$(LMEVAL_VENV)/bin/pip install --quiet 'lm-eval==0.4.13'
+	touch $@
+
+# crawlgpt benchmark vs lm-eval on the run's exported checkpoint, and the export's cost (docs/evaluation.md).
+bench-eval: $(VENV) $(LMEVAL_VENV)/.installed
+	BENCH_LMEVAL_PYTHON=$(abspath $(LMEVAL_VENV))/bin/python $(PY) bench/bench_eval.py \
+		--checkpoint $(DATA)/runs/$(RUN) --limit $(LIMIT) --eval-dir $(EVAL_DIR)
 
 bench: $(VENV) $(BENCH_VENV)/.installed
 	BENCH_PEER_PYTHON=$(abspath $(BENCH_VENV))/bin/python WORKERS=$(WORKERS) bash bench/run.sh

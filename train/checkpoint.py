@@ -55,6 +55,11 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def list_checkpoint_steps(run_dir: str | Path) -> list[int]:
+    """Steps of the checkpoints a run folder holds, oldest first."""
+    return [int(_NAME.match(p.name).group(1)) for p in list_checkpoints(run_dir)]
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None

@@ -121,6 +121,90 @@ def benchmark_cmd(data: Path, run: str, checkpoint: Path | None, model_dir: Path
         click.echo(f"results: {json_path}")
 
 
+def _overrides(values: tuple[str, ...]) -> tuple[tuple[str, object], ...]:
+    import ast
+
+    pairs = []
+    for value in values:
+        key, sep, raw = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r}: expected FIELD=VALUE, e.g. d_model=256", param_hint="--override")
+        try:
+            pairs.append((key, ast.literal_eval(raw)))
+        except (ValueError, SyntaxError):
+            raise click.BadParameter(f"{value!r}: {raw!r} is not a number or literal", param_hint="--override")
+    return tuple(pairs)
+
+
+_ABL_DEFAULTS = None
+
+
+def _abl():
+    global _ABL_DEFAULTS
+    if _ABL_DEFAULTS is None:
+        from evals.ablation import AblationConfig
+
+        _ABL_DEFAULTS = AblationConfig()
+    return _ABL_DEFAULTS
+
+
+@click.command("ablation")
+@data_option
+@click.option("--preset", default="tiny", show_default=True, help="Model preset of every run.")
+@click.option("--override", "overrides", multiple=True, metavar="FIELD=VALUE",
+              help="Model field replacing the preset's (repeatable) [default: d_model=128 n_layer=4 n_head=4 "
+                   "n_kv_head=2]; give `--override none` for the bare preset.")
+@click.option("--steps", type=int, default=300, show_default=True, help="Optimizer steps of every run.")
+@click.option("--batch-tokens", type=int, default=4096, show_default=True, help="Tokens per step.")
+@click.option("--seq-len", type=int, default=128, show_default=True, help="Tokens per window.")
+@click.option("--lr", type=float, default=3e-3, show_default=True, help="Peak learning rate.")
+@click.option("--seeds", default="1,2,3", show_default=True, help="Comma-separated seeds; one run per arm and seed.")
+@click.option("--eval-points", type=int, default=3, show_default=True, help="Held-out evaluations per run.")
+@click.option("--heldout", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("../shared/data/reference/reference-dev.jsonl.zst"), show_default=True,
+              help="JSONL(.zst) of clean text in neither corpus (not the quality classifier's positives).")
+@click.option("--heldout-tokens", type=int, default=32768, show_default=True, help="Held-out tokens scored.")
+@click.option("--tasks", default="piqa,lambada", show_default=True, help="Benchmarks of each run's last checkpoint.")
+@click.option("--benchmark-limit", type=int, default=500, show_default=True, help="Items per benchmark; 0 = all.")
+@click.option("--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("../shared/data/eval"),
+              show_default=True, help="Folder of the benchmark files.")
+@click.option("--raw-shards", default="shards-raw", show_default=True, help="Raw arm's shards folder under DATA.")
+@click.option("--curated-shards", default="shards", show_default=True, help="Curated arm's shards folder under DATA.")
+@click.option("--threads", type=int, default=0, show_default=True, help="torch CPU threads; 0 = torch's default.")
+def ablation_cmd(data: Path, preset: str, overrides: tuple[str, ...], steps: int, batch_tokens: int, seq_len: int,
+                 lr: float, seeds: str, eval_points: int, heldout: Path, heldout_tokens: int, tasks: str,
+                 benchmark_limit: int, eval_dir: Path, raw_shards: str, curated_shards: str, threads: int) -> None:
+    """Raw crawl vs curated corpus: the same model, budget, schedule and seeds; held-out loss and benchmarks.
+
+    Writes DATA/ablation/results.json and ablation.png; finished runs are reused on a rerun.
+    """
+    from evals.ablation import AblationConfig, AblationError, run_ablation, summarize, table_rows
+    from pipeline.stage import format_table
+    from train.errors import TrainError
+
+    try:
+        model_overrides = () if overrides == ("none",) else (_overrides(overrides) if overrides
+                                                             else _abl().model_overrides)
+        config = AblationConfig(
+            data_dir=str(data), arms=(("raw", raw_shards), ("curated", curated_shards)),
+            seeds=tuple(int(s) for s in seeds.split(",") if s.strip()), preset=preset, model_overrides=model_overrides,
+            steps=steps, batch_tokens=batch_tokens, seq_len=seq_len, lr=lr, eval_points=eval_points,
+            heldout=str(heldout), heldout_tokens=heldout_tokens,
+            tasks=tuple(t for t in tasks.split(",") if t), benchmark_limit=benchmark_limit or None,
+            eval_dir=str(eval_dir), threads=threads)
+        results = run_ablation(config, on_run=lambda arm, seed, i, n: click.echo(
+            f"run {i}/{n}: {arm}, seed {seed}", err=True))
+    except (AblationError, TrainError, ValueError) as err:
+        _fail(err)
+    arms = [a for a, _ in config.arms]
+    summary = summarize(results, arms)
+    click.echo(f"\n{steps} steps x {batch_tokens:,} tokens = {steps * batch_tokens:,} tokens per run; "
+               f"{len(config.seeds)} seeds per arm; mean ± std [min, max]")
+    click.echo(format_table(table_rows(summary, arms), ["figure", *arms, f"{arms[0]} - {arms[1]}"]))
+    click.echo(f"results: {config.out_dir / 'results.json'}, plot: {config.out_dir / 'ablation.png'}")
+
+
 def register(group: click.Group) -> None:
     group.add_command(export_cmd)
     group.add_command(benchmark_cmd)
+    group.add_command(ablation_cmd)
