@@ -73,6 +73,8 @@ class AblationConfig:
     """Folder of the benchmark files."""
     threads: int = 0
     """torch CPU threads (0 = torch's default)."""
+    out: str = ""
+    """Folder of the runs and results; "" = DATA/ablation. Use one folder per budget: a run folder is resumed."""
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -82,7 +84,7 @@ class AblationConfig:
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.data_dir) / "ablation"
+        return Path(self.out) if self.out else Path(self.data_dir) / "ablation"
 
     def eval_steps(self) -> list[int]:
         every = max(1, self.steps // self.eval_points)
@@ -161,6 +163,26 @@ def _train_config(config: AblationConfig, shards_dir: Path, run_dir: Path, seed:
     )
 
 
+def _check_same_run(run_dir: Path, train_config) -> None:
+    """A run folder is reused only for the same training settings (else its curve would be another run's)."""
+    from train.checkpoint import latest_checkpoint, load_checkpoint
+
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return
+    saved = load_checkpoint(latest).get("train_config", {})
+    wanted = train_config.to_dict()
+    keys = ("max_steps", "preset", "model_overrides", "global_batch_tokens", "seed", "data", "optim")
+    diffs = [k for k in keys if saved.get(k) != wanted[k] and not (k == "data" and _same_data(saved.get(k), wanted[k]))]
+    if diffs:
+        raise AblationError(f"{run_dir} holds a run made with other settings ({', '.join(diffs)} differ); give this "
+                            f"budget its own folder with --out, or delete {run_dir}")
+
+
+def _same_data(saved: dict | None, wanted: dict) -> bool:
+    return saved is not None and all(saved.get(k) == wanted[k] for k in ("shards_dir", "seq_len", "seed"))
+
+
 def run_ablation(config: AblationConfig, on_run: Callable[[str, int, int, int], None] | None = None) -> list[RunResult]:
     """Train and evaluate every (arm, seed); write results.json and ablation.png; return the runs."""
     from evals.scoring import BenchmarkConfig, CrawlGPTScoring, run_benchmarks
@@ -195,9 +217,11 @@ def run_ablation(config: AblationConfig, on_run: Callable[[str, int, int, int], 
             if on_run is not None:
                 on_run(arm, seed, len(results) + 1, total)
             result = RunResult(arm, seed, str(run_dir))
+            train_config = _train_config(config, data / folder, run_dir, seed)
+            _check_same_run(run_dir, train_config)
             if config.steps not in list_checkpoint_steps(run_dir):
                 start = time.perf_counter()
-                train(_train_config(config, data / folder, run_dir, seed))
+                train(train_config)
                 result.train_seconds = time.perf_counter() - start
             available = set(list_checkpoint_steps(run_dir))
             for step in config.eval_steps():

@@ -77,3 +77,12 @@ def test_missing_shards_and_heldout_are_named(data, tmp_path):
         run_ablation(small_config(data, arms=(("raw", "nowhere-raw"), ("curated", "shards"))))
     with pytest.raises(AblationError, match="--heldout"):
         run_ablation(small_config(data, heldout=str(tmp_path / "none.jsonl")))
+
+
+@pytest.mark.slow
+def test_a_run_folder_of_other_settings_is_not_reused(data, tmp_path):
+    config = small_config(data, seeds=(1,), steps=2, eval_points=1, tasks=(), out=str(tmp_path / "abl"))
+    run_ablation(config)
+    with pytest.raises(AblationError, match="--out"):
+        run_ablation(small_config(data, seeds=(1,), steps=2, eval_points=1, tasks=(), lr=1e-3,
+                                  out=str(tmp_path / "abl")))

@@ -171,9 +171,12 @@ def _abl():
 @click.option("--raw-shards", default="shards-raw", show_default=True, help="Raw arm's shards folder under DATA.")
 @click.option("--curated-shards", default="shards", show_default=True, help="Curated arm's shards folder under DATA.")
 @click.option("--threads", type=int, default=0, show_default=True, help="torch CPU threads; 0 = torch's default.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of runs and results [default: DATA/ablation]; one per budget (run folders are resumed).")
 def ablation_cmd(data: Path, preset: str, overrides: tuple[str, ...], steps: int, batch_tokens: int, seq_len: int,
                  lr: float, seeds: str, eval_points: int, heldout: Path, heldout_tokens: int, tasks: str,
-                 benchmark_limit: int, eval_dir: Path, raw_shards: str, curated_shards: str, threads: int) -> None:
+                 benchmark_limit: int, eval_dir: Path, raw_shards: str, curated_shards: str, threads: int,
+                 out_dir: Path | None) -> None:
     """Raw crawl vs curated corpus: the same model, budget, schedule and seeds; held-out loss and benchmarks.
 
     Writes DATA/ablation/results.json and ablation.png; finished runs are reused on a rerun.
@@ -191,7 +194,7 @@ def ablation_cmd(data: Path, preset: str, overrides: tuple[str, ...], steps: int
             steps=steps, batch_tokens=batch_tokens, seq_len=seq_len, lr=lr, eval_points=eval_points,
             heldout=str(heldout), heldout_tokens=heldout_tokens,
             tasks=tuple(t for t in tasks.split(",") if t), benchmark_limit=benchmark_limit or None,
-            eval_dir=str(eval_dir), threads=threads)
+            eval_dir=str(eval_dir), threads=threads, out=str(out_dir or ""))
         results = run_ablation(config, on_run=lambda arm, seed, i, n: click.echo(
             f"run {i}/{n}: {arm}, seed {seed}", err=True))
     except (AblationError, TrainError, ValueError) as err:
