@@ -126,7 +126,7 @@ $(LMEVAL_VENV)/.installed:
 	test -x $(LMEVAL_VENV)/bin/python || $(PYTHON) -m venv $(LMEVAL_VENV)
 	$(LMEVAL_VENV)/bin/pip install --quiet --upgrade pip
 	$(LMEVAL_VENV)/bin/pip install --quiet torch==$(TORCH_VERSION)
-	$(LMEVAL_VENV)/bin/pip install --quiet 'lm-eval==0.4.13'
+	$(LMEVAL_VENV)/bin/pip install --quiet 'lm-eval[hf]==0.4.13' transformers safetensors
 	touch $@
 
 # crawlgpt benchmark vs lm-eval on the run's exported checkpoint, and the export's cost (docs/evaluation.md).

@@ -331,8 +331,9 @@ def plot_ablation(results: list[RunResult], arms: list[str], png: Path, config: 
                     label=f"{arm} (mean of {len(runs)} seeds)")
     ax.set_xlabel("training tokens")
     ax.set_ylabel("held-out loss (nats per token)")
-    ax.set_title(f"data ablation: {config.preset} {dict(config.model_overrides)}, {config.steps} steps x "
-                 f"{config.batch_tokens} tokens")
+    model = config.preset + "".join(f" {k}={v}" for k, v in config.model_overrides)
+    ax.set_title(f"data ablation: {model}, {config.steps} steps x {config.batch_tokens:,} tokens, "
+                 f"held-out {Path(config.heldout).name}")
     ax.grid(alpha=0.3)
     ax.legend()
     tmp = png.with_name(".ablation.tmp.png")
