@@ -145,3 +145,31 @@ def test_export_command_writes_a_loadable_folder(tmp_path, tokenizer_path):
     again = CliRunner().invoke(main, ["export", "--checkpoint", str(ckpt), "--out", str(out),
                                       "--tokenizer", str(tokenizer_path)])
     assert again.exit_code != 0 and "--overwrite" in again.output
+
+
+def test_gguf_file_reads_back_with_llama_cpp_names_and_rotary_order(tmp_path, tokenizer_path):
+    gguf = pytest.importorskip("gguf")
+    from train.export import export_gguf
+
+    ckpt = write_tiny_checkpoint(tmp_path / "run", tokenizer_path, tiny_config(tie=True, vocab_size=448))
+    ours = model_from_checkpoint(load_checkpoint(ckpt))
+    path = export_gguf(ckpt, tmp_path / "model.gguf", tokenizer_path)
+    reader = gguf.GGUFReader(path)
+
+    def field(name):
+        f = reader.fields[name]
+        return f.parts[f.data[0]].tolist() if len(f.data) == 1 else [bytes(f.parts[i]).decode() for i in f.data]
+
+    assert field("general.architecture") == [*b"llama"]
+    assert field("llama.attention.head_count") == [4] and field("llama.attention.head_count_kv") == [2]
+    assert field("llama.rope.freq_base") == [500.0] and field("llama.context_length") == [96]
+    tokens = field("tokenizer.ggml.tokens")
+    assert len(tokens) == 448 and tokens[0] == "<|endoftext|>" and tokens[-1] == "[PAD447]"
+    tensors = {t.name: torch.from_numpy(t.data.copy()) for t in reader.tensors}
+    assert "output.weight" not in tensors  # tied: llama.cpp uses token_embd as the head
+    torch.testing.assert_close(tensors["token_embd.weight"].view(448, 32), ours.tok_emb.weight.detach())
+    q = tensors["blk.1.attn_q.weight"].view(32, 32)
+    k = tensors["blk.1.attn_k.weight"].view(16, 32)
+    torch.testing.assert_close(permute_interleaved_to_half(q, 4), ours.blocks[1].attn.wq.weight.detach())
+    torch.testing.assert_close(permute_interleaved_to_half(k, 2), ours.blocks[1].attn.wk.weight.detach())
+    assert not torch.equal(q, ours.blocks[1].attn.wq.weight.detach())

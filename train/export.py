@@ -246,3 +246,19 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer: st
 def _count(state: dict[str, torch.Tensor], config: GPTConfig) -> int:
     """Parameters in a model state dict, a tied head counted once (it is listed under both names)."""
     return sum(t.numel() for name, t in state.items() if not (config.tie_embeddings and name == "head.weight"))
+
+
+def export_gguf(checkpoint: str | Path, path: str | Path, tokenizer: str | Path | None = None,
+                overwrite: bool = False) -> Path:
+    """Write a checkpoint as one float32 GGUF file for llama.cpp (see train/export_gguf.py)."""
+    from train.export_gguf import write_gguf
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ExportError(f"{path} exists; pass --overwrite to replace it")
+    model, payload, _ = load_for_inference(checkpoint, torch.device("cpu"))
+    tok_path = find_tokenizer(payload, tokenizer)
+    tok = load_tokenizer(tok_path)
+    check_tokenizer(tok_path, tok, payload)
+    eot_id = payload.get("data", {}).get("eot_id")
+    return write_gguf(model, payload, tok_path, tok.token_to_id(EOT_TOKEN) if eot_id is None else eot_id, path)

@@ -19,23 +19,31 @@ def _fail(err: Exception) -> None:
 @data_option
 @run_option
 @checkpoint_option
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder to write (config.json, model.safetensors, tokenizer files).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Hugging Face folder to write (config.json, model.safetensors, tokenizer files).")
+@click.option("--gguf", "gguf_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also (or only) write a float32 GGUF file for llama.cpp (needs `pip install gguf`).")
 @tokenizer_option
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
               help="Weight dtype in model.safetensors (float32 is exact; the halves are half the size).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export in --out.")
-def export_cmd(data: Path, run: str, checkpoint: Path | None, out_dir: Path, tokenizer_path: Path | None,
-               dtype: str, overwrite: bool) -> None:
+def export_cmd(data: Path, run: str, checkpoint: Path | None, out_dir: Path | None, gguf_path: Path | None,
+               tokenizer_path: Path | None, dtype: str, overwrite: bool) -> None:
     """Write a checkpoint as a Hugging Face LlamaForCausalLM folder (transformers, lm-eval, vLLM load it)."""
     from train.errors import TrainError
-    from train.export import ExportConfig, export_checkpoint
+    from train.export import ExportConfig, export_checkpoint, export_gguf
 
+    if out_dir is None and gguf_path is None:
+        raise click.UsageError("give --out DIR (Hugging Face folder), --gguf FILE, or both")
     ckpt = checkpoint or data / "runs" / run
     tok = tokenizer_path or data / "tokenizer" / "tokenizer.json"
+    tok = tok if tok.is_file() else tokenizer_path
     try:
-        result = export_checkpoint(ckpt, out_dir, tok if tok.is_file() else tokenizer_path,
-                                   ExportConfig(dtype=dtype, overwrite=overwrite))
+        if gguf_path is not None:
+            click.echo(f"GGUF: {export_gguf(ckpt, gguf_path, tok, overwrite=overwrite)}")
+        if out_dir is None:
+            return
+        result = export_checkpoint(ckpt, out_dir, tok, ExportConfig(dtype=dtype, overwrite=overwrite))
     except TrainError as err:
         _fail(err)
     rows = [("checkpoint", str(result.checkpoint)), ("exported to", str(result.out_dir)),
