@@ -28,7 +28,7 @@ LIMIT      ?= 0
 EXPORT_DIR ?= $(DATA)/export/$(RUN)
 # The data ablation (docs/ablation.md): model size and budget; the defaults are the CPU-sized ones.
 ABLATION_PRESET ?= tiny
-ABLATION_STEPS  ?= 300
+ABLATION_STEPS  ?= 150
 ABLATION_SEEDS  ?= 1,2,3
 ABLATION_ARGS   ?=
 force_flag := $(if $(FORCE),--force,)

@@ -47,10 +47,9 @@ class AblationConfig:
     """One run per arm and seed (model initialisation and data order)."""
     preset: str = "tiny"
     """Model preset; see model/gpt.py."""
-    model_overrides: tuple[tuple[str, Any], ...] = (("d_model", 128), ("n_layer", 4), ("n_head", 4),
-                                                    ("n_kv_head", 2))
+    model_overrides: tuple[tuple[str, Any], ...] = ()
     """Model fields replacing the preset's."""
-    steps: int = 300
+    steps: int = 150
     """Optimizer steps of every run."""
     batch_tokens: int = 4096
     """Tokens per step: steps x batch_tokens is each run's token budget."""
@@ -63,11 +62,11 @@ class AblationConfig:
     heldout: str = "../shared/data/reference/reference-dev.jsonl.zst"
     """JSONL(.zst) with a "text" field: clean text in neither corpus (for the dev crawl: Wikipedia and book
     documents that the crawl does not hold). Do not use text the quality classifier was trained on."""
-    heldout_tokens: int = 32_768
+    heldout_tokens: int = 16_384
     """Held-out tokens scored per evaluation."""
     tasks: tuple[str, ...] = ("piqa", "lambada")
     """Benchmarks scored on each run's last checkpoint."""
-    benchmark_limit: int | None = 500
+    benchmark_limit: int | None = 200
     """Items per benchmark (None = all)."""
     eval_dir: str = "../shared/data/eval"
     """Folder of the benchmark files."""

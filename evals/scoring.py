@@ -25,6 +25,7 @@ output head runs only at the continuation positions, not at every position.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -364,9 +365,13 @@ class TrainingBenchmark:
         model.eval()
         if forward_model is not None:
             forward_model.eval()
+        # Compiled blocks would recompile for every padded batch width; scoring is short, so run it eagerly.
+        stance = torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") \
+            else contextlib.nullcontext()
         try:
             scorer = CrawlGPTScoring(model, self.tokenizer, self.eot_id, forward_model=forward_model)
-            results = run_benchmarks(scorer, self.config, self.items)
+            with stance:
+                results = run_benchmarks(scorer, self.config, self.items)
         finally:
             model.train(was_training)
             if forward_model is not None:

@@ -144,25 +144,12 @@ def _overrides(values: tuple[str, ...]) -> tuple[tuple[str, object], ...]:
     return tuple(pairs)
 
 
-_ABL_DEFAULTS = None
-
-
-def _abl():
-    global _ABL_DEFAULTS
-    if _ABL_DEFAULTS is None:
-        from evals.ablation import AblationConfig
-
-        _ABL_DEFAULTS = AblationConfig()
-    return _ABL_DEFAULTS
-
-
 @click.command("ablation")
 @data_option
 @click.option("--preset", default="tiny", show_default=True, help="Model preset of every run.")
 @click.option("--override", "overrides", multiple=True, metavar="FIELD=VALUE",
-              help="Model field replacing the preset's (repeatable) [default: d_model=128 n_layer=4 n_head=4 "
-                   "n_kv_head=2]; give `--override none` for the bare preset.")
-@click.option("--steps", type=int, default=300, show_default=True, help="Optimizer steps of every run.")
+              help="Model field replacing the preset's (repeatable), e.g. d_model=256; none = the bare preset.")
+@click.option("--steps", type=int, default=150, show_default=True, help="Optimizer steps of every run.")
 @click.option("--batch-tokens", type=int, default=4096, show_default=True, help="Tokens per step.")
 @click.option("--seq-len", type=int, default=128, show_default=True, help="Tokens per window.")
 @click.option("--lr", type=float, default=3e-3, show_default=True, help="Peak learning rate.")
@@ -171,9 +158,9 @@ def _abl():
 @click.option("--heldout", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("../shared/data/reference/reference-dev.jsonl.zst"), show_default=True,
               help="JSONL(.zst) of clean text in neither corpus (not the quality classifier's positives).")
-@click.option("--heldout-tokens", type=int, default=32768, show_default=True, help="Held-out tokens scored.")
+@click.option("--heldout-tokens", type=int, default=16384, show_default=True, help="Held-out tokens scored.")
 @click.option("--tasks", default="piqa,lambada", show_default=True, help="Benchmarks of each run's last checkpoint.")
-@click.option("--benchmark-limit", type=int, default=500, show_default=True, help="Items per benchmark; 0 = all.")
+@click.option("--benchmark-limit", type=int, default=200, show_default=True, help="Items per benchmark; 0 = all.")
 @click.option("--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("../shared/data/eval"),
               show_default=True, help="Folder of the benchmark files.")
 @click.option("--raw-shards", default="shards-raw", show_default=True, help="Raw arm's shards folder under DATA.")
@@ -194,8 +181,7 @@ def ablation_cmd(data: Path, preset: str, overrides: tuple[str, ...], steps: int
     from train.errors import TrainError
 
     try:
-        model_overrides = () if overrides == ("none",) else (_overrides(overrides) if overrides
-                                                             else _abl().model_overrides)
+        model_overrides = () if overrides in ((), ("none",)) else _overrides(overrides)
         config = AblationConfig(
             data_dir=str(data), arms=(("raw", raw_shards), ("curated", curated_shards)),
             seeds=tuple(int(s) for s in seeds.split(",") if s.strip()), preset=preset, model_overrides=model_overrides,
