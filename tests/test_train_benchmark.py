@@ -61,3 +61,22 @@ def test_a_tokenizer_other_than_the_shards_is_refused(tmp_path, shards):
 def test_an_unknown_benchmark_is_a_config_error(tmp_path, shards):
     with pytest.raises(TrainConfigError, match="--benchmark.*unknown benchmark"):
         train(config(tmp_path / "run", shards).replace(eval=EvalConfig(benchmarks=("mmlu",))))
+
+
+def test_pretrain_command_takes_benchmark_options(tmp_path, shards):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    result = CliRunner().invoke(main, [
+        "pretrain", "--data", str(tmp_path), "--shards", str(shards), "--run", "bench", "--preset", "tiny",
+        "--steps", "2", "--seq-len", "32", "--micro-batch", "4", "--device", "cpu", "--eval-every", "2",
+        "--sample-every", "0", "--no-tensorboard", "--benchmark", "piqa", "--benchmark-limit", "3",
+        "--eval-dir", str(FIXTURES)])
+    assert result.exit_code == 0, result.output
+    records = [r for r in read_metrics(tmp_path / "runs" / "bench" / "metrics.jsonl") if r["kind"] == "benchmark"]
+    assert [r["step"] for r in records] == [2] and "piqa_acc_norm" in records[0]
+    bad = CliRunner().invoke(main, ["pretrain", "--data", str(tmp_path), "--shards", str(shards), "--run", "bad",
+                                    "--preset", "tiny", "--steps", "2", "--seq-len", "32", "--device", "cpu",
+                                    "--benchmark", "mmlu", "--eval-dir", str(FIXTURES)])
+    assert bad.exit_code != 0 and "unknown benchmark" in bad.output
