@@ -73,12 +73,13 @@ def tokenizer_cmd(data: Path, vocab_size: int, pattern: str, reserved_tokens: in
               help="Start a new token file when one reaches this many MiB of tokens.")
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="tokenizer.json to use [default: DATA/tokenizer/tokenizer.json].")
-@click.option("--from", "source", type=click.Choice(["corpus", "decontaminated", "raw"]), default="corpus",
-              show_default=True,
-              help="corpus: the curated DATA/corpus; decontaminated: DATA/decontaminated; raw: every readable "
-                   "document of DATA/raw's files, unfiltered and not deduplicated (the data ablation's baseline).")
+@click.option("--from", "source", type=click.Choice(["corpus", "decontaminated", "filtered", "raw"]),
+              default="corpus", show_default=True,
+              help="corpus: the curated DATA/corpus; decontaminated: DATA/decontaminated; filtered: DATA/filtered "
+                   "(before dedup); raw: every readable document of DATA/raw's files, unfiltered and not "
+                   "deduplicated (the data ablation's baseline).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder [default: DATA/shards, or DATA/shards-raw with --from raw].")
+              help="Output folder [default: DATA/shards; DATA/shards-raw or DATA/shards-filtered with --from raw or filtered].")
 @force_option
 def shards_cmd(data: Path, workers: int, val_fraction: float, max_shard_mb: float,
                tokenizer_path: Path | None, source: str, out_dir: Path | None, force: bool) -> None:
@@ -87,7 +88,7 @@ def shards_cmd(data: Path, workers: int, val_fraction: float, max_shard_mb: floa
                           source="raw" if source == "raw" else "corpus")
     tok = tokenizer_path or data / "tokenizer" / TOKENIZER_FILE
     src = data / source
-    out = out_dir or data / ("shards-raw" if source == "raw" else "shards")
+    out = out_dir or data / ("shards" if source in ("corpus", "decontaminated") else f"shards-{source}")
     try:
         m = run_with_progress("shards", lambda on_progress: make_shards(
             src, tok, out, config, workers=workers, force=force, on_progress=on_progress))
