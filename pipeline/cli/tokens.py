@@ -79,7 +79,8 @@ def tokenizer_cmd(data: Path, vocab_size: int, pattern: str, reserved_tokens: in
                    "(before dedup); raw: every readable document of DATA/raw's files, unfiltered and not "
                    "deduplicated (the data ablation's baseline).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder [default: DATA/shards; DATA/shards-raw or DATA/shards-filtered with --from raw or filtered].")
+              help="Output folder [default: DATA/shards; DATA/shards-raw or DATA/shards-filtered with "
+                   "--from raw or filtered].")
 @force_option
 def shards_cmd(data: Path, workers: int, val_fraction: float, max_shard_mb: float,
                tokenizer_path: Path | None, source: str, out_dir: Path | None, force: bool) -> None:
