@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+SCORERS = ("ours_checkpoint", "ours_hf", "lm_eval")
 sys.path.insert(0, str(REPO))
 
 PIQA_TASK = """task: piqa_local
@@ -157,7 +158,8 @@ def harness(peer: str, model_dir: Path, eval_dir: Path, limit: int, threads: int
     results = json.loads(found[-1].read_text())["results"]
     pick = {"piqa": results["piqa_local"], "lambada": results["lambada_local"]}
     return {"seconds": round(seconds, 1), "peak_rss_mb": round(peak / 2**20),
-            "tasks": {t: {k.split(",")[0]: v for k, v in r.items() if k.split(",")[0] in ("acc", "acc_norm", "perplexity")}
+            "tasks": {t: {k.split(",")[0]: v for k, v in r.items()
+                          if k.split(",")[0] in ("acc", "acc_norm", "perplexity")}
                       for t, r in pick.items()}}
 
 
@@ -204,10 +206,10 @@ def main() -> None:
     rows = []
     for task in ("piqa", "lambada"):
         for metric in ("acc", "acc_norm", "perplexity"):
-            cells = [report[k]["tasks"][task].get(metric) for k in ("ours_checkpoint", "ours_hf", "lm_eval") if k in report]
+            cells = [report[k]["tasks"][task].get(metric) for k in SCORERS if k in report]
             if any(c is not None for c in cells):
                 rows.append((f"{task} {metric}", *[f"{c:.4f}" if c is not None else "-" for c in cells]))
-    rows.append(("wall seconds", *[str(report[k]["seconds"]) for k in ("ours_checkpoint", "ours_hf", "lm_eval") if k in report]))
+    rows.append(("wall seconds", *[str(report[k]["seconds"]) for k in SCORERS if k in report]))
     for row in rows:
         print("  ".join(f"{c:>18}" for c in row))
     print(f"results: {args.out}")

@@ -311,8 +311,8 @@ def run_benchmarks(model: ScoringModel, config: BenchmarkConfig, items: dict[str
         if on_start is not None:
             on_start(task, sum(len(i.requests) for i in items[task]))
         result = evaluate_items(model, task, items[task], config.batch_size, on_progress)
-        log.info("%s: %s (%d items, %.1fs)", task, ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()
-                                                               if not k.endswith("stderr")), result.items, result.seconds)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if not k.endswith("stderr"))
+        log.info("%s: %s (%d items, %.1fs)", task, shown, result.items, result.seconds)
         results.append(result)
     return results
 

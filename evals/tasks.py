@@ -178,7 +178,8 @@ def read_winogrande(path: Path) -> list[Item]:
         rest = " " + sentence[cut + 1:].strip()
         requests = tuple(Request(sentence[:cut] + option, rest) for option in (option1, option2))
         items.append(Item(str(record.get("qID", f"winogrande-{number}")), requests, int(answer) - 1,
-                          (len(rest) - 1, len(rest) - 1), tuple(sentence.replace("_", o, 1) for o in (option1, option2))))
+                          (len(rest) - 1, len(rest) - 1),
+                          tuple(sentence.replace("_", o, 1) for o in (option1, option2))))
     return items
 
 
@@ -207,7 +208,8 @@ def task_file(name: str, eval_dir: str | Path, files: dict[str, str | Path] | No
     for candidate in TASKS[name].files:
         if (Path(eval_dir) / candidate).is_file():
             return Path(eval_dir) / candidate
-    raise BenchmarkDataError(f"no file for benchmark {name!r} in {eval_dir} (looked for {', '.join(TASKS[name].files)}); "
+    raise BenchmarkDataError(f"no file for benchmark {name!r} in {eval_dir} "
+                             f"(looked for {', '.join(TASKS[name].files)}); "
                              f"point at it with --file {name}=PATH")
 
 

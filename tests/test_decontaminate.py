@@ -83,7 +83,8 @@ def test_rerun_skips_and_a_changed_config_is_refused(data, caplog):
     assert first["totals"] == second["totals"]
     with pytest.raises(StageConfigChanged, match="ngram"):
         run_decontaminate(data, DecontaminateConfig(benchmarks=(PIQA,), ngram=10))
-    assert run_decontaminate(data, DecontaminateConfig(benchmarks=(PIQA,), ngram=10), force=True)["config"]["ngram"] == 10
+    forced = run_decontaminate(data, DecontaminateConfig(benchmarks=(PIQA,), ngram=10), force=True)
+    assert forced["config"]["ngram"] == 10
 
 
 def test_benchmark_names_and_missing_files(tmp_path):
