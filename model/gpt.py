@@ -305,6 +305,19 @@ class GPT(nn.Module):
         (targets of -1 are ignored). Without: logits of the last position only, (B, 1, V), and None.
         With a cache, idx holds only the new tokens and their positions continue from cache.length."""
         B, T = idx.size()
+        x = self.hidden_states(idx, cache)  # (B, T, C)
+        if targets is None:
+            return self.head(x[:, [-1], :]), None  # (B, 1, V): generation needs only the last position
+        logits = self.head(x)  # (B, T, V)
+        # Cross-entropy in float32: bf16 logits lose too much precision in the log-sum-exp.
+        loss = F.cross_entropy(logits.float().view(B * T, -1),  # (B * T, V)
+                               targets.reshape(B * T), ignore_index=-1)  # (B * T,)
+        return logits, loss
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) -> the final-norm hidden states (B, T, C): what the output head reads, and what a
+        classification, reward or value head reads instead (fine-tuning and alignment)."""
+        B, T = idx.size()
         start = cache.length if cache is not None else 0
         if start + T > self.config.max_seq_len:
             raise SequenceTooLongError(
@@ -320,14 +333,7 @@ class GPT(nn.Module):
         x = self.norm(x)  # (B, T, C)
         if cache is not None:
             cache.length += T
-
-        if targets is None:
-            return self.head(x[:, [-1], :]), None  # (B, 1, V): generation needs only the last position
-        logits = self.head(x)  # (B, T, V)
-        # Cross-entropy in float32: bf16 logits lose too much precision in the log-sum-exp.
-        loss = F.cross_entropy(logits.float().view(B * T, -1),  # (B * T, V)
-                               targets.reshape(B * T), ignore_index=-1)  # (B * T,)
-        return logits, loss
+        return x
 
     # ----------------------------------------------------------------------------------------------
     # Generation
