@@ -56,6 +56,24 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
             os.fsync(f.fileno())
 
 
+def listed_path(folder: str | Path, rel: str, listed_in: str | Path) -> Path:
+    """`folder / rel` for a path a manifest or receipt lists, refusing one that leads outside `folder`.
+
+    Manifests are files on disk that anyone can edit (or damage); a listed `../../x` must not make a
+    stage read, trust or delete a file elsewhere. Raises ValueError naming the manifest.
+    """
+    folder = Path(folder)
+    path = folder / rel
+    root = os.path.realpath(folder)
+    real = os.path.realpath(path)
+    if Path(rel).is_absolute() or os.path.commonpath([root, real]) != root or real == root:
+        raise ValueError(
+            f"{listed_in} lists {rel!r}, which is not a file inside {folder}; the file was edited or damaged. "
+            "Delete it and rerun the stage that writes it."
+        )
+    return path
+
+
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.manifest import sha256_file
+from pipeline.manifest import listed_path, sha256_file
 from pipeline.token_shards import MANIFEST_NAME, ShardFile, open_shard
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,11 @@ def find_shard_files(shards_dir: str | Path) -> list[tuple[str, Path]]:
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         if "splits" in manifest:
-            return [(split, shards_dir / rec["path"]) for split, recs in manifest["splits"].items() for rec in recs]
+            try:
+                return [(split, listed_path(shards_dir, rec["path"], manifest_path))
+                        for split, recs in manifest["splits"].items() for rec in recs]
+            except ValueError as exc:
+                raise InputError(str(exc)) from exc
     files = sorted(shards_dir.rglob("*.arrow"))
     if not files:
         raise InputError(f"{shards_dir} holds no token shards (*.arrow); run `make shards` or point at a shards folder")

@@ -171,3 +171,10 @@ def test_every_option_has_help_text(cli):
         for param in command.params:
             if isinstance(param, click.Option):
                 assert param.help, f"{command.name} {param.opts} has no help"
+
+
+@pytest.mark.parametrize("run", ["../escape", "a/b", "..", ".", "c:x", ""])
+def test_a_run_name_that_is_not_one_folder_name_is_refused(cli, tmp_path, run):
+    result = CliRunner().invoke(cli, ["sample", "--data", str(tmp_path), "--run", run])
+    assert result.exit_code == 2
+    assert "not a plain folder name" in result.output and "--run" in result.output

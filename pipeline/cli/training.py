@@ -35,7 +35,18 @@ PRESET_CHOICES = ["auto", *PRESET_NAMES]
 
 data_option = click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=Path("data"),
                            show_default=True, help="Data folder (shards/ and tokenizer/ in, runs/ out).")
-run_option = click.option("--run", default="default", show_default=True,
+
+
+def _run_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A run name is one folder name under DATA/runs/: never a path that leads elsewhere."""
+    if not value or value.strip(".") == "" or any(c in value for c in "/\\\0:"):
+        raise click.BadParameter(
+            f"{value!r} is not a plain folder name (no /, \\, :, NUL; not . or ..); a run always lives in "
+            "DATA/runs/RUN/. To read a checkpoint elsewhere, pass --checkpoint PATH.", ctx, param)
+    return value
+
+
+run_option = click.option("--run", default="default", show_default=True, callback=_run_name,
                           help="Run name: its files go to DATA/runs/RUN/.")
 device_option = click.option("--device", default="auto", show_default=True,
                              help="cpu, cuda, cuda:N, mps or auto (CUDA when available). Under torchrun: cuda:LOCAL_RANK.")
