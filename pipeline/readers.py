@@ -67,6 +67,8 @@ REASONS: dict[str, str] = {
     "truncated_record": "an uncompressed WARC file ends inside a record",
     "corrupt_gzip": "bytes that do not decompress (damaged or foreign data between gzip members)",
     "not_warc": "bytes that are not a WARC record where one was expected",
+    "bad_content_length": "a WARC record whose Content-Length is larger than its body (it would swallow the "
+                          "records after it); reading resumes at the next record",
     "invalid_utf8": "the text is not valid UTF-8",
     "nul_bytes": "the text contains NUL bytes (binary data, not text)",
     "empty_record": "the record holds no text (only whitespace, or HTML without text)",
@@ -84,6 +86,7 @@ REASONS: dict[str, str] = {
 GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_MEMBER_MAGIC = b"\x1f\x8b\x08"  # magic + deflate method: where a gzip member can start
 _WARC_MAGIC = b"WARC/1."
+_WARC_BOUNDARY = b"\r\n\r\nWARC/1."  # the end of one record and the start of the next
 _CHUNK_BYTES = 1 << 20
 
 # metadata is kept only to recognise WAT records; warcinfo/request/revisit are filtered out in C.
@@ -175,6 +178,12 @@ def _read_warc(path: Path, config: ReaderConfig) -> Iterator[Item]:
     clean end, a check that the last gzip members decompress to their end (FastWARC ends silently when
     a member's end is missing). The last item is held back until that check has run, so a record from
     a cut member is reported as `truncated_gzip`, not yielded as a short document.
+
+    A record whose Content-Length overstates its body (in an intact file) would swallow the records
+    after it: FastWARC reads on into them. It shows as a payload holding the next record's header, a
+    payload shorter than announced, or an error right after the record; each time `_overstated_length`
+    checks the record against its gzip member (or, uncompressed, its closing CRLFCRLF), and a record
+    that does not fit is `bad_content_length` and reading resumes at the record after it.
     """
     name = path.name
     with open(path, "rb") as f:
@@ -186,6 +195,8 @@ def _read_warc(path: Path, config: ReaderConfig) -> Iterator[Item]:
         while True:
             f.seek(start)
             last_start = None
+            resume_at: int | None = -1  # >= 0 (or None: nothing after) when a record had a bad length
+            bad_length: Unreadable | None = None
             try:
                 for rec in ArchiveIterator(f, record_types=_RECORD_TYPES, parse_http=True):
                     offset = rec.stream_pos
@@ -194,7 +205,23 @@ def _read_warc(path: Path, config: ReaderConfig) -> Iterator[Item]:
                         item = _warc_too_large(rec, name, offset, length, config)
                     else:
                         payload = rec.reader.read()
-                        if len(payload) < length:
+                        short = len(payload) < length
+                        if short or _WARC_BOUNDARY in payload or (not gz and payload.endswith((b"\r", b"\r\n"))):
+                            # signs of a body that runs into the next record (or, uncompressed, into the
+                            # closing CRLFCRLF: a quarter of real WET bodies end in CRLF, so for gzip,
+                            # where the check decompresses the member again, a body 1-4 bytes too long
+                            # is let through: it only gains trailing whitespace): check it
+                            here = f.tell()
+                            overstated, nxt = _overstated_length(f, offset, gz)
+                            f.seek(here)  # FastWARC reads on from where it was
+                            if overstated:
+                                bad_length = Unreadable(
+                                    f"{name}@offset {offset}", "bad_content_length",
+                                    f"Content-Length {length} runs past the end of the record",
+                                )
+                                resume_at = nxt
+                                break
+                        if short:
                             # the data ends inside this record: the file was cut short
                             item = Unreadable(
                                 f"{name}@offset {offset}",
@@ -221,26 +248,50 @@ def _read_warc(path: Path, config: ReaderConfig) -> Iterator[Item]:
                 reason = "corrupt_gzip" if "compress" in str(exc).lower() else "not_warc"
                 bad_at = start
                 if last_start is not None:
-                    end = _record_end(f, last_start, gz)
-                    if end is None:
-                        # the last record's own member fails its CRC check (FastWARC notices only when it
-                        # moves on): its payload cannot be trusted, so it is not yielded
-                        bad_at, reason = last_start, "corrupt_gzip"
+                    overstated, nxt = _overstated_length(f, last_start, gz)
+                    if overstated:
+                        # the error is the next record read from inside this one: only this one is bad
                         if held is not None and held[0] == last_start:
                             held = None
-                    else:
-                        bad_at = end
-                if pending is None:
-                    pending = Unreadable(f"{name}@offset {bad_at}", reason, str(exc))
-                nxt = _find_next_start(f, bad_at + 1, gz)
-                if nxt is not None:
-                    start = nxt
-                    continue
-                # the bad region runs to the end of the file: nothing left to check
+                        bad_length = Unreadable(
+                            f"{name}@offset {last_start}", "bad_content_length",
+                            "Content-Length runs past the end of the record",
+                        )
+                        resume_at = nxt
+                if bad_length is None:
+                    if last_start is not None:
+                        end = _record_end(f, last_start, gz)
+                        if end is None:
+                            # the last record's own member fails its CRC check (FastWARC notices only when
+                            # it moves on): its payload cannot be trusted, so it is not yielded
+                            bad_at, reason = last_start, "corrupt_gzip"
+                            if held is not None and held[0] == last_start:
+                                held = None
+                        else:
+                            bad_at = end
+                    if pending is None:
+                        pending = Unreadable(f"{name}@offset {bad_at}", reason, str(exc))
+                    nxt = _find_next_start(f, bad_at + 1, gz)
+                    if nxt is not None:
+                        start = nxt
+                        continue
+                    # the bad region runs to the end of the file: nothing left to check
+                    if held is not None:
+                        yield held[1]
+                    yield pending
+                    return
+            if bad_length is not None:
                 if held is not None:
                     yield held[1]
-                yield pending
-                return
+                    held = None
+                if pending is not None:
+                    yield pending
+                    pending = None
+                yield bad_length
+                if resume_at is None:
+                    return
+                start = resume_at
+                continue
             break
         if gz:
             # FastWARC's offsets are member starts in multi-member files (Common Crawl: one member per
@@ -263,6 +314,68 @@ def _read_warc(path: Path, config: ReaderConfig) -> Iterator[Item]:
             yield held[1]
         if pending is not None:
             yield pending
+
+
+def _overstated_length(f: BinaryIO, record_start: int, gz: bool) -> tuple[bool, int | None]:
+    """Whether the record at `record_start` announces more bytes than it holds, and if so where the
+    record after it really starts (None: nowhere, the file ends).
+
+    gzip (one member per record, as Common Crawl writes): the header plus Content-Length plus the closing
+    CRLFCRLF must fit in the record's own member; the next record starts at the next member. A member
+    that does not decode is not judged here (that is `corrupt_gzip` or `truncated_gzip`), nor is a file
+    that is one gzip member. Uncompressed: the record must end in CRLFCRLF where its Content-Length
+    says; the next record is the next `WARC/1.` after the record's start.
+    """
+    f.seek(record_start)
+    if gz:
+        if f.read(3) != _GZIP_MEMBER_MAGIC:
+            return False, None
+        f.seek(record_start)
+        d = zlib.decompressobj(31)
+        out = bytearray()
+        consumed = 0
+        while not d.eof:
+            chunk = f.read(1 << 16)
+            if not chunk:
+                return False, None
+            try:
+                out += d.decompress(chunk)
+            except zlib.error:
+                return False, None
+            consumed += len(chunk)
+        claimed = _claimed_record_bytes(bytes(out[: 1 << 16]))
+        if claimed is None or claimed <= len(out):
+            return False, None
+        end = record_start + consumed - len(d.unused_data)
+        f.seek(end)
+        return True, (end if f.read(1) else None)
+    head = f.read(1 << 16)
+    claimed = _claimed_record_bytes(head)
+    if claimed is None:
+        return False, None
+    f.seek(record_start + claimed - 4)
+    tail = f.read(4)
+    if tail == b"\r\n\r\n":
+        return False, None
+    nxt = _find_next_start(f, record_start + 1, gz)
+    if len(tail) < 4 and nxt is None:
+        return False, None  # the file ends inside the record: cut short (`truncated_record`), not a bad length
+    return True, nxt
+
+
+def _claimed_record_bytes(head: bytes) -> int | None:
+    """Header, block and closing CRLFCRLF of the record whose start is `head`, by its Content-Length."""
+    end = head.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    for line in head[:end].split(b"\r\n"):
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == b"content-length":
+            try:
+                return end + 4 + int(value.strip()) + 4
+            except ValueError:
+                return None
+    return None
 
 
 def _warc_too_large(rec, name: str, offset: int, length: int, config: ReaderConfig) -> Item | None:

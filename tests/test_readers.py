@@ -267,6 +267,49 @@ def test_single_member_gzip_warc_reads_and_detects_a_cut_trailer(tmp_path):
     assert sequence(read_all(whole))[-1] == "truncated_gzip"
 
 
+def overstated_records(n: int, bad: int, extra: int) -> tuple[list[bytes], list[str]]:
+    """WARCINFO + n WET records whose record `bad` announces `extra` bytes more than its body holds."""
+    ids = [str(uuid.UUID(int=i + 1)) for i in range(n)]
+    recs = [WARCINFO]
+    for i, rid in enumerate(ids):
+        r = wet_record(good_text(i), f"http://example.org/{i}", rid)
+        if i == bad:
+            n_bytes = len(good_text(i))
+            r = r.replace(f"Content-Length: {n_bytes}".encode(), f"Content-Length: {n_bytes + extra}".encode())
+        recs.append(r)
+    return recs, ids
+
+
+@pytest.mark.parametrize("extra", [1, 3, 4, 5, 10, 300, 5_000, 50_000])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_overstated_content_length_costs_only_its_own_record(tmp_path, extra, compressed):
+    recs, ids = overstated_records(6, bad=2, extra=extra)
+    p = tmp_path / ("x.warc.wet.gz" if compressed else "x.warc.wet")
+    p.write_bytes(b"".join(gzip.compress(r) for r in recs) if compressed else b"".join(recs))
+    items = read_all(p)
+    if compressed and extra <= 4:
+        # read into its own closing CRLFCRLF only: kept, with at most that whitespace added, nothing lost
+        assert sequence(items) == ids
+        assert items[2].text.rstrip() == good_text(2).decode() and len(items[2].text) <= len(good_text(2)) + 4
+        return
+    assert sequence(items) == ids[:2] + ["bad_content_length"] + ids[3:]
+    name, _, offset = items[2].location.partition("@offset ")
+    assert name == p.name
+    offset = int(offset)
+    if compressed:
+        assert offset == _member_offsets(p.read_bytes())[3]  # warcinfo is member 0
+    else:
+        assert offset == len(b"".join(recs[:3]))
+    assert not any("WARC/1.0" in d.text for d in split(items)[0])
+
+
+def test_overstated_length_of_the_last_gzip_record_is_not_called_truncated(tmp_path):
+    recs, ids = overstated_records(3, bad=2, extra=10)
+    p = tmp_path / "x.warc.wet.gz"
+    p.write_bytes(b"".join(gzip.compress(r) for r in recs))
+    assert sequence(read_all(p)) == ids[:2] + ["bad_content_length"]
+
+
 def _member_offsets(data: bytes) -> list[int]:
     """Start offsets of the gzip members of `data`."""
     import zlib
