@@ -461,3 +461,22 @@ def test_every_reason_code_is_documented():
     assert used == set(REASONS)  # no documented code is dead
     assert set(SUPPORTED_SUFFIXES) >= {".warc.gz", ".warc.wet.gz", ".warc.wat.gz", ".warc", ".jsonl", ".jsonl.gz",
                                        ".jsonl.zst", ".parquet", ".txt"}
+
+
+def test_a_damaged_parquet_page_costs_only_its_row_group_and_every_row_is_counted(tmp_path):
+    p = tmp_path / "t.parquet"
+    rng = random.Random(0)
+    texts = [" ".join(f"w{rng.randint(0, 99999)}" for _ in range(50)) for _ in range(300)]
+    pq.write_table(pa.table({"text": texts, "id": [f"d{i}" for i in range(300)]}), p, row_group_size=50)
+    col = pq.ParquetFile(p).metadata.row_group(2).column(0)  # the text column of rows 100-149
+    start = col.dictionary_page_offset or col.data_page_offset
+    data = bytearray(p.read_bytes())
+    for k in range(start + col.total_compressed_size // 2, start + col.total_compressed_size // 2 + 40):
+        data[k] ^= 0x5A
+    p.write_bytes(bytes(data))
+    items = read_all(p)
+    docs, bad = split(items)
+    assert len(items) == 300  # every row is accounted for
+    assert [d.id for d in docs] == [f"d{i}" for i in range(300) if not 100 <= i < 150]
+    assert [b.location for b in bad] == [f"t.parquet@row {i}" for i in range(100, 150)]
+    assert {b.reason for b in bad} == {"bad_parquet"} and "row group 2" in bad[0].detail
