@@ -411,6 +411,7 @@ def run_download(
     on_bytes: Callable[[int], None] | None = None,
     on_file: Callable[[DownloadResult], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
+    text_field: str = "text",
 ) -> dict:
     """The download stage: resolve SOURCE, fetch what is remote, write `DATA/raw/manifest.json` last.
 
@@ -431,8 +432,10 @@ def run_download(
         again = _unchanged_crawl(previous, source, num_files, config)
         if again is not None:
             return again  # every file of the same crawl request is in place: no network needed
-    src = resolve_source(source, num_files, config=config)
+    src = resolve_source(source, num_files, config=config, text_field=text_field)
     stage_config = {"source": source, "num_files": src.num_files, "base_url": config.base_url if src.urls else None}
+    if text_field != "text":  # only then: the file list of every earlier download stays valid
+        stage_config["text_field"] = text_field
     if previous is not None and previous.get("config") != stage_config and not force:
         old = previous.get("config", {})
         raise StageConfigChanged(

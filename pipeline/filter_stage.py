@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -248,6 +251,33 @@ def shard_name(path: str | Path) -> str:
     return name.split(".", 1)[0] or name
 
 
+def shard_names(paths: list[Path]) -> list[str]:
+    """Output shard names for raw files, unique even when two files share a name.
+
+    Each file keeps `shard_name` when no other file has it. Files that would collide (a/x.jsonl and
+    b/x.jsonl, or a.warc beside a.warc.gz) are named by their path below the folder they share instead,
+    with separators and dots as `_` (a_x_jsonl, a_warc_gz), so every shard is told apart from the
+    start and a rerun gives the same names.
+    """
+    base = [shard_name(p) for p in paths]
+    groups: dict[str, list[int]] = {}
+    for i, n in enumerate(base):
+        groups.setdefault(n, []).append(i)
+    names = list(base)
+    for n, members in groups.items():
+        if len(members) < 2:
+            continue
+        absolute = [os.path.abspath(paths[i]) for i in members]
+        common = os.path.commonpath([os.path.dirname(a) for a in absolute])
+        for i, a in zip(members, absolute):
+            names[i] = re.sub(r"[^A-Za-z0-9-]", "_", os.path.relpath(a, common))
+    taken = Counter(names)
+    for i, n in enumerate(names):
+        if taken[n] > 1 or (names[i] != base[i] and n in base):  # a made name that meets another: number it
+            names[i] = f"{n}-{i:05d}"
+    return names
+
+
 def filter_shard(task: ShardTask, stage_dir: Path, config: FilterConfig) -> ShardStats:
     """Filter one raw file into `<shard>.parquet` and `rejected/<shard>.parquet`; return the counts."""
     from pipeline.readers import ReaderConfig, Unreadable, read_file
@@ -321,7 +351,7 @@ def run_filter(
     if not raw_files:
         raise InputError(f"{raw_dir(data_dir)}/manifest.json lists no input files; run `make download` first")
     check_models(config)
-    tasks = [ShardTask(shard_name(p), (str(p),)) for p in raw_files]
+    tasks = [ShardTask(n, (str(p),)) for n, p in zip(shard_names(raw_files), raw_files)]
     upstream = {
         "raw": manifest_hash(raw_dir(data_dir)),
         "lid_model": sha256_file(config.lid_model),

@@ -668,6 +668,8 @@ def _jsonl_item(line: bytes, name: str, line_no: int, where: str, config: Reader
         obj = json.loads(s)
     except ValueError as exc:
         return Unreadable(where, "bad_json", str(exc))
+    except RecursionError:  # e.g. 200,000 nested arrays: deeper than the parser's stack allows
+        return Unreadable(where, "bad_json", "nested too deeply to parse")
     if not isinstance(obj, dict):
         return Unreadable(where, "bad_json", f"a JSON {type(obj).__name__}, not an object")
     text = obj.pop(config.text_field, None)

@@ -480,3 +480,12 @@ def test_a_damaged_parquet_page_costs_only_its_row_group_and_every_row_is_counte
     assert [d.id for d in docs] == [f"d{i}" for i in range(300) if not 100 <= i < 150]
     assert [b.location for b in bad] == [f"t.parquet@row {i}" for i in range(100, 150)]
     assert {b.reason for b in bad} == {"bad_parquet"} and "row group 2" in bad[0].detail
+
+
+def test_a_deeply_nested_json_line_is_bad_json_and_the_next_line_kept(tmp_path):
+    p = tmp_path / "deep.jsonl"
+    deep = b'{"text": "x", "m": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    p.write_bytes(deep + b"\n" + json.dumps({"text": "after", "id": "ok"}).encode() + b"\n")
+    items = read_all(p)
+    assert sequence(items) == ["bad_json", "ok"]
+    assert items[0].location == "deep.jsonl@line 1" and "nested too deeply" in items[0].detail

@@ -178,3 +178,12 @@ def test_a_run_name_that_is_not_one_folder_name_is_refused(cli, tmp_path, run):
     result = CliRunner().invoke(cli, ["sample", "--data", str(tmp_path), "--run", run])
     assert result.exit_code == 2
     assert "not a plain folder name" in result.output and "--run" in result.output
+
+
+def test_evaluate_on_a_text_file_that_is_not_utf8_names_the_byte_offset(cli, data, trained, tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("The café was closed.".encode("latin-1"))
+    result = CliRunner().invoke(cli, ["evaluate", "--data", str(data), "--run", "cli", "--device", "cpu",
+                                      "--text", str(bad)])
+    assert result.exit_code == 1  # a message, not a traceback
+    assert "not UTF-8 text: byte offset 7 (0xe9)" in result.output and "iconv" in result.output

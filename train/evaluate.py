@@ -172,13 +172,20 @@ def evaluate_checkpoint_on_text(checkpoint: str | Path, text_path: str | Path, t
                                 seq_len: int | None = None, batch_size: int = 8,
                                 device: torch.device = torch.device("cpu")) -> EvalResult:
     """Perplexity of a text file: tokenized as one document (end-of-text first, as in training)."""
+    if not Path(text_path).is_file():
+        raise TrainError(f"text file {text_path} does not exist")
+    data = Path(text_path).read_bytes()
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is not text
+    except UnicodeDecodeError as exc:
+        raise TrainError(
+            f"{text_path} is not UTF-8 text: byte offset {exc.start} (0x{data[exc.start]:02x}) cannot be decoded "
+            f"({exc.reason}). Convert it first, e.g. `iconv -f latin1 -t utf-8`, or pass a UTF-8 file."
+        ) from exc
     model, payload, _ = load_for_inference(checkpoint, device)
     seq_len = _check_seq_len(seq_len, model)
     tokenizer = load_tokenizer(tokenizer_path)
     check_tokenizer(tokenizer_path, tokenizer, payload)
-    if not Path(text_path).is_file():
-        raise TrainError(f"text file {text_path} does not exist")
-    text = Path(text_path).read_text(encoding="utf-8")
     ids = tokenizer.encode(text).ids
     eot = payload.get("data", {}).get("eot_id")
     tokens = np.asarray(([eot] if eot is not None else []) + ids, dtype=np.int64)
