@@ -42,7 +42,7 @@ from pipeline.filters.gopher import (
 from pipeline.filters.language import LID_OPTION, LanguageFilter
 from pipeline.filters.models import check_fasttext_file
 from pipeline.filters.text_stats import TextStats
-from pipeline.manifest import output_record, sha256_file
+from pipeline.manifest import BY_CONTENT, output_record, sha256_file
 from pipeline.stage import Progress, ShardStats, ShardTask, report_progress, run_stage
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ class FilterConfig:
     """Everything that decides which documents the filter stage keeps."""
 
     #: Path of the fastText language-ID model (lid.176); resolve URLs before building the config.
-    lid_model: str
+    #: The config records its file name; its content (sha256) is in the manifest's `upstream`.
+    lid_model: str = field(metadata=BY_CONTENT)
     #: Languages to keep (lid.176 codes: en, de, zh, ...).
     langs: tuple[str, ...] = ("en",)
     #: Smallest lid.176 probability of the top language to keep a document (FineWeb: 0.65).
@@ -76,8 +77,8 @@ class FilterConfig:
     c4: C4Config = field(default_factory=C4Config)
     #: FineWeb thresholds.
     fineweb: FineWebConfig = field(default_factory=FineWebConfig)
-    #: Path of a fastText quality model, or None for no classifier.
-    quality_model: str | None = None
+    #: Path of a fastText quality model, or None for no classifier (recorded like lid_model).
+    quality_model: str | None = field(default=None, metadata=BY_CONTENT)
     #: Keep documents with P(label) >= this; None: the threshold in the model's manifest (else 0.5).
     quality_threshold: float | None = None
     #: The model's label for good text; None: from the model's manifest (else `__label__hq`).

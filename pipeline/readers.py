@@ -84,6 +84,7 @@ REASONS: dict[str, str] = {
 }
 
 GZIP_MAGIC = b"\x1f\x8b"
+_UTF8_BOM = b"\xef\xbb\xbf"
 _GZIP_MEMBER_MAGIC = b"\x1f\x8b\x08"  # magic + deflate method: where a gzip member can start
 _WARC_MAGIC = b"WARC/1."
 _WARC_BOUNDARY = b"\r\n\r\nWARC/1."  # the end of one record and the start of the next
@@ -637,6 +638,8 @@ def _read_jsonl(path: Path, config: ReaderConfig) -> Iterator[Item]:
                 if not line:
                     break
                 line_no += 1
+                if line_no == 1 and line.startswith(_UTF8_BOM):
+                    line = line[len(_UTF8_BOM):]  # a byte-order mark some editors write: not content
                 where = f"{name}@line {line_no}"
                 if len(line) > limit and not line.endswith(b"\n"):
                     while line and not line.endswith(b"\n"):  # skip the rest of the oversized line
@@ -771,7 +774,7 @@ def _read_text(path: Path, config: ReaderConfig) -> Iterator[Item]:
         yield Unreadable(name, "nul_bytes")
         return
     try:
-        text = data.decode("utf-8")
+        text = data.removeprefix(_UTF8_BOM).decode("utf-8")
     except UnicodeDecodeError as exc:
         yield Unreadable(name, "invalid_utf8", str(exc))
         return

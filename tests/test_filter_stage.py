@@ -276,3 +276,18 @@ def test_two_input_files_with_the_same_name_in_different_folders_are_both_filter
     manifest = run_filter(data, config, workers=1)
     assert sorted(s["shard"] for s in manifest["shards"]) == ["docs_txt", "one_docs_jsonl", "two_docs_jsonl"]
     assert manifest["totals"]["docs_in"] == 3
+
+
+def test_the_same_models_at_another_path_are_the_same_config(tmp_path, crawl_small, lid_model_path):
+    data = make_data(tmp_path, crawl_small)
+    first = tmp_path / "env1" / "lid.176.ftz"
+    first.parent.mkdir()
+    shutil.copy(lid_model_path, first)
+    run_filter(data, FilterConfig(lid_model=str(first)), workers=1)
+    moved = tmp_path / "env2" / "lid.176.ftz"
+    moved.parent.mkdir()
+    shutil.move(first, moved)  # the environment moved: same bytes, another path
+    manifest = run_filter(data, FilterConfig(lid_model=str(moved)), workers=1)  # resumes, no refusal
+    assert manifest["config"]["lid_model"] == "lid.176.ftz"
+    assert manifest["upstream"]["lid_model"] == sha256_file(moved)  # the model is fingerprinted by content
+    assert str(tmp_path) not in json.dumps(manifest["config"])

@@ -489,3 +489,19 @@ def test_a_deeply_nested_json_line_is_bad_json_and_the_next_line_kept(tmp_path):
     items = read_all(p)
     assert sequence(items) == ["bad_json", "ok"]
     assert items[0].location == "deep.jsonl@line 1" and "nested too deeply" in items[0].detail
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_a_utf8_byte_order_mark_before_the_first_jsonl_line_is_accepted(tmp_path, suffix):
+    p = tmp_path / f"bom{suffix}"
+    data = b"\xef\xbb\xbf" + json.dumps({"text": "first", "id": "a"}).encode() + b"\n" + json.dumps({"text": "second", "id": "b"}).encode()
+    p.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    items = read_all(p)
+    assert sequence(items) == ["a", "b"] and items[0].text == "first"
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_a_text_file(tmp_path):
+    p = tmp_path / "bom.txt"
+    p.write_bytes(b"\xef\xbb\xbfHello there.")
+    [doc] = read_all(p)
+    assert doc.text == "Hello there."

@@ -187,3 +187,28 @@ def test_evaluate_on_a_text_file_that_is_not_utf8_names_the_byte_offset(cli, dat
                                       "--text", str(bad)])
     assert result.exit_code == 1  # a message, not a traceback
     assert "not UTF-8 text: byte offset 7 (0xe9)" in result.output and "iconv" in result.output
+
+
+@pytest.mark.parametrize("args, option", [
+    (["pretrain", "--steps", "-5"], "--steps"),
+    (["pretrain", "--tokens", "-1"], "--tokens"),
+    (["pretrain", "--micro-batch", "-2"], "--micro-batch"),
+    (["pretrain", "--keep-last", "0"], "--keep-last"),
+    (["sample", "--temperature", "-1"], "--temperature"),
+    (["sample", "--max-new-tokens", "-3"], "--max-new-tokens"),
+    (["sample", "--num-samples", "0"], "--num-samples"),
+    (["sample", "--top-p", "0"], "--top-p"),
+    (["evaluate", "--batch", "0"], "--batch"),
+])
+def test_negative_or_zero_values_are_refused_naming_the_option(cli, tmp_path, args, option):
+    result = CliRunner().invoke(cli, [*args, "--data", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+
+
+def test_sample_text_refuses_a_negative_temperature_before_loading_anything(tmp_path):
+    from train.errors import TrainConfigError
+    from train.evaluate import sample_text
+
+    with pytest.raises(TrainConfigError, match="--temperature: must be >= 0, got -0.5"):
+        sample_text(tmp_path / "none", "The", tmp_path / "tok.json", temperature=-0.5)

@@ -22,7 +22,7 @@ from model.gpt import GPT
 from train.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from train.data import eval_windows, open_split
 from train.distributed import DistContext, all_reduce_sum
-from train.errors import SeqLenError, TrainError, VocabMismatchError
+from train.errors import SeqLenError, TrainConfigError, TrainError, VocabMismatchError
 from train.metrics import perplexity
 
 log = logging.getLogger(__name__)
@@ -225,6 +225,12 @@ def sample_text(checkpoint: str | Path, prompt: str, tokenizer_path: str | Path,
                 seed: int | None = 0, num_samples: int = 1,
                 device: torch.device = torch.device("cpu")) -> list[str]:
     """num_samples continuations of prompt (seeds seed, seed + 1, ...); the new text only, cut at end-of-text."""
+    for option, value, low in (("--max-new-tokens", max_new_tokens, 1), ("--num-samples", num_samples, 1),
+                               ("--temperature", temperature, 0), ("--top-k", top_k or 0, 0)):
+        if value < low:
+            raise TrainConfigError(option, f"must be >= {low}, got {value}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise TrainConfigError("--top-p", f"must be in (0, 1], got {top_p}")
     model, payload, _ = load_for_inference(checkpoint, device)
     tokenizer = load_tokenizer(tokenizer_path)
     check_tokenizer(tokenizer_path, tokenizer, payload)
