@@ -290,13 +290,16 @@ def filter_shard(task: ShardTask, stage_dir: Path, config: FilterConfig) -> Shar
     reader = ReaderConfig(text_field=config.text_field)
     with DocumentWriter(kept_path) as kept, DocumentWriter(rejected_path, rejected=True) as rejected:
         for path in task.inputs:
-            for item in read_file(path, reader):
+            # a file that shares its name with another (see shard_names) is called by its shard name in
+            # ids and locations, so documents named after their line (<file>:<line>) stay unique
+            name = Path(path).name if task.name == shard_name(path) else task.name
+            for item in read_file(path, reader, name=name):
                 stats.docs_in += 1
                 if isinstance(item, Unreadable):
                     reason = f"unreadable:{item.reason}"
                     stats.unreadable[item.reason] += 1
                     rejected.write(
-                        Document(id=item.location, text="", source=Path(path).name, meta={"detail": item.detail}),
+                        Document(id=item.location, text="", source=name, meta={"detail": item.detail}),
                         reason=reason,
                         score=None,
                     )

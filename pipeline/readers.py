@@ -147,8 +147,11 @@ def is_wat(path: str | Path) -> bool:
     return ".warc.wat" in Path(path).name.lower()
 
 
-def read_file(path: str | Path, config: ReaderConfig = ReaderConfig()) -> Iterator[Item]:
+def read_file(path: str | Path, config: ReaderConfig = ReaderConfig(), name: str | None = None) -> Iterator[Item]:
     """Yield the documents of one file, and an `Unreadable` for each bad region or record.
+
+    `name` is how the file is called in document ids, sources and locations (default: its file name);
+    the filter stage passes a longer one for files that share a name, so their ids stay apart.
 
     Raises `InputError` (before yielding anything) when the path does not exist or the file type is not
     supported; never raises for damaged content.
@@ -162,16 +165,17 @@ def read_file(path: str | Path, config: ReaderConfig = ReaderConfig()) -> Iterat
         raise InputError(
             f"cannot read {path}: unsupported file type; supported suffixes: {', '.join(SUPPORTED_SUFFIXES)}"
         )
+    name = name or path.name
     if path.stat().st_size == 0:
-        return iter([Unreadable(path.name, "empty_file")])
+        return iter([Unreadable(name, "empty_file")])
     reader = {"warc": _read_warc, "jsonl": _read_jsonl, "parquet": _read_parquet, "text": _read_text}[kind]
-    return reader(path, config)
+    return reader(path, config, name)
 
 
 # --- WARC / WET / WAT ------------------------------------------------------------------------------
 
 
-def _read_warc(path: Path, config: ReaderConfig) -> Iterator[Item]:
+def _read_warc(path: Path, config: ReaderConfig, name: str) -> Iterator[Item]:
     """Iterate WARC records with FastWARC, resynchronising after damage.
 
     FastWARC stops at the first error, so after one we find the next place a record can start (a gzip
@@ -188,7 +192,6 @@ def _read_warc(path: Path, config: ReaderConfig) -> Iterator[Item]:
     checks the record against its gzip member (or, uncompressed, its closing CRLFCRLF), and a record
     that does not fit is `bad_content_length` and reading resumes at the record after it.
     """
-    name = path.name
     with open(path, "rb") as f:
         gz = f.read(2) == GZIP_MAGIC
         start = 0  # where the current FastWARC iterator started
@@ -624,10 +627,9 @@ def _open_text_stream(path: Path, raw: BinaryIO) -> BinaryIO:
     return raw
 
 
-def _read_jsonl(path: Path, config: ReaderConfig) -> Iterator[Item]:
-    name = path.name
+def _read_jsonl(path: Path, config: ReaderConfig, name: str) -> Iterator[Item]:
     limit = config.max_record_bytes
-    compression = "truncated_zstd" if name.lower().endswith(".zst") else "truncated_gzip"
+    compression = "truncated_zstd" if path.name.lower().endswith(".zst") else "truncated_gzip"
     line_no = 0
     seen_content = False
     with open(path, "rb") as raw:
@@ -705,8 +707,7 @@ def _make_document(text: str, fields: dict, name: str, default_id: str, where: s
 # --- Parquet ---------------------------------------------------------------------------------------
 
 
-def _read_parquet(path: Path, config: ReaderConfig) -> Iterator[Item]:
-    name = path.name
+def _read_parquet(path: Path, config: ReaderConfig, name: str) -> Iterator[Item]:
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # noqa: BLE001 - arrow raises several types for a damaged file
@@ -763,8 +764,7 @@ def _parquet_batch(batch, name: str, first_row: int, config: ReaderConfig) -> It
 # --- plain text ------------------------------------------------------------------------------------
 
 
-def _read_text(path: Path, config: ReaderConfig) -> Iterator[Item]:
-    name = path.name
+def _read_text(path: Path, config: ReaderConfig, name: str) -> Iterator[Item]:
     size = path.stat().st_size
     if size > config.max_record_bytes:
         yield Unreadable(name, "too_large", f"{size} bytes > {config.max_record_bytes}")

@@ -271,11 +271,15 @@ def test_two_input_files_with_the_same_name_in_different_folders_are_both_filter
         (src / folder).mkdir(parents=True)
         text = " ".join(f"The {words} river flows past the old mill and the quiet town." for _ in range(20))
         (src / folder / "docs.jsonl").write_text(json.dumps({"text": text, "id": folder}) + "\n")
+        (src / folder / "noid.jsonl").write_text(json.dumps({"text": text}) + "\n")  # id: <file>:<line>
     (src / "docs.txt").write_text("A third file whose shard name is docs as well. " * 20)
     data = make_data(tmp_path, src)
     manifest = run_filter(data, config, workers=1)
-    assert sorted(s["shard"] for s in manifest["shards"]) == ["docs_txt", "one_docs_jsonl", "two_docs_jsonl"]
-    assert manifest["totals"]["docs_in"] == 3
+    assert sorted(s["shard"] for s in manifest["shards"]) == [
+        "docs_txt", "one_docs_jsonl", "one_noid_jsonl", "two_docs_jsonl", "two_noid_jsonl"]
+    assert manifest["totals"]["docs_in"] == 5
+    ids = [d.id for p in sorted(filter_dir(data).rglob("*.parquet")) for d in read_documents(p)]
+    assert len(ids) == 5 and len(set(ids)) == 5  # documents named after their line stay apart
 
 
 def test_the_same_models_at_another_path_are_the_same_config(tmp_path, crawl_small, lid_model_path):
