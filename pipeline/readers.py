@@ -192,6 +192,7 @@ def _read_warc(path: Path, config: ReaderConfig, name: str) -> Iterator[Item]:
     checks the record against its gzip member (or, uncompressed, its closing CRLFCRLF), and a record
     that does not fit is `bad_content_length` and reading resumes at the record after it.
     """
+    check_limit = config.max_record_bytes + (1 << 20)  # a record's payload plus room for its headers
     with open(path, "rb") as f:
         gz = f.read(2) == GZIP_MAGIC
         start = 0  # where the current FastWARC iterator started
@@ -218,7 +219,7 @@ def _read_warc(path: Path, config: ReaderConfig, name: str) -> Iterator[Item]:
                             # where the check decompresses the member again, a body 1-4 bytes too long
                             # is let through: it only gains trailing whitespace): check it
                             here = f.tell()
-                            overstated, nxt = _overstated_length(f, offset, gz)
+                            overstated, nxt = _overstated_length(f, offset, gz, check_limit)
                             f.seek(here)  # FastWARC reads on from where it was
                             if overstated:
                                 bad_length = Unreadable(
@@ -254,7 +255,7 @@ def _read_warc(path: Path, config: ReaderConfig, name: str) -> Iterator[Item]:
                 reason = "corrupt_gzip" if "compress" in str(exc).lower() else "not_warc"
                 bad_at = start
                 if last_start is not None:
-                    overstated, nxt = _overstated_length(f, last_start, gz)
+                    overstated, nxt = _overstated_length(f, last_start, gz, check_limit)
                     if overstated:
                         # the error is the next record read from inside this one: only this one is bad
                         if held is not None and held[0] == last_start:
@@ -322,7 +323,7 @@ def _read_warc(path: Path, config: ReaderConfig, name: str) -> Iterator[Item]:
             yield pending
 
 
-def _overstated_length(f: BinaryIO, record_start: int, gz: bool) -> tuple[bool, int | None]:
+def _overstated_length(f: BinaryIO, record_start: int, gz: bool, limit: int) -> tuple[bool, int | None]:
     """Whether the record at `record_start` announces more bytes than it holds, and if so where the
     record after it really starts (None: nowhere, the file ends).
 
@@ -330,7 +331,8 @@ def _overstated_length(f: BinaryIO, record_start: int, gz: bool) -> tuple[bool, 
     CRLFCRLF must fit in the record's own member; the next record starts at the next member. A member
     that does not decode is not judged here (that is `corrupt_gzip` or `truncated_gzip`), nor is a file
     that is one gzip member. Uncompressed: the record must end in CRLFCRLF where its Content-Length
-    says; the next record is the next `WARC/1.` after the record's start.
+    says; the next record is the next `WARC/1.` after the record's start. `limit`: the most bytes a
+    member may decompress to (a record is at most ReaderConfig.max_record_bytes).
     """
     f.seek(record_start)
     if gz:
@@ -338,19 +340,24 @@ def _overstated_length(f: BinaryIO, record_start: int, gz: bool) -> tuple[bool, 
             return False, None
         f.seek(record_start)
         d = zlib.decompressobj(31)
-        out = bytearray()
-        consumed = 0
+        head = b""  # the first 64 KiB of the member: the record's header is in there
+        size = consumed = 0
         while not d.eof:
             chunk = f.read(1 << 16)
             if not chunk:
                 return False, None
             try:
-                out += d.decompress(chunk)
+                out = d.decompress(chunk)
             except zlib.error:
                 return False, None
             consumed += len(chunk)
-        claimed = _claimed_record_bytes(bytes(out[: 1 << 16]))
-        if claimed is None or claimed <= len(out):
+            size += len(out)
+            if len(head) < 1 << 16:
+                head += out[: (1 << 16) - len(head)]
+            if size > limit:
+                return False, None  # not one record per member (a single-member file): not judged here
+        claimed = _claimed_record_bytes(head)
+        if claimed is None or claimed <= size:
             return False, None
         end = record_start + consumed - len(d.unused_data)
         f.seek(end)
