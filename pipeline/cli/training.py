@@ -35,7 +35,18 @@ PRESET_CHOICES = ["auto", *PRESET_NAMES]
 
 data_option = click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=Path("data"),
                            show_default=True, help="Data folder (shards/ and tokenizer/ in, runs/ out).")
-run_option = click.option("--run", default="default", show_default=True,
+
+
+def _run_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A run name is one folder name under DATA/runs/: never a path that leads elsewhere."""
+    if not value or value.strip(".") == "" or any(c in value for c in "/\\\0:"):
+        raise click.BadParameter(
+            f"{value!r} is not a plain folder name (no /, \\, :, NUL; not . or ..); a run always lives in "
+            "DATA/runs/RUN/. To read a checkpoint elsewhere, pass --checkpoint PATH.", ctx, param)
+    return value
+
+
+run_option = click.option("--run", default="default", show_default=True, callback=_run_name,
                           help="Run name: its files go to DATA/runs/RUN/.")
 device_option = click.option("--device", default="auto", show_default=True,
                              help="cpu, cuda, cuda:N, mps or auto (CUDA when available). Under torchrun: cuda:LOCAL_RANK.")
@@ -113,22 +124,22 @@ def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens
 @run_option
 @click.option("--preset", type=click.Choice(PRESET_CHOICES), default="auto", show_default=True,
               help="Model size; auto = small on CPU, gpt2-124m on GPU.")
-@click.option("--steps", type=int, default=0, show_default=True,
+@click.option("--steps", type=click.IntRange(min=0), default=0, show_default=True,
               help=f"Optimizer steps; 0 = auto ({CPU_AUTO_STEPS} on CPU, about ten minutes for `small` on 2 cores; "
                    f"{GPU_AUTO_STEPS} on GPU).")
-@click.option("--tokens", type=int, default=0, show_default=True,
+@click.option("--tokens", type=click.IntRange(min=0), default=0, show_default=True,
               help="Train on this many tokens instead of giving --steps (steps = tokens / batch tokens).")
-@click.option("--batch-tokens", type=int, default=0, show_default=True,
+@click.option("--batch-tokens", type=click.IntRange(min=0), default=0, show_default=True,
               help=f"Global batch in tokens per step, reached by gradient accumulation; 0 = auto "
                    f"(one micro-batch per rank on CPU, {GPU_BATCH_TOKENS:,} on GPU).")
-@click.option("--micro-batch", type=int, default=0, show_default=True,
+@click.option("--micro-batch", type=click.IntRange(min=0), default=0, show_default=True,
               help=f"Windows per device per forward pass; 0 = auto ({CPU_MICRO_BATCH} on CPU, by preset on GPU).")
-@click.option("--seq-len", type=int, default=0, show_default=True,
+@click.option("--seq-len", type=click.IntRange(min=0), default=0, show_default=True,
               help="Tokens per training window; 0 = the preset's context.")
 @click.option("--lr", type=float, default=None,
               help="Peak learning rate [default: by preset: " + ", ".join(f"{k} {v:g}" for k, v in PRESET_LR.items()) + "].")
 @click.option("--min-lr", type=float, default=None, help="Final learning rate of the cosine [default: lr / 10].")
-@click.option("--warmup-steps", type=int, default=None, help="Linear warmup steps [default: 5% of steps, at most 1000].")
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=None, help="Linear warmup steps [default: 5% of steps, at most 1000].")
 @click.option("--weight-decay", type=float, default=0.1, show_default=True, help="AdamW weight decay (matrices only).")
 @click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Clip the gradient norm to this (0 = off).")
 @click.option("--resume", is_flag=True, default=False, show_default=True,
@@ -140,17 +151,17 @@ def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens
               help="bf16 autocast or fp32; auto = bf16 on CUDA, fp32 elsewhere.")
 @click.option("--parallelism", type=click.Choice(["ddp", "fsdp"]), default="ddp", show_default=True,
               help="Under torchrun: ddp replicates the model, fsdp (FSDP2) shards it for models too big for one GPU.")
-@click.option("--eval-every", type=int, default=None,
+@click.option("--eval-every", type=click.IntRange(min=0), default=None,
               help="Validation loss (and a sample) every N steps, and at the end [default: a fifth of the steps].")
-@click.option("--eval-tokens", type=int, default=0, show_default=True,
+@click.option("--eval-tokens", type=click.IntRange(min=0), default=0, show_default=True,
               help="Validation tokens per evaluation; 0 = auto (16,384 on CPU, 2,097,152 on GPU).")
-@click.option("--sample-every", type=int, default=None, help="Sample every N steps [default: --eval-every; 0 = never].")
+@click.option("--sample-every", type=click.IntRange(min=0), default=None, help="Sample every N steps [default: --eval-every; 0 = never].")
 @click.option("--prompt", default="The", show_default=True, help="Fixed prompt of the training samples.")
-@click.option("--sample-tokens", type=int, default=48, show_default=True, help="Tokens per training sample.")
-@click.option("--ckpt-every", type=int, default=None,
+@click.option("--sample-tokens", type=click.IntRange(min=0), default=48, show_default=True, help="Tokens per training sample.")
+@click.option("--ckpt-every", type=click.IntRange(min=0), default=None,
               help="Checkpoint every N steps, at the end, and on SIGTERM/SIGINT [default: --eval-every].")
-@click.option("--keep-last", type=int, default=3, show_default=True, help="Checkpoints to keep.")
-@click.option("--log-every", type=int, default=0, show_default=True,
+@click.option("--keep-last", type=click.IntRange(min=1), default=3, show_default=True, help="Checkpoints to keep.")
+@click.option("--log-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Progress line and metrics record every N steps; 0 = auto (1 on CPU, 10 on GPU).")
 @click.option("--seed", type=int, default=1337, show_default=True, help="Seed of initialisation and data order.")
 @tokenizer_option
@@ -221,9 +232,9 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
 @click.option("--text", "text_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Score this UTF-8 text file instead of shards (needs the tokenizer).")
 @tokenizer_option
-@click.option("--seq-len", type=int, default=0, show_default=True, help="Window length; 0 = the model's context.")
-@click.option("--batch", type=int, default=8, show_default=True, help="Windows per forward pass.")
-@click.option("--max-tokens", type=int, default=0, show_default=True,
+@click.option("--seq-len", type=click.IntRange(min=0), default=0, show_default=True, help="Window length; 0 = the model's context.")
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Windows per forward pass.")
+@click.option("--max-tokens", type=click.IntRange(min=0), default=0, show_default=True,
               help="Score at most this many tokens from the start of the split; 0 = all.")
 @device_option
 def evaluate_cmd(data: Path, run: str, checkpoint: Path | None, shards: Path | None, split: str,
@@ -260,13 +271,13 @@ def evaluate_cmd(data: Path, run: str, checkpoint: Path | None, shards: Path | N
 @run_option
 @checkpoint_option
 @click.option("--prompt", default="The", show_default=True, help="Text to continue.")
-@click.option("--max-new-tokens", type=int, default=200, show_default=True, help="Tokens to generate at most.")
-@click.option("--temperature", type=float, default=0.8, show_default=True, help="Softmax temperature; 0 = greedy.")
-@click.option("--top-k", type=int, default=50, show_default=True, help="Sample among the k most likely tokens; 0 = all.")
-@click.option("--top-p", type=float, default=1.0, show_default=True,
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=200, show_default=True, help="Tokens to generate at most.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.8, show_default=True, help="Softmax temperature; 0 = greedy.")
+@click.option("--top-k", type=click.IntRange(min=0), default=50, show_default=True, help="Sample among the k most likely tokens; 0 = all.")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
               help="Sample among the smallest set of tokens whose probability reaches p; 1 = all.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed: the same seed gives the same text.")
-@click.option("--num-samples", type=int, default=1, show_default=True, help="Samples to draw (seeds seed, seed+1, ...).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True, help="Samples to draw (seeds seed, seed+1, ...).")
 @tokenizer_option
 @device_option
 def sample_cmd(data: Path, run: str, checkpoint: Path | None, prompt: str, max_new_tokens: int, temperature: float,
