@@ -288,6 +288,9 @@ def main() -> None:
     parser.add_argument("--gpu-warmup", type=int, default=3,
                         help="Leading GPU steps not timed (compilation, allocator warm-up) (default 3).")
     parser.add_argument("--no-sweep", action="store_true", help="Only the headline GPU case, no sweep.")
+    parser.add_argument("--skip-headline", action="store_true", help="Only the sweep, not the headline GPU case.")
+    parser.add_argument("--time-budget", type=float, default=0,
+                        help="Seconds for all GPU cases; sweep lines that would start after it are not run (0 = no limit).")
     parser.add_argument("--micro-batches", default="16,32,64", help="Micro-batches of the sweep (default 16,32,64).")
     parser.add_argument("--sdpa", default="flash,efficient",
                         help="SDPA backends of the sweep, each alone (default flash,efficient; also cudnn, math).")
@@ -370,12 +373,14 @@ def run_gpu_cases(args: argparse.Namespace, tmp: Path, results: dict) -> None:
     vocab = 512 if args.tiny else GPU_VOCAB
     train_tokens = 200_000 if args.tiny else 40_000_000
     shards = write_random_shards(tmp / "gpu", vocab, train_tokens=train_tokens, val_tokens=train_tokens // 100)
-    print(f"running gpu: {base['preset']} on {base['device']} ...", file=sys.stderr, flush=True)
-    warmup = min(args.gpu_warmup, args.gpu_steps - 1)
-    results["gpu"] = {**run_case("gpu", args, shards, args.gpu_steps, warmup, base), **base}
-    results["gpu_sweep"] = []
+    start = time.perf_counter()
+    if not args.skip_headline:
+        print(f"running gpu: {base['preset']} on {base['device']} ...", file=sys.stderr, flush=True)
+        warmup = min(args.gpu_warmup, args.gpu_steps - 1)
+        results["gpu"] = {**run_case("gpu", args, shards, args.gpu_steps, warmup, base), **base}
     if args.no_sweep:
         return
+    results["gpu_sweep"] = []
     micro_batches = [int(m) for m in args.micro_batches.split(",") if m]
     if args.tiny:
         micro_batches = [max(1, m // 4) for m in micro_batches]  # 4, 8, 16 around the tiny base of 8
@@ -383,8 +388,15 @@ def run_gpu_cases(args: argparse.Namespace, tmp: Path, results: dict) -> None:
     for label, variant in sweep_variants(base, micro_batches, sdpa, compile_=not args.no_compile):
         if variant["batch_tokens"] % (variant["micro_batch"] * variant["seq_len"]):
             variant["batch_tokens"] = variant["micro_batch"] * variant["seq_len"]
-        print(f"running gpu sweep: {label} ...", file=sys.stderr, flush=True)
-        line = run_case("gpu", args, shards, args.sweep_steps, min(args.gpu_warmup, args.sweep_steps - 1), variant)
+        left = args.time_budget - (time.perf_counter() - start) if args.time_budget else None
+        if left is not None and left < 20:
+            line = {"error": "not run: the time budget was spent"}
+        else:
+            print(f"running gpu sweep: {label} ...", file=sys.stderr, flush=True)
+            if left is not None:
+                args.case_timeout = int(left) if not args.case_timeout else min(args.case_timeout, int(left))
+            line = run_case("gpu", args, shards, args.sweep_steps, min(args.gpu_warmup, args.sweep_steps - 1),
+                            variant)
         results["gpu_sweep"].append({"line": label, **line, **variant})
 
 
@@ -401,27 +413,38 @@ def print_table(results: dict) -> None:
                 continue
             overhead = f"{r['overhead_pct']:.1f}%" if "overhead_pct" in r else ""
             print(f"{name:<18}{r['tokens_per_s']:>12,.0f}{r['step_s']:>10.3f}{r['peak_rss_mb']:>14,.0f}{overhead:>11}")
-    if "gpu" not in results:
+    if "gpu" not in results and "gpu_sweep" not in results:
         print("\nGPU: no CUDA device here; GPU case skipped (--tiny runs its code path on the CPU)")
         return
-    g = results["gpu"]
-    print(f"\nGPU case on {g.get('device_name', g['device'])}: {g['preset']}, {g['precision']}, context {g['seq_len']}, "
-          f"{g['batch_tokens']:,} tokens/step; MFU = nanoGPT's 6N + 12·L·H·Q·T FLOPs per token over "
-          f"{g.get('peak_tflops') or 'n/a'} TFLOP/s")
-    print(format_gpu_line("headline", g, header=True))
-    for line in results.get("gpu_sweep", []):
-        print(format_gpu_line(line["line"], line))
+    print("\n" + "\n".join(gpu_table(results)))
+
+
+def gpu_table(results: dict) -> list[str]:
+    """The GPU lines: a title, the column header, the headline case, then the sweep."""
+    lines = results.get("gpu_sweep", [])
+    g = results.get("gpu") or (lines[0] if lines else {})
+    done = [r for r in [results.get("gpu"), *lines] if r and "error" not in r]
+    name = done[0].get("device_name", g.get("device")) if done else g.get("device")
+    peak = done[0].get("peak_tflops") if done else None
+    out = [f"GPU cases on {name}: {g.get('preset')}, {g.get('precision')}, context {g.get('seq_len')}, "
+           f"{g.get('batch_tokens', 0):,} tokens/step; MFU = nanoGPT's 6N + 12·L·H·Q·T FLOPs per token over "
+           f"{peak or 'n/a'} TFLOP/s (dense bf16 peak)", format_gpu_line("", {}, header=True).rstrip()]
+    if "gpu" in results:
+        out.append(format_gpu_line("headline", results["gpu"]))
+    out += [format_gpu_line(line["line"], line) for line in lines]
+    return out
 
 
 def format_gpu_line(label: str, r: dict, header: bool = False) -> str:
-    """One line of the GPU table (with the column header first when asked)."""
-    head = (f"{'line':<18}{'micro':>6}{'compile':>8}{'sdpa':>10}{'adamw':>8}{'tokens/s':>12}{'MFU':>8}"
-            f"{'peak GB':>9}{'data wait':>10}{'warm-up s':>10}\n") if header else ""
+    """One line of the GPU table (the column header instead when asked)."""
+    if header:
+        return (f"{'line':<18}{'micro':>6}{'compile':>8}{'sdpa':>10}{'adamw':>8}{'tokens/s':>12}{'MFU':>8}"
+                f"{'peak GB':>9}{'data wait':>10}{'warm-up s':>10}")
     if "error" in r:
-        return f"{head}{label:<18}  failed: {r['error']}"
+        return f"{label:<18}  failed: {r['error']}"
     mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
     memory = f"{r['peak_memory_gb']:.1f}" if r.get("peak_memory_gb") is not None else "n/a"
-    return (f"{head}{label:<18}{r['micro_batch']:>6}{'on' if r['compile'] else 'off':>8}{r['sdpa']:>10}"
+    return (f"{label:<18}{r['micro_batch']:>6}{'on' if r['compile'] else 'off':>8}{r['sdpa']:>10}"
             f"{r['optimizer']:>8}{r['tokens_per_s']:>12,.0f}{mfu:>8}{memory:>9}"
             f"{100 * r['data_wait_share']:>9.2f}%{r['first_steps_s']:>10.1f}")
 

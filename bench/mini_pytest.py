@@ -233,12 +233,19 @@ def run_one(runner: Runner, func, marks: list[Mark], params: dict, scope_key: st
         runner.finish("function")
 
 
+def has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a finder that refuses the name (bench/bare/sitecustomize.py does)
+        return False
+
+
 def main(argv: list[str]) -> int:
     paths = [Path(a) for a in argv if not a.startswith("-")]
     if not paths:
         print(__doc__)
         return 2
-    if "--force-mini" not in argv and importlib.util.find_spec("pytest") is not None:
+    if "--force-mini" not in argv and has_module("pytest"):
         import subprocess
 
         return subprocess.call([sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider",
