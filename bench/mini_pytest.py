@@ -177,7 +177,8 @@ class Runner:
 
 
 def run_files(paths: list[Path]) -> int:
-    sys.modules.setdefault("pytest", make_pytest_module())
+    if sys.modules.get("pytest") is None:  # absent (or blocked by bench/bare/sitecustomize.py)
+        sys.modules["pytest"] = make_pytest_module()
     tests_dir = paths[0].resolve().parent
     sys.path[:0] = [str(tests_dir), str(tests_dir.parent)]
     fixtures: dict[str, Fixture] = {}
@@ -236,7 +237,7 @@ def run_one(runner: Runner, func, marks: list[Mark], params: dict, scope_key: st
 def has_module(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
-    except ImportError:  # a finder that refuses the name (bench/bare/sitecustomize.py does)
+    except (ImportError, ValueError):  # blocked (bench/bare/sitecustomize.py)
         return False
 
 
