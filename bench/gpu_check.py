@@ -525,8 +525,10 @@ def main() -> int:
         summary["wall_s"] = time.time() - start
         write_report(out, summary)
         log.info("stage %s: %s", stage, "ok" if result.get("ok", True) else f"FAILED ({result.get('error', 'see logs')})")
-    if not args.keep_work:
-        shutil.rmtree(work, ignore_errors=True)
+    if not args.keep_work:  # the shards and checkpoints this check made; a folder it did not make stays
+        shutil.rmtree(work / "data", ignore_errors=True)
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
     summary["wall_s"] = time.time() - start
     summary["ok"] = all(st.get("ok", True) for st in summary["stages"].values() if not st.get("skipped"))
     write_report(out, summary)
