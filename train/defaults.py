@@ -103,7 +103,7 @@ def count_parameters(preset: str, vocab_size: int, **overrides: Any) -> int:
     import torch
 
     from model.gpt import GPT, preset_config
-    from train.loop import VOCAB_MULTIPLE
+    from train.objective import VOCAB_MULTIPLE
 
     padded = VOCAB_MULTIPLE * math.ceil(vocab_size / VOCAB_MULTIPLE)
     with torch.device("meta"):
