@@ -1,0 +1,85 @@
+"""`crawlgpt sft`, `evaluate --instructions`, `sample --instruction`, `chat`, `classify-train` and
+`classify` end to end on a tiny tokenizer and base model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from finetune_base import FIXTURES, make_base
+
+pytest.importorskip("tokenizers")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cli() -> click.Group:
+    from pipeline.cli import main
+
+    return main
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("data")
+    make_base(data)
+    return data
+
+
+def invoke(cli, *args: str):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+SFT = ["sft", "--run", "base", "--device", "cpu", "--batch-rows", "8", "--micro-batch", "4", "--responses", "2",
+       "--max-new-tokens", "8", "--lr", "2e-3"]
+
+
+@pytest.fixture(scope="module")
+def tuned(cli, data) -> Path:
+    result = invoke(cli, *SFT, "--data", data, "--instructions", FIXTURES / "alpaca.json", "--epochs", "2")
+    assert "response loss after" in result.output
+    return data / "runs" / "base-sft"
+
+
+def test_sft_writes_the_fine_tuned_run_and_a_summary(tuned):
+    assert (tuned / "responses.jsonl").is_file() and (tuned / "loss.png").is_file()
+    summary = json.loads((tuned / "sft-summary.json").read_text())
+    assert summary["after"]["val_response_loss"] < summary["before"]["val_response_loss"]
+
+
+def test_sft_on_a_classifier_or_missing_checkpoint_is_a_clear_message(cli, data, tmp_path):
+    result = CliRunner().invoke(cli, [*SFT, "--data", str(data), "--checkpoint", str(tmp_path / "none.pt"),
+                                      "--instructions", str(FIXTURES / "alpaca.json")])
+    assert result.exit_code == 1 and "does not exist" in result.output and "Traceback" not in result.output
+
+
+def test_sft_with_a_malformed_file_names_the_line(cli, data, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a"}\n')
+    result = CliRunner().invoke(cli, [*SFT, "--data", str(data), "--instructions", str(bad)])
+    assert result.exit_code == 1 and "bad.jsonl:2" in result.output and 'no "output" field' in result.output
+
+
+def test_evaluate_instructions_reports_the_response_loss(cli, data, tuned):
+    result = invoke(cli, "evaluate", "--data", data, "--checkpoint", tuned, "--instructions",
+                    FIXTURES / "alpaca.json", "--device", "cpu")
+    assert "response loss" in result.output and "sft, template alpaca" in result.output
+
+
+def test_sample_instruction_answers_with_the_template(cli, data, tuned):
+    args = ["sample", "--data", data, "--checkpoint", tuned, "--instruction", "Repeat the words.",
+            "--input", "cat dog", "--max-new-tokens", "6", "--device", "cpu", "--temperature", "0"]
+    first = invoke(cli, *args)
+    assert first.output == invoke(cli, *args).output
+    base = CliRunner().invoke(cli, [*map(str, args[:3]), "--checkpoint", str(data / "runs" / "base"),
+                                    *map(str, args[5:])])
+    assert base.exit_code == 0 and "not instruction-tuned" in base.output
