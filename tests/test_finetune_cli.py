@@ -83,3 +83,32 @@ def test_sample_instruction_answers_with_the_template(cli, data, tuned):
     base = CliRunner().invoke(cli, [*map(str, args[:3]), "--checkpoint", str(data / "runs" / "base"),
                                     *map(str, args[5:])])
     assert base.exit_code == 0 and "not instruction-tuned" in base.output
+
+
+# --------------------------------------------------------------------------------------------------
+# chat
+
+
+def test_chat_answers_each_piped_line_and_handles_reset_and_exit(cli, data, tuned):
+    result = CliRunner().invoke(cli, ["chat", "--data", str(data), "--run", "base", "--device", "cpu",
+                                      "--max-new-tokens", "5", "--temperature", "0"],
+                                input="Repeat cat dog.\n\n/reset\nRepeat cat dog.\n/exit\nnever answered\n")
+    assert result.exit_code == 0, result.output
+    answers = result.stdout.splitlines()
+    assert len(answers) == 2 and answers[0] == answers[1]  # after /reset the same question, the same answer
+    assert "conversation reset" in result.stderr
+
+
+def test_chat_runs_as_a_script_on_piped_standard_input(data, tuned):
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "chat", "--data", str(data), "--run", "base",
+                           "--device", "cpu", "--max-new-tokens", "4", "--seed", "1"],
+                          input="Repeat bird.\nRepeat tree.\n", capture_output=True, text=True, cwd=REPO,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 2
+
+
+def test_chat_with_a_base_checkpoint_says_to_fine_tune_first(cli, data):
+    result = CliRunner().invoke(cli, ["chat", "--data", str(data), "--checkpoint", str(data / "runs" / "base"),
+                                      "--device", "cpu"], input="hi\n")
+    assert result.exit_code == 1 and "crawlgpt sft" in result.output

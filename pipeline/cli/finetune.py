@@ -220,5 +220,89 @@ def sample_instruction_cmd(ckpt: Path, tokenizer_path: Path, instruction: str, i
         _fail(err)
 
 
+# --------------------------------------------------------------------------------------------------
+# chat
+
+
+@click.command("chat")
+@data_option
+@run_option
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Fine-tuned checkpoint file or run folder [default: DATA/runs/RUN-sft].")
+@click.option("--max-new-tokens", type=int, default=256, show_default=True, help="Tokens per answer at most.")
+@click.option("--temperature", type=float, default=0.7, show_default=True, help="Softmax temperature; 0 = greedy.")
+@click.option("--top-k", type=int, default=40, show_default=True, help="Sample among the k most likely tokens; 0 = all.")
+@click.option("--top-p", type=float, default=1.0, show_default=True,
+              help="Sample among the smallest set of tokens whose probability reaches p; 1 = all.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler: the same seed, the same chat.")
+@click.option("--system", default=None, help="A system message that opens the conversation.")
+@click.option("--allow-base", is_flag=True, default=False,
+              help="Also talk to a base (pretrained, not instruction-tuned) checkpoint.")
+@tokenizer_option
+@device_option
+def chat_cmd(data: Path, run: str, checkpoint: Path | None, max_new_tokens: int, temperature: float, top_k: int,
+             top_p: float, seed: int, system: str | None, allow_base: bool, tokenizer_path: Path | None,
+             device: str) -> None:
+    """Talk to a fine-tuned model, one message per line (also from a pipe). /reset forgets the
+    conversation, /exit ends it. Answers stream as they are generated; in a pipe each answer is one
+    line (line breaks in it written as \\n, backslashes as \\\\)."""
+    from train.chat import ChatInputError, ChatSession, GenerationOptions
+    from train.checkpoint import model_from_checkpoint
+    from train.errors import TrainError
+    from train.evaluate import check_tokenizer, load_tokenizer
+    from train.sft import eot_id_of, load_lm_checkpoint
+    from train.templates import template_from_checkpoint
+
+    ckpt = checkpoint or data / "runs" / f"{run}-sft"
+    tok_path = tokenizer_path or data / "tokenizer" / "tokenizer.json"
+    try:
+        dev = _resolve_device(device)
+        kinds = ("sft", "pretrain") if allow_base else ("sft",)
+        payload, path = load_lm_checkpoint(ckpt, kinds, need="an instruction-tuned model (or pass --allow-base)")
+        tokenizer = load_tokenizer(tok_path)
+        check_tokenizer(tok_path, tokenizer, payload)
+        template = template_from_checkpoint(payload)
+        template.check_tokenizer(tokenizer, f"tokenizer {tok_path}")
+        model = model_from_checkpoint(payload).to(dev).eval()
+        options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k or None,
+                                    top_p=top_p if top_p < 1 else None, seed=seed)
+        session = ChatSession(model, tokenizer, template, eot_id_of(payload, tokenizer), dev, options, system)
+    except TrainError as err:
+        _fail(err)
+    interactive = sys.stdin.isatty()
+    click.echo(f"chatting with {path} ({template.name} template, context {model.config.max_seq_len} tokens); "
+               f"/reset forgets the conversation, /exit ends it", err=True)
+    while True:
+        if interactive:
+            click.echo("you> ", nl=False, err=True)
+        line = sys.stdin.readline()
+        if not line:  # end of input
+            break
+        message = line.rstrip("\n").strip()
+        if not message:
+            continue
+        if message in ("/exit", "/quit"):
+            break
+        if message == "/reset":
+            session.reset()
+            click.echo("(conversation reset)", err=True)
+            continue
+        trimmed = session.trimmed_turns
+        try:
+            if interactive:
+                click.echo("model> ", nl=False, err=True)
+            for piece in session.reply(message):
+                # In a pipe each answer is one line: its own line breaks are written as \\n.
+                click.echo(piece if interactive else piece.replace("\\", "\\\\").replace("\n", "\\n"), nl=False)
+                sys.stdout.flush()
+            click.echo()
+        except ChatInputError as err:
+            click.echo(f"error: {err}", err=True)
+        if session.trimmed_turns > trimmed:
+            click.echo(f"(the oldest {session.trimmed_turns - trimmed} turn(s) were dropped to fit the context)",
+                       err=True)
+
+
 def register(group: click.Group) -> None:
     group.add_command(sft_cmd)
+    group.add_command(chat_cmd)
