@@ -112,3 +112,39 @@ def test_chat_with_a_base_checkpoint_says_to_fine_tune_first(cli, data):
     result = CliRunner().invoke(cli, ["chat", "--data", str(data), "--checkpoint", str(data / "runs" / "base"),
                                       "--device", "cpu"], input="hi\n")
     assert result.exit_code == 1 and "crawlgpt sft" in result.output
+
+
+# --------------------------------------------------------------------------------------------------
+# classification
+
+
+def test_classify_train_reports_and_classify_labels_each_line(cli, data, tmp_path):
+    result = invoke(cli, "classify-train", "--data", data, "--run", "base", "--labelled", FIXTURES / "classes.tsv",
+                    "--device", "cpu", "--steps", "12", "--batch-size", "8", "--seq-len", "32", "--lr", "3e-3",
+                    "--test-share", "0.25")
+    assert "fine-tuned GPT, test split" in result.output and "fastText baseline" in result.output
+    run = data / "runs" / "base-classify"
+    texts = tmp_path / "texts.txt"
+    texts.write_text("red blue\n\ncat dog bird\n")
+    out = invoke(cli, "classify", "--data", data, "--checkpoint", run, texts, "--device", "cpu").output
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert [r[2] for r in rows] == ["red blue", "cat dog bird"] and all(r[0] in ("color", "word") for r in rows)
+    piped = CliRunner().invoke(cli, ["classify", "--data", str(data), "--checkpoint", str(run), "-",
+                                     "--device", "cpu"], input="red blue\n")
+    assert piped.exit_code == 0 and piped.output.split("\t")[2].strip() == "red blue"
+
+
+def test_classify_with_a_base_checkpoint_says_how_to_train_a_classifier(cli, data, tmp_path):
+    texts = tmp_path / "t.txt"
+    texts.write_text("hello\n")
+    result = CliRunner().invoke(cli, ["classify", "--data", str(data), "--checkpoint", str(data / "runs" / "base"),
+                                      str(texts)])
+    assert result.exit_code == 1 and "classify-train" in result.output
+
+
+def test_classify_train_with_one_class_is_a_clear_message(cli, data, tmp_path):
+    one = tmp_path / "one.tsv"
+    one.write_text("label\ttext\nham\thello\nham\tbye\n")
+    result = CliRunner().invoke(cli, ["classify-train", "--data", str(data), "--run", "base", "--labelled", str(one),
+                                      "--device", "cpu"])
+    assert result.exit_code == 1 and "at least two" in result.output and "Traceback" not in result.output

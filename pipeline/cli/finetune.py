@@ -303,6 +303,130 @@ def chat_cmd(data: Path, run: str, checkpoint: Path | None, max_new_tokens: int,
                        err=True)
 
 
+# --------------------------------------------------------------------------------------------------
+# classification
+
+
+@click.command("classify-train")
+@data_option
+@run_option
+@checkpoint_option
+@click.option("--labelled", "labelled", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="TSV, CSV or JSONL file with a text and a label column (e.g. ../shared/data/classify/sms-spam.tsv).")
+@click.option("--text-column", default="text", show_default=True, help="Name of the text column (or JSON field).")
+@click.option("--label-column", default="label", show_default=True, help="Name of the label column (or JSON field).")
+@click.option("--format", "file_format", type=click.Choice(["auto", "tsv", "csv", "jsonl"]), default="auto",
+              show_default=True, help="File format; auto = from the extension.")
+@click.option("--out-run", default=None, help="Run name of the classifier [default: RUN-classify].")
+@click.option("--train-blocks", type=int, default=None,
+              help="Train only the last N decoder blocks plus the head [default: all weights].")
+@click.option("--val-share", type=float, default=0.1, show_default=True, help="Share of texts for validation (by hash).")
+@click.option("--test-share", type=float, default=0.2, show_default=True, help="Share of texts for the test report (by hash).")
+@click.option("--epochs", type=float, default=2.0, show_default=True, help="Passes over the training texts (unless --steps).")
+@click.option("--steps", type=int, default=0, show_default=True, help="Optimizer steps; 0 = from --epochs.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Texts per optimizer step (all ranks).")
+@click.option("--micro-batch", type=int, default=0, show_default=True, help="Texts per forward pass; 0 = --batch-size.")
+@click.option("--seq-len", type=int, default=0, show_default=True,
+              help="Tokens per text at most (longer texts are cut, and counted); 0 = the model's context.")
+@click.option("--lr", type=float, default=5e-5, show_default=True, help="Peak learning rate.")
+@click.option("--weight-decay", type=float, default=0.1, show_default=True, help="AdamW weight decay (matrices only).")
+@click.option("--resume", is_flag=True, default=False, help="Continue from the newest checkpoint of DATA/runs/OUT_RUN.")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also train and report a supervised fastText classifier on the same split.")
+@device_option
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+              help="bf16 autocast or fp32; auto = bf16 on CUDA, fp32 elsewhere.")
+@click.option("--eval-every", type=int, default=None, help="Validation every N steps [default: a fifth of the steps].")
+@click.option("--log-every", type=int, default=10, show_default=True, help="Progress line every N steps.")
+@click.option("--seed", type=int, default=1337, show_default=True, help="Seed of the head and of the text order.")
+@tokenizer_option
+def classify_train_cmd(data: Path, run: str, checkpoint: Path | None, labelled: Path, text_column: str,
+                       label_column: str, file_format: str, out_run: str | None, train_blocks: int | None,
+                       val_share: float, test_share: float, epochs: float, steps: int, batch_size: int,
+                       micro_batch: int, seq_len: int, lr: float, weight_decay: float, resume: bool, baseline: bool,
+                       device: str, precision: str, eval_every: int | None, log_every: int, seed: int,
+                       tokenizer_path: Path | None) -> None:
+    """Fine-tune a checkpoint as a text classifier; report accuracy, per-class P/R/F1 and the confusion
+    matrix on the test split beside a fastText baseline (DATA/runs/OUT_RUN/)."""
+    from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig, TrainError
+    from train.classify import ClassifyConfig, run_classify
+
+    base = checkpoint or data / "runs" / run
+    tokenizer = tokenizer_path or data / "tokenizer" / "tokenizer.json"
+    micro = micro_batch or batch_size
+    try:
+        dev = _resolve_device(device)
+        config = ClassifyConfig(base_checkpoint=str(base), data_path=str(labelled), tokenizer_path=str(tokenizer),
+                                text_column=text_column, label_column=label_column, file_format=file_format,
+                                val_share=val_share, test_share=test_share, train_blocks=train_blocks)
+        # The loop counts batches in tokens; one "row" per text of up to the model's context.
+        from train.sft import load_lm_checkpoint
+
+        payload, _ = load_lm_checkpoint(base)
+        rows_len = seq_len or payload["model_config"]["max_seq_len"]
+        every = eval_every or 0
+        tconfig = TrainConfig(
+            run_dir=str(data / "runs" / (out_run or f"{run}-classify")), max_steps=max(steps, 1), preset="auto",
+            global_batch_tokens=batch_size * rows_len, device=device, precision=precision, resume=resume, seed=seed,
+            data=DataConfig(shards_dir="", seq_len=seq_len or None, micro_batch_size=micro, seed=seed,
+                            prefetch_batches=0),
+            optim=OptimConfig(lr=lr, min_lr=lr / 10, weight_decay=weight_decay),
+            eval=EvalConfig(every_steps=every, sample_every_steps=0),
+            checkpoint=CheckpointConfig(every_steps=every, keep_last=2),
+            log=LogConfig(every_steps=log_every, tensorboard=False))
+        result = run_classify(tconfig, config, device=dev, epochs=None if steps > 0 else epochs, baseline=baseline)
+    except TrainError as err:
+        _fail(err)
+    if not _is_main_process():
+        return
+    table = result.class_table
+    classes = list(next(iter(table.values())))
+    click.echo("\ntexts per class and split:")
+    click.echo(_table([("", "  ".join(f"{c:>8}" for c in classes))] +
+                      [(s, "  ".join(f"{table[s][c]:8,}" for c in classes)) for s in table]))
+    if result.report_text:
+        click.echo("\n" + result.report_text)
+    click.echo("\n" + _table([("run", str(result.train.run_dir)), ("checkpoint", str(result.train.checkpoint)),
+                               ("steps", f"{result.train.final_step:,}")]))
+    if result.train.interrupted:
+        click.echo("stopped by a signal; continue with the same command plus --resume", err=True)
+        raise SystemExit(128 + int(result.train.stop_signal or signal.SIGTERM))
+
+
+@click.command("classify")
+@data_option
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
+              help="Classifier checkpoint file or run folder (from `crawlgpt classify-train`).")
+@click.argument("source", type=click.Path(allow_dash=True, dir_okay=False, path_type=Path))
+@click.option("--batch", type=int, default=16, show_default=True, help="Texts per forward pass.")
+@tokenizer_option
+@device_option
+def classify_cmd(data: Path, checkpoint: Path, source: Path, batch: int, tokenizer_path: Path | None,
+                 device: str) -> None:
+    """Classify each line of SOURCE (a file, or - for standard input): prints label<TAB>probability<TAB>text."""
+    from train.classify import classify_texts
+    from train.errors import TrainError
+
+    if str(source) == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        if not source.is_file():
+            raise click.ClickException(f"{source} does not exist; pass a text file (one text per line) or -")
+        lines = source.read_text(encoding="utf-8").splitlines()
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        return
+    try:
+        results = classify_texts(checkpoint, texts, tokenizer_path or data / "tokenizer" / "tokenizer.json",
+                                 device=_resolve_device(device), batch_size=batch)
+    except TrainError as err:
+        _fail(err)
+    for text, (label, prob) in zip(texts, results):
+        click.echo(f"{label}\t{prob:.4f}\t{text}")
+
+
 def register(group: click.Group) -> None:
     group.add_command(sft_cmd)
     group.add_command(chat_cmd)
+    group.add_command(classify_train_cmd)
+    group.add_command(classify_cmd)
