@@ -57,7 +57,7 @@ def make_base(data: Path, steps: int = 12) -> Path:
     order = rng.permutation(len(texts))
     docs = [np.array(tok.encode("\n\n".join(texts[j] for j in order[i:i + 4])).ids + [eot])
             for i in range(0, len(order), 4)]
-    write_token_shards(data / "shards", {"train": docs[10:], "val": docs[:10]}, vocab_size=tok.get_vocab_size(),
+    write_token_shards(data / "shards", {"train": docs[16:], "val": docs[:16]}, vocab_size=tok.get_vocab_size(),
                        eot_id=eot, tokenizer_hash=hashlib.sha256(tok_path.read_bytes()).hexdigest())
     run = data / "runs" / "base"
     train(TrainConfig(

@@ -11,8 +11,10 @@ end-of-text is the document start the base model saw in pretraining, the trailin
 response the model learns to emit. Targets are the tokens shifted by one; every target that is not a
 response token (prompt, padding) is -1, which the model's loss ignores, unless `train_on_prompt`.
 
-Batching packs several examples into each row of seq_len tokens, as pretraining packs documents (the
-previous example's final end-of-text is the next one's start), so padding wastes almost nothing; or,
+Batching packs several examples into each row of seq_len tokens (best fit, longest first), as
+pretraining packs documents: the previous example's final end-of-text is the next one's start, and
+attention is not reset between them, as it is not between pretraining documents. Padding then wastes
+little; or,
 with `bucket`, puts one example per row and groups examples of similar length into a micro-batch,
 padded to its longest. Either way the plan of an epoch depends only on (seed, epoch), and a global
 row counter is the loader's whole state: a resumed run reads exactly the rows an uninterrupted one
@@ -38,8 +40,6 @@ log = logging.getLogger(__name__)
 
 BATCHING_MODES = ("pack", "bucket")
 TOO_LONG_POLICIES = ("skip", "truncate")
-#: First-fit packing looks for room in this many most recently opened rows (keeps packing linear).
-PACK_LOOKBACK_ROWS = 64
 #: Bucketing sorts this many micro-batches' worth of examples by length before cutting micro-batches.
 BUCKET_SPAN = 16
 
@@ -264,22 +264,24 @@ def tokenize_examples(examples: list[Example], tokenizer, template: PromptTempla
 
 
 def pack_rows(lengths: np.ndarray, order: np.ndarray, seq_len: int) -> list[list[int]]:
-    """First-fit packing of examples (in `order`) into rows of seq_len inputs. The first example of a
-    row costs its length - 1 inputs, each later one its length - 1 too (its leading end-of-text is the
-    previous example's last token), so a row holds examples whose costs sum to at most seq_len."""
+    """Best-fit-decreasing packing of examples into rows of seq_len inputs: examples longest first
+    (ties in `order`, which is random per epoch), each into the row with the least room that still
+    holds it. An example costs its length - 1 inputs (its leading end-of-text is the previous
+    example's last token, or the row's first token), so a row's costs sum to at most seq_len."""
+    import bisect
+
     rows: list[list[int]] = []
-    room: list[int] = []
-    for i in order:
+    rooms: list[tuple[int, int]] = []  # (room left, row index), sorted
+    for i in sorted(order.tolist(), key=lambda j: -int(lengths[j])):  # stable: ties keep the random order
         cost = int(lengths[i]) - 1
-        first = max(0, len(rows) - PACK_LOOKBACK_ROWS)
-        for r in range(first, len(rows)):
-            if room[r] >= cost:
-                rows[r].append(int(i))
-                room[r] -= cost
-                break
+        at = bisect.bisect_left(rooms, (cost, -1))
+        if at < len(rooms):
+            room, r = rooms.pop(at)
+            rows[r].append(int(i))
+            bisect.insort(rooms, (room - cost, r))
         else:
             rows.append([int(i)])
-            room.append(seq_len - cost)
+            bisect.insort(rooms, (seq_len - cost, len(rows) - 1))
     return rows
 
 
