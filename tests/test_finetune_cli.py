@@ -148,3 +148,10 @@ def test_classify_train_with_one_class_is_a_clear_message(cli, data, tmp_path):
     result = CliRunner().invoke(cli, ["classify-train", "--data", str(data), "--run", "base", "--labelled", str(one),
                                       "--device", "cpu"])
     assert result.exit_code == 1 and "at least two" in result.output and "Traceback" not in result.output
+
+
+def test_every_fine_tuning_option_has_help_text(cli):
+    for name in ("sft", "chat", "classify-train", "classify"):
+        for param in cli.commands[name].params:
+            if isinstance(param, click.Option):
+                assert param.help, f"{name} {param.opts} has no help"

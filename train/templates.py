@@ -91,7 +91,8 @@ class PromptTemplate:
         other piece is plain text (message content included) and is encoded as such.
 
         alpaca renders each user turn as an instruction prompt (a system message replaces the preamble)
-        and each assistant turn as its response; an instruction after a response starts a new paragraph.
+        and each assistant turn as its response and end-of-text; the next instruction follows the
+        end-of-text directly, as the next example does in a packed training row.
         """
         out: list[tuple[str, bool, bool]] = []
         if self.name == "chat":
@@ -111,8 +112,7 @@ class PromptTemplate:
             if role == "system":
                 preamble = content
             elif role == "user":
-                start = "\n\n" if out and out[-1][1] else ""
-                out.append((f"{start}{preamble}\n\n### Instruction:\n{content}\n\n### Response:\n", False, False))
+                out.append((f"{preamble}\n\n### Instruction:\n{content}\n\n### Response:\n", False, False))
             else:
                 out += [(content, True, False), (self.eot_token, True, True)]
         return out
