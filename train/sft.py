@@ -43,8 +43,10 @@ from train.templates import PromptTemplate, encode_pieces, template_from_checkpo
 
 log = logging.getLogger(__name__)
 
+#: Kinds of checkpoint that hold a plain GPT taught to answer instructions (alignment keeps the shape).
+TUNED_KINDS = ("sft", "dpo", "ppo")
 #: Kinds of checkpoint that hold a plain GPT a person can prompt.
-LM_KINDS = ("pretrain", "sft")
+LM_KINDS = ("pretrain", *TUNED_KINDS)
 RESPONSES_NAME = "responses.jsonl"
 BEFORE_NAME = "sft-before.json"
 SUMMARY_NAME = "sft-summary.json"
@@ -105,6 +107,7 @@ def load_lm_checkpoint(checkpoint: str | Path, kinds: tuple[str, ...] = LM_KINDS
     kind = payload.get("kind", "pretrain")
     if kind not in kinds:
         hints = {"classify": "it is a classifier: use `crawlgpt classify`",
+                 "reward": "it is a reward model, which scores answers but does not write them",
                  "pretrain": "it is a base model: fine-tune it first with `crawlgpt sft` (or `make sft`)"}
         raise KindError(f"{path} is a {kind!r} checkpoint, but this needs {need}; "
                         f"{hints.get(kind, 'pass a checkpoint of kind ' + ' or '.join(kinds))}")

@@ -192,7 +192,7 @@ def sample_instruction_cmd(ckpt: Path, tokenizer_path: Path, instruction: str, i
     from train.checkpoint import model_from_checkpoint
     from train.errors import TrainError
     from train.evaluate import check_tokenizer, load_tokenizer
-    from train.sft import eot_id_of, generate_answer, load_lm_checkpoint
+    from train.sft import TUNED_KINDS, eot_id_of, generate_answer, load_lm_checkpoint
     from train.templates import template_from_checkpoint
 
     try:
@@ -202,7 +202,7 @@ def sample_instruction_cmd(ckpt: Path, tokenizer_path: Path, instruction: str, i
         check_tokenizer(tokenizer_path, tokenizer, payload)
         template = template_from_checkpoint(payload)
         template.check_tokenizer(tokenizer, f"tokenizer {tokenizer_path}")
-        if payload.get("kind", "pretrain") != "sft":
+        if payload.get("kind", "pretrain") not in TUNED_KINDS:
             click.echo(f"note: {path} is a base model, not instruction-tuned; formatting with the {template.name} "
                        f"template anyway (fine-tune it with `crawlgpt sft`)", err=True)
         model = model_from_checkpoint(payload).to(dev).eval()
@@ -249,14 +249,14 @@ def chat_cmd(data: Path, run: str, checkpoint: Path | None, max_new_tokens: int,
     from train.checkpoint import model_from_checkpoint
     from train.errors import TrainError
     from train.evaluate import check_tokenizer, load_tokenizer
-    from train.sft import eot_id_of, load_lm_checkpoint
+    from train.sft import TUNED_KINDS, eot_id_of, load_lm_checkpoint
     from train.templates import template_from_checkpoint
 
     ckpt = checkpoint or data / "runs" / f"{run}-sft"
     tok_path = tokenizer_path or data / "tokenizer" / "tokenizer.json"
     try:
         dev = _resolve_device(device)
-        kinds = ("sft", "pretrain") if allow_base else ("sft",)
+        kinds = (*TUNED_KINDS, "pretrain") if allow_base else TUNED_KINDS
         payload, path = load_lm_checkpoint(ckpt, kinds, need="an instruction-tuned model (or pass --allow-base)")
         tokenizer = load_tokenizer(tok_path)
         check_tokenizer(tok_path, tokenizer, payload)
