@@ -133,7 +133,8 @@ def sft_quality(args, base: Path, tokenizer: Path, out: dict) -> None:
           f"(ppl {result.before['val_response_ppl']:.1f}), after {result.after['val_response_loss']:.3f} "
           f"(ppl {result.after['val_response_ppl']:.1f})")
     for a in answers:
-        print(f"- prompt: {a['prompt'][-1]['content'][:100]!r}\n  reference: {a['reference'][:100]!r}\n"
+        prompt = a["messages"][-1]["content"] if "messages" in a else (a["instruction"] + " " + a["input"]).strip()
+        print(f"- prompt: {prompt[:100]!r}\n  reference: {a['reference'][:100]!r}\n"
               f"  before: {a['before_greedy'][:100]!r}\n  after:  {a['after_greedy'][:100]!r}")
 
 

@@ -256,7 +256,7 @@ def test_sft_lowers_the_response_loss_and_writes_checkpoints_metrics_plot_and_re
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert any(r["kind"] == "val" for r in records) and (run / "loss.png").is_file()
     lines = [json.loads(x) for x in (run / "responses.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 and {"reference", "before_greedy", "after_greedy", "before_sampled",
+    assert len(lines) == 2 and {"instruction", "input", "reference", "before_greedy", "after_greedy", "before_sampled",
                                 "after_sampled"} <= set(lines[0])
     assert json.loads((run / "sft-summary.json").read_text())["after"]["val_response_loss"] == \
         pytest.approx(result.after["val_response_loss"])

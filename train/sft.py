@@ -402,7 +402,9 @@ def run_sft(train_config: TrainConfig, sft_config: SFTConfig, device: torch.devi
         held_out = objective.val_data.examples[:sft_config.num_responses]
         lines = []
         for ex, b, a in zip(held_out, before.get("answers", []), answers):
-            lines.append(json.dumps({"source": ex.source, "prompt": ex.prompt_messages(), "reference": ex.reference,
+            prompt = {"messages": ex.prompt_messages()} if ex.messages is not None else \
+                {"instruction": ex.instruction, "input": ex.input}
+            lines.append(json.dumps({"source": ex.source, **prompt, "reference": ex.reference,
                                      "before_greedy": b["greedy"], "before_sampled": b["sampled"],
                                      "after_greedy": a["greedy"], "after_sampled": a["sampled"]},
                                     ensure_ascii=False))
