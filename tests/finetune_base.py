@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "finetune"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|reserved_0|>", "<|reserved_1|>"]
@@ -69,3 +70,12 @@ def make_base(data: Path, steps: int = 12) -> Path:
         log=LogConfig(every_steps=5, tensorboard=False, plot=False),
     ))
     return run
+
+
+@pytest.fixture(scope="session")
+def finetune_data(tmp_path_factory) -> Path:
+    """One tiny base for every fine-tuning test module (each writes its runs under its own names)."""
+    pytest.importorskip("tokenizers")
+    data = tmp_path_factory.mktemp("finetune-data")
+    make_base(data)
+    return data

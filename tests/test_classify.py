@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune_base import FIXTURES, make_base
+from finetune_base import FIXTURES, finetune_data  # noqa: F401 (a fixture)
 from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig
 from train.checkpoint import latest_checkpoint, load_checkpoint
 from train.classify_data import ClassifyDataError, read_labelled, split_indices, split_of
@@ -22,10 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    data = tmp_path_factory.mktemp("data")
-    make_base(data)
-    return data
+def data(finetune_data) -> Path:
+    return finetune_data
 
 
 def configs(data: Path, run: str, steps: int = 8, **changes):

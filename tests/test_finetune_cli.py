@@ -12,7 +12,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from finetune_base import FIXTURES, make_base
+from finetune_base import FIXTURES, finetune_data  # noqa: F401 (a fixture)
 
 pytest.importorskip("tokenizers")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -27,10 +27,8 @@ def cli() -> click.Group:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    data = tmp_path_factory.mktemp("data")
-    make_base(data)
-    return data
+def data(finetune_data) -> Path:
+    return finetune_data
 
 
 def invoke(cli, *args: str):

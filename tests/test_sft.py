@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from finetune_base import FIXTURES, make_base
+from finetune_base import FIXTURES, finetune_data  # noqa: F401 (a fixture)
 from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig
 from train.checkpoint import latest_checkpoint, load_checkpoint, model_from_checkpoint
 from train.instruct_data import (
@@ -29,10 +29,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    data = tmp_path_factory.mktemp("data")
-    make_base(data)
-    return data
+def data(finetune_data) -> Path:
+    return finetune_data
 
 
 @pytest.fixture(scope="module")
