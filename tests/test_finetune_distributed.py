@@ -1,5 +1,5 @@
-"""Fine-tuning under torchrun: `crawlgpt sft` and `crawlgpt classify-train` with 2 gloo processes (DDP)
-run the same objectives as one process and write one run folder."""
+"""Fine-tuning under torchrun: `crawlgpt sft` (DDP and FSDP2) and `crawlgpt classify-train` (DDP) with 2
+gloo processes run the same objectives as one process and write one run folder."""
 
 from __future__ import annotations
 
@@ -45,6 +45,11 @@ def test_sft_and_classification_run_with_two_ddp_processes(tmp_path):
     assert payload["train_config"]["global_batch_tokens"] == 8 * 128
     summary = json.loads((data / "runs" / "default-sft" / "sft-summary.json").read_text())
     assert summary["steps"] == 3
+    torchrun_cli(tmp_path, "sft", "--data", data, "--checkpoint", data / "runs" / "base", "--instructions",
+                 FIXTURES / "alpaca.json", "--out-run", "fsdp-sft", "--parallelism", "fsdp", "--steps", "2",
+                 "--batch-rows", "8", "--micro-batch", "2", "--device", "cpu", "--responses", "1",
+                 "--max-new-tokens", "4", "--eval-every", "1")
+    assert load_checkpoint(latest_checkpoint(data / "runs" / "fsdp-sft"))["step"] == 2
     torchrun_cli(tmp_path, "classify-train", "--data", data, "--checkpoint", data / "runs" / "base", "--labelled", FIXTURES / "classes.tsv",
                  "--steps", "3", "--batch-size", "8", "--micro-batch", "4", "--seq-len", "32", "--device", "cpu",
                  "--no-baseline", "--train-blocks", "1")

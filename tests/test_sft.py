@@ -335,3 +335,15 @@ def test_shared_instruction_data_is_read(shared_data):
     assert stats.records == 1100 and len(examples) + sum(stats.skipped.values()) == 1100
     train_ex, val_ex = split_examples(examples, 0.1)
     assert 60 < len(val_ex) < 160
+
+
+def test_every_rank_gets_the_same_number_of_validation_batches(tokenizer):
+    from train.instruct_data import eval_batches
+
+    examples, _ = read_instructions(FIXTURES / "alpaca.json")
+    eot = tokenizer.token_to_id("<|endoftext|>")
+    data = tokenize_examples(examples[:9], tokenizer, PromptTemplate(), eot, 128)
+    per_rank = [list(eval_batches(data, 2, eot, rank, 2)) for rank in range(2)]  # 5 batches for 2 ranks
+    assert len(per_rank[0]) == len(per_rank[1]) == 3
+    scored = sum(int((t != -1).sum()) for batches in per_rank for _, t in batches)
+    assert scored == sum(int(m[1:].sum()) for m in data.trained)  # the filler batch scores nothing

@@ -234,10 +234,12 @@ def evaluate_split(model: nn.Module, data: EncodedTexts, pad_id: int, device: to
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # (loss sum, correct, texts)
     rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
-    for inputs, last, labels, _ in eval_text_batches(data, batch_size, pad_id, rank, world):
+    for inputs, last, labels, positions in eval_text_batches(data, batch_size, pad_id, rank, world):
         labels = labels.to(device)
         with autocast_context(device, bf16):
-            logits = model(inputs.to(device), last.to(device))
+            logits = model(inputs.to(device), last.to(device))  # every rank runs each forward (FSDP)
+        if not positions:
+            continue
         totals[0] += F.cross_entropy(logits.float(), labels, reduction="sum").double()
         totals[1] += (logits.argmax(dim=-1) == labels).sum()
         totals[2] += len(labels)

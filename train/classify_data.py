@@ -235,9 +235,13 @@ class TextBatchLoader:
 
 def eval_text_batches(data: EncodedTexts, batch_size: int, pad_id: int, rank: int = 0, world_size: int = 1):
     """Batches of (inputs, last, labels, positions) in length order (little padding); rank r takes every
-    world_size-th batch."""
+    world_size-th batch, and every rank gets the same number (a rank short of one gets a copy of the
+    first with no positions, to score nothing), so FSDP's collective forwards stay in step."""
     order = sorted(range(len(data.tokens)), key=lambda i: len(data.tokens[i]))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    for b in batches[rank::world_size]:
+    per_rank = -(-len(batches) // world_size)
+    for k in range(per_rank):
+        j = k * world_size + rank
+        b = batches[j] if j < len(batches) else batches[0]
         inputs, last, _ = collate_texts([data.tokens[i] for i in b], pad_id)
-        yield inputs, last, torch.from_numpy(data.labels[b]), b
+        yield inputs, last, torch.from_numpy(data.labels[b]), (b if j < len(batches) else [])

@@ -392,10 +392,16 @@ def collate(rows: list[tuple[np.ndarray, np.ndarray]], eot_id: int,
 def eval_batches(data: TokenizedExamples, batch_size: int, eot_id: int, rank: int = 0,
                  world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Validation batches: one example per row (no packing: each answer is scored given only its own
-    prompt, as at inference), examples sorted by length so padding is small; rank r takes every
-    world_size-th batch."""
+    prompt, as at inference), examples sorted by length so padding is small. Rank r takes every
+    world_size-th batch, and every rank gets the same number of batches (a rank short of one scores
+    a copy of the first with every target ignored), so FSDP's collective forwards stay in step."""
     order = sorted(range(len(data)), key=lambda i: len(data.tokens[i]))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    for b in batches[rank::world_size]:
+    per_rank = -(-len(batches) // world_size)
+    for k in range(per_rank):
+        j = k * world_size + rank
+        b = batches[j] if j < len(batches) else batches[0]
         inputs, targets, _ = collate([(data.tokens[i], data.trained[i]) for i in b], eot_id)
+        if j >= len(batches):
+            targets.fill_(-1)
         yield inputs, targets

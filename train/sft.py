@@ -275,12 +275,11 @@ def response_loss(model: nn.Module, data: TokenizedExamples, eot_id: int, device
     for inputs, targets in eval_batches(data, batch_size, eot_id, rank, world):
         inputs, targets = inputs.to(device), targets.to(device)
         count = int((targets != -1).sum())
-        if count == 0:
-            continue
         with autocast_context(device, bf16):
-            _, loss = model(inputs, targets)  # mean over the scored tokens
-        totals[0] += loss.double() * count
-        totals[1] += count
+            _, loss = model(inputs, targets)  # mean over the scored tokens (every rank runs each forward)
+        if count:
+            totals[0] += loss.double() * count
+            totals[1] += count
     if ctx is not None:
         all_reduce_sum(totals, ctx)
     model.train(was_training)
