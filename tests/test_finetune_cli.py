@@ -71,6 +71,9 @@ def test_evaluate_instructions_reports_the_response_loss(cli, data, tuned):
     result = invoke(cli, "evaluate", "--data", data, "--checkpoint", tuned, "--instructions",
                     FIXTURES / "alpaca.json", "--device", "cpu")
     assert "response loss" in result.output and "sft, template alpaca" in result.output
+    base = invoke(cli, "evaluate", "--data", data, "--run", "base", "--instructions", FIXTURES / "chat.jsonl",
+                  "--template", "chat", "--device", "cpu")
+    assert "pretrain, template chat" in base.output
 
 
 def test_sample_instruction_answers_with_the_template(cli, data, tuned):

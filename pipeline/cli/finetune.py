@@ -170,12 +170,14 @@ def sft_cmd(data: Path, run: str, checkpoint: Path | None, instructions: Path, o
 # Hooks for `evaluate --instructions` and `sample --instruction` (options of the commands in training.py)
 
 
-def evaluate_instructions_cmd(ckpt: Path, instructions: Path, tokenizer: Path, batch: int, device: str) -> None:
+def evaluate_instructions_cmd(ckpt: Path, instructions: Path, tokenizer: Path, batch: int, device: str,
+                              template: str | None = None) -> None:
     from train.errors import TrainError
     from train.sft import evaluate_instructions
 
     try:
-        ev = evaluate_instructions(ckpt, instructions, tokenizer, batch_size=batch, device=_resolve_device(device))
+        ev = evaluate_instructions(ckpt, instructions, tokenizer, template=template, batch_size=batch,
+                                   device=_resolve_device(device))
     except TrainError as err:
         _fail(err)
     res = ev.result

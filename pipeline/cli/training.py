@@ -222,6 +222,8 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
               help="Score this UTF-8 text file instead of shards (needs the tokenizer).")
 @click.option("--instructions", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Score the response tokens of this Alpaca/chat instruction file instead (docs/finetuning.md).")
+@click.option("--template", type=click.Choice(["alpaca", "chat"]), default=None,
+              help="With --instructions: the prompt template [default: the checkpoint's; alpaca for a base model].")
 @tokenizer_option
 @click.option("--seq-len", type=int, default=0, show_default=True, help="Window length; 0 = the model's context.")
 @click.option("--batch", type=int, default=8, show_default=True, help="Windows per forward pass.")
@@ -229,8 +231,8 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
               help="Score at most this many tokens from the start of the split; 0 = all.")
 @device_option
 def evaluate_cmd(data: Path, run: str, checkpoint: Path | None, shards: Path | None, split: str,
-                 text_path: Path | None, instructions: Path | None, tokenizer_path: Path | None, seq_len: int,
-                 batch: int, max_tokens: int, device: str) -> None:
+                 text_path: Path | None, instructions: Path | None, template: str | None,
+                 tokenizer_path: Path | None, seq_len: int, batch: int, max_tokens: int, device: str) -> None:
     """Loss and perplexity of a checkpoint on token shards, a text file, or instruction responses."""
     from train.distributed import resolve_device
     from train.errors import TrainError
@@ -241,7 +243,7 @@ def evaluate_cmd(data: Path, run: str, checkpoint: Path | None, shards: Path | N
         from pipeline.cli.finetune import evaluate_instructions_cmd
 
         return evaluate_instructions_cmd(ckpt, instructions, tokenizer_path or data / "tokenizer" / "tokenizer.json",
-                                         batch, device)
+                                         batch, device, template)
     try:
         dev = resolve_device(device)
         if text_path is not None:
