@@ -54,6 +54,11 @@ def test_sft_writes_the_fine_tuned_run_and_a_summary(tuned):
     assert summary["after"]["val_response_loss"] < summary["before"]["val_response_loss"]
 
 
+def test_sft_into_a_finished_run_needs_resume(cli, data, tuned):
+    result = CliRunner().invoke(cli, [*SFT, "--data", str(data), "--instructions", str(FIXTURES / "alpaca.json")])
+    assert result.exit_code == 1 and "pass --resume" in result.output
+
+
 def test_sft_on_a_classifier_or_missing_checkpoint_is_a_clear_message(cli, data, tmp_path):
     result = CliRunner().invoke(cli, [*SFT, "--data", str(data), "--checkpoint", str(tmp_path / "none.pt"),
                                       "--instructions", str(FIXTURES / "alpaca.json")])

@@ -21,10 +21,16 @@ import torch
 import torch.nn as nn
 
 from model.gpt import GPT, GPTConfig
-from train.checkpoint import load_checkpoint, load_model_state, model_from_checkpoint, resolve_checkpoint
+from train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_model_state,
+    model_from_checkpoint,
+    resolve_checkpoint,
+)
 from train.config import TrainConfig
 from train.distributed import DistContext, all_reduce_sum
-from train.errors import CheckpointError, SeqLenError, TrainError
+from train.errors import CheckpointError, RunDirError, SeqLenError, TrainError
 from train.evaluate import EvalResult, autocast_context, check_tokenizer, load_tokenizer, sample_tokens, tokenizer_hash
 from train.instruct_data import (
     Example,
@@ -369,6 +375,10 @@ def run_sft(train_config: TrainConfig, sft_config: SFTConfig, device: torch.devi
     from train.distributed import resolve_device
 
     run_dir = Path(train_config.run_dir)
+    latest = latest_checkpoint(run_dir)
+    if latest is not None and not train_config.resume:  # fail before the minutes of "before" answers
+        raise RunDirError(f"{run_dir} already holds checkpoints (newest {latest.name}); pass --resume to "
+                          f"continue that run, or choose a new --out-run name")
     device = device or resolve_device(train_config.device, int(os.environ.get("LOCAL_RANK", "0")))
     if objective is None or objective.prepared_seq_len is None:
         objective = SFTObjective(sft_config)
