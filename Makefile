@@ -19,18 +19,21 @@ VOCAB_SIZE ?= 16384
 PRESET     ?= auto
 STEPS      ?= 0
 RUN        ?= default
+# Instruction data for `make sft` (Alpaca JSON/JSONL or chat JSONL); the run goes to DATA/runs/RUN-sft.
+INSTRUCT   ?= ../shared/data/instruct/instruction-data.json
 FORCE      ?=
 force_flag := $(if $(FORCE),--force,)
 # SOURCE/NUM_FILES are passed only when you set them: later targets reuse what raw/manifest.json recorded.
 user_set     = $(filter command line environment,$(origin $(1)))
 source_flags := $(if $(call user_set,SOURCE),--source '$(SOURCE)') $(if $(call user_set,NUM_FILES),--num-files $(NUM_FILES))
 
-.PHONY: help test test-fast corpus download quality-model filter dedup tokenizer shards stats pretrain bench clean
+.PHONY: help test test-fast corpus download quality-model filter dedup tokenizer shards stats pretrain sft bench clean
 
 help:
-	@echo "targets: test corpus (download quality-model filter dedup) tokenizer shards stats pretrain bench clean"
+	@echo "targets: test corpus (download quality-model filter dedup) tokenizer shards stats pretrain sft bench clean"
 	@echo "vars: SOURCE=$(SOURCE) NUM_FILES=$(NUM_FILES) DATA=$(DATA) LANGS=$(LANGS) REFERENCE=$(REFERENCE)"
 	@echo "      WORKERS=$(WORKERS) VOCAB_SIZE=$(VOCAB_SIZE) PRESET=$(PRESET) STEPS=$(STEPS) RUN=$(RUN) FORCE=$(FORCE)"
+	@echo "      INSTRUCT=$(INSTRUCT)"
 
 # The virtual environment. torch is installed first, pinned to the CPU build, so that nothing pulls a
 # CUDA build; if .venv already has a torch (e.g. a GPU user's own build), it is kept.
@@ -76,6 +79,10 @@ stats: $(VENV)
 
 pretrain: shards
 	$(CLI) pretrain --data $(DATA) --preset $(PRESET) --steps $(STEPS) --run $(RUN) --resume
+
+# Instruction fine-tuning of the newest checkpoint of DATA/runs/RUN (run `make pretrain` first).
+sft: $(VENV)
+	$(CLI) sft --data $(DATA) --run $(RUN) --instructions '$(INSTRUCT)' --resume
 
 # Peers for the benchmarks (datatrove) live in their own environment, never in .venv.
 BENCH_VENV := .venv-bench

@@ -182,6 +182,10 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
               help="Split of the shards to score.")
 @click.option("--text", "text_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Score this UTF-8 text file instead of shards (needs the tokenizer).")
+@click.option("--instructions", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Score the response tokens of this Alpaca/chat instruction file instead (docs/finetuning.md).")
+@click.option("--template", type=click.Choice(["alpaca", "chat"]), default=None,
+              help="With --instructions: the prompt template [default: the checkpoint's; alpaca for a base model].")
 @tokenizer_option
 @click.option("--seq-len", type=click.IntRange(min=0), default=0, show_default=True, help="Window length; 0 = the model's context.")
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Windows per forward pass.")
@@ -189,14 +193,19 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
               help="Score at most this many tokens from the start of the split; 0 = all.")
 @device_option
 def evaluate_cmd(data: Path, run: str, checkpoint: Path | None, shards: Path | None, split: str,
-                 text_path: Path | None, tokenizer_path: Path | None, seq_len: int, batch: int, max_tokens: int,
-                 device: str) -> None:
-    """Loss and perplexity of a checkpoint on token shards or on a text file."""
+                 text_path: Path | None, instructions: Path | None, template: str | None,
+                 tokenizer_path: Path | None, seq_len: int, batch: int, max_tokens: int, device: str) -> None:
+    """Loss and perplexity of a checkpoint on token shards, a text file, or instruction responses."""
     from train.distributed import resolve_device
     from train.errors import TrainError
     from train.evaluate import evaluate_checkpoint_on_shards, evaluate_checkpoint_on_text
 
     ckpt = checkpoint or data / "runs" / run
+    if instructions is not None:
+        from pipeline.cli.finetune import evaluate_instructions_cmd
+
+        return evaluate_instructions_cmd(ckpt, instructions, tokenizer_path or data / "tokenizer" / "tokenizer.json",
+                                         batch, device, template)
     try:
         dev = resolve_device(device)
         if text_path is not None:
@@ -222,6 +231,9 @@ def evaluate_cmd(data: Path, run: str, checkpoint: Path | None, shards: Path | N
 @run_option
 @checkpoint_option
 @click.option("--prompt", default="The", show_default=True, help="Text to continue.")
+@click.option("--instruction", default=None,
+              help="Answer this instruction, formatted with the checkpoint's prompt template (instead of --prompt).")
+@click.option("--input", "input_text", default="", help="Input of --instruction (the Alpaca template's ### Input:).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=200, show_default=True, help="Tokens to generate at most.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.8, show_default=True, help="Softmax temperature; 0 = greedy.")
 @click.option("--top-k", type=click.IntRange(min=0), default=50, show_default=True, help="Sample among the k most likely tokens; 0 = all.")
@@ -231,9 +243,9 @@ def evaluate_cmd(data: Path, run: str, checkpoint: Path | None, shards: Path | N
 @click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True, help="Samples to draw (seeds seed, seed+1, ...).")
 @tokenizer_option
 @device_option
-def sample_cmd(data: Path, run: str, checkpoint: Path | None, prompt: str, max_new_tokens: int, temperature: float,
-               top_k: int, top_p: float, seed: int, num_samples: int, tokenizer_path: Path | None,
-               device: str) -> None:
+def sample_cmd(data: Path, run: str, checkpoint: Path | None, prompt: str, instruction: str | None, input_text: str,
+               max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int, num_samples: int,
+               tokenizer_path: Path | None, device: str) -> None:
     """Generate text from a checkpoint (stops at end-of-text)."""
     from train.distributed import resolve_device
     from train.errors import TrainError
@@ -241,6 +253,11 @@ def sample_cmd(data: Path, run: str, checkpoint: Path | None, prompt: str, max_n
 
     ckpt = checkpoint or data / "runs" / run
     tok = tokenizer_path or data / "tokenizer" / "tokenizer.json"
+    if instruction is not None:
+        from pipeline.cli.finetune import sample_instruction_cmd
+
+        return sample_instruction_cmd(ckpt, tok, instruction, input_text, max_new_tokens, temperature, top_k, top_p,
+                                      seed, num_samples, device)
     try:
         dev = resolve_device(device)
         texts = sample_text(ckpt, prompt, tok, max_new_tokens=max_new_tokens, temperature=temperature,
