@@ -1,0 +1,152 @@
+"""CLI: alignment. `crawlgpt reward-train`, `reward-eval`, `reward-score`, `dpo`, `ppo`, `align-compare`.
+
+Each training command runs one `train.objective.Objective` on the one training loop and writes
+DATA/runs/RUN-<kind>/ beside the fine-tuned model in DATA/runs/RUN-sft/ (metrics.jsonl, loss.png,
+alignment.png, checkpoints/), then prints its before/after figures.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import click
+
+from pipeline.cli.training import _fail, _is_main_process, data_option, device_option, tokenizer_option
+
+PREFERENCE_FILE = "instruction-data-with-preference.json"
+
+
+def _policy_option(f):
+    return click.option("--policy", type=click.Path(path_type=Path), default=None,
+                        help="The fine-tuned model to start from: a checkpoint or run folder [default: DATA/runs/RUN-sft].")(f)
+
+
+def _pairs_option(f):
+    return click.option("--pairs", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
+                        help="Preference pairs: .json list or .jsonl (instruction/input/chosen/rejected, "
+                             "prompt/chosen/rejected, or chat message lists).")(f)
+
+
+def training_options(default_lr: float, default_steps: int):
+    """Options every alignment training command shares (they map onto train.config fields)."""
+    def decorate(f):
+        options = [
+            click.option("--run", default="default", show_default=True,
+                         help="Run name: reads DATA/runs/RUN-sft, writes DATA/runs/RUN-<command>."),
+            click.option("--steps", type=int, default=default_steps, show_default=True, help="Optimizer steps."),
+            click.option("--lr", type=float, default=default_lr, show_default=True, help="Peak learning rate."),
+            click.option("--min-lr", type=float, default=None, help="Final learning rate [default: --lr, constant]."),
+            click.option("--warmup-steps", type=int, default=None, help="Linear warmup [default: 5% of steps]."),
+            click.option("--weight-decay", type=float, default=0.0, show_default=True, help="AdamW weight decay."),
+            click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Gradient norm clip (0 = off)."),
+            click.option("--micro-batch", type=int, default=4, show_default=True,
+                         help="Sequences (pairs for reward/DPO) per forward pass."),
+            click.option("--val-fraction", type=float, default=0.1, show_default=True,
+                         help="Share of prompts held out for validation (hash of the prompt: stable)."),
+            click.option("--eval-every", type=int, default=None, help="Evaluate every N steps [default: a fifth of the steps]."),
+            click.option("--ckpt-every", type=int, default=None, help="Checkpoint every N steps [default: --eval-every]."),
+            click.option("--keep-last", type=int, default=2, show_default=True, help="Checkpoints to keep."),
+            click.option("--log-every", type=int, default=1, show_default=True, help="Metrics record every N steps."),
+            click.option("--seed", type=int, default=1337, show_default=True, help="Seed of order, sampling and init."),
+            click.option("--resume", is_flag=True, help="Continue the run from its newest checkpoint."),
+            click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+                         help="bf16 autocast on CUDA, fp32 elsewhere."),
+            click.option("--tensorboard/--no-tensorboard", default=False, show_default=True,
+                         help="Also write TensorBoard events."),
+            device_option, tokenizer_option, data_option,
+        ]
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
+
+
+def _train_config(run_dir: Path, o: dict, seq_len: int | None = None, sample_every: int | None = None):
+    from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig
+
+    eval_every = o["eval_every"] if o["eval_every"] is not None else max(1, o["steps"] // 5)
+    return TrainConfig(
+        run_dir=str(run_dir), max_steps=o["steps"], preset="tiny", device=o["device"], precision=o["precision"],
+        resume=o["resume"], seed=o["seed"],
+        data=DataConfig(shards_dir="unused", seq_len=seq_len, micro_batch_size=o["micro_batch"], seed=o["seed"],
+                        prefetch_batches=0),
+        optim=OptimConfig(lr=o["lr"], min_lr=o["min_lr"] if o["min_lr"] is not None else o["lr"],
+                          warmup_steps=o["warmup_steps"], weight_decay=o["weight_decay"], grad_clip=o["grad_clip"]),
+        eval=EvalConfig(every_steps=eval_every, sample_every_steps=eval_every if sample_every is None else sample_every),
+        checkpoint=CheckpointConfig(every_steps=eval_every if o["ckpt_every"] is None else o["ckpt_every"],
+                                    keep_last=o["keep_last"]),
+        log=LogConfig(every_steps=o["log_every"], tensorboard=o["tensorboard"]),
+    )
+
+
+def _paths(data: Path, run: str, policy: Path | None, tokenizer: Path | None) -> tuple[Path, Path]:
+    return (policy or data / "runs" / f"{run}-sft"), (tokenizer or data / "tokenizer" / "tokenizer.json")
+
+
+def _run_training(config, objective, title: str, keys: list[tuple[str, str]]) -> None:
+    """Train, plot, and print the before/after table of the validation figures in keys."""
+    from train import TrainError, train
+    from train.align_plots import plot_alignment
+    from train.metrics import read_metrics
+
+    try:
+        result = train(config, objective=objective)
+    except TrainError as err:
+        _fail(err)
+    if not _is_main_process():
+        return
+    run_dir = Path(config.run_dir)
+    png = plot_alignment(run_dir / "metrics.jsonl", run_dir / "alignment.png", objective.kind)
+    vals = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "val"]
+    before, after = (vals[0], vals[-1]) if vals else ({}, {})
+    click.echo(f"\n{title}: {run_dir}")
+    click.echo(f"{'':>24}  {'before':>10}  {'after':>10}")
+    for key, label in keys:
+        b, a = before.get(key), after.get(key)
+        fmt = (lambda v: "n/a" if v is None else f"{v:.4f}")
+        click.echo(f"{label:>24}  {fmt(b):>10}  {fmt(a):>10}")
+    click.echo(f"{'steps':>24}  {result.final_step:,} of {config.max_steps:,}")
+    click.echo(f"{'checkpoint':>24}  {result.checkpoint}")
+    if png is not None:
+        click.echo(f"{'plot':>24}  {png}")
+    if result.interrupted:
+        click.echo("stopped by a signal; continue with the same command plus --resume", err=True)
+        raise SystemExit(128 + int(result.stop_signal or signal.SIGTERM))
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+@click.command("dpo")
+@_policy_option
+@_pairs_option
+@click.option("--beta", type=float, default=0.1, show_default=True, help="DPO temperature β.")
+@click.option("--average-logprobs", is_flag=True,
+              help="Mean log-probability per response token instead of the sum (the book's variant).")
+@click.option("--reference", type=click.Choice(["precompute", "online"]), default="precompute", show_default=True,
+              help="Reference log-probabilities computed once before training, or at every step.")
+@click.option("--batch-pairs", type=int, default=8, show_default=True, help="Pairs per optimizer step.")
+@click.option("--max-len", type=int, default=0, show_default=True,
+              help="Tokens of prompt + response; 0 = the model's context.")
+@training_options(default_lr=5e-6, default_steps=100)
+def dpo_cmd(policy, pairs, beta, average_logprobs, reference, batch_pairs, max_len, **o) -> None:
+    """Direct Preference Optimization of the fine-tuned model; writes DATA/runs/RUN-dpo/."""
+    from train import TrainError
+    from train.dpo import DPOObjective
+
+    policy_path, tokenizer = _paths(o["data"], o["run"], policy, o["tokenizer_path"])
+    try:
+        objective = DPOObjective(policy_path, pairs, tokenizer, val_fraction=o["val_fraction"],
+                                 batch_pairs=batch_pairs, beta=beta, average_logprobs=average_logprobs,
+                                 reference=reference)
+        config = _train_config(o["data"] / "runs" / f"{o['run']}-dpo", o, seq_len=max_len or None)
+    except TrainError as err:
+        _fail(err)
+    _run_training(config, objective, "DPO", [("val_loss", "validation loss"),
+                                             ("val_reward_accuracy", "implicit reward accuracy"),
+                                             ("val_reward_margin", "implicit reward margin")])
+
+
+def register(group: click.Group) -> None:
+    group.add_command(dpo_cmd)
