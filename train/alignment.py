@@ -56,14 +56,14 @@ def load_policy_checkpoint(path: str | Path, option: str = "--policy") -> tuple[
     return payload, path
 
 
-def load_reward_checkpoint(path: str | Path, option: str = "--reward-model") -> tuple[dict[str, Any], Path]:
+def load_reward_checkpoint(path: str | Path, option: str = "") -> tuple[dict[str, Any], Path]:
     path = resolve_checkpoint(path)
     payload = load_checkpoint(path)
     kind = payload.get("kind", "pretrain")
     if kind != "reward":
         raise CheckpointKindError(
             f"{path} is a {kind} checkpoint, not a reward model; train one with `crawlgpt reward-train` "
-            f"and pass its run folder (DATA/runs/RUN-reward) as {option}")
+            f"and pass its run folder (DATA/runs/RUN-reward){f' as {option}' if option else ''}")
     if "reward_head" not in payload:
         raise CheckpointError(f"{path} has no reward_head entry; it is incomplete")
     data_info(payload, path)

@@ -7,6 +7,7 @@ alignment.png, checkpoints/), then prints its before/after figures.
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -148,5 +149,104 @@ def dpo_cmd(policy, pairs, beta, average_logprobs, reference, batch_pairs, max_l
                                              ("val_reward_margin", "implicit reward margin")])
 
 
+@click.command("reward-train")
+@_policy_option
+@_pairs_option
+@click.option("--center-coef", type=float, default=0.0, show_default=True,
+              help="Weight of the centring term c·(r_chosen + r_rejected)² that keeps rewards near 0 (e.g. 0.01).")
+@click.option("--batch-pairs", type=int, default=8, show_default=True, help="Pairs per optimizer step.")
+@click.option("--max-len", type=int, default=0, show_default=True,
+              help="Tokens of prompt + response; 0 = the model's context.")
+@training_options(default_lr=1e-5, default_steps=100)
+def reward_train_cmd(policy, pairs, center_coef, batch_pairs, max_len, **o) -> None:
+    """Train a reward model (the fine-tuned model + a scalar head) on preference pairs; writes DATA/runs/RUN-reward/."""
+    from train import TrainError
+    from train.reward import RewardObjective
+
+    policy_path, tokenizer = _paths(o["data"], o["run"], policy, o["tokenizer_path"])
+    try:
+        objective = RewardObjective(policy_path, pairs, tokenizer, val_fraction=o["val_fraction"],
+                                    batch_pairs=batch_pairs, center_coef=center_coef)
+        config = _train_config(o["data"] / "runs" / f"{o['run']}-reward", o, seq_len=max_len or None, sample_every=0)
+    except TrainError as err:
+        _fail(err)
+    _run_training(config, objective, "reward model", [("val_loss", "validation loss"),
+                                                      ("val_accuracy", "pair accuracy"),
+                                                      ("val_margin", "mean margin")])
+
+
+def _reward_checkpoint(data: Path, run: str, checkpoint: Path | None) -> Path:
+    return checkpoint or data / "runs" / f"{run}-reward"
+
+
+@click.command("reward-eval")
+@data_option
+@click.option("--run", default="default", show_default=True, help="Run name [checkpoint default: DATA/runs/RUN-reward].")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Reward model checkpoint or run folder.")
+@_pairs_option
+@click.option("--split", type=click.Choice(["all", "train", "val"]), default="all", show_default=True,
+              help="Score every pair, or one side of the hash split (same --val-fraction as training).")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True, help="The split's validation share.")
+@click.option("--batch", type=int, default=8, show_default=True, help="Pairs per forward pass.")
+@tokenizer_option
+@device_option
+def reward_eval_cmd(data, run, checkpoint, pairs, split, val_fraction, batch, tokenizer_path, device) -> None:
+    """Pairwise accuracy and mean margin of a reward model on a preference file."""
+    from train import TrainError
+    from train.distributed import resolve_device
+    from train.reward import evaluate_reward_pairs
+
+    try:
+        ev = evaluate_reward_pairs(_reward_checkpoint(data, run, checkpoint), pairs,
+                                   tokenizer_path or data / "tokenizer" / "tokenizer.json", resolve_device(device),
+                                   batch_size=batch, split=split, val_fraction=val_fraction)
+    except TrainError as err:
+        _fail(err)
+    click.echo(f"{'pairs':>16}  {ev.pairs:,} ({split})")
+    click.echo(f"{'read':>16}  {ev.stats.summary()}")
+    click.echo(f"{'accuracy':>16}  {ev.accuracy:.4f}")
+    click.echo(f"{'mean margin':>16}  {ev.margin:.4f}")
+
+
+@click.command("reward-score")
+@data_option
+@click.option("--run", default="default", show_default=True, help="Run name [checkpoint default: DATA/runs/RUN-reward].")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Reward model checkpoint or run folder.")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="JSONL of {instruction or prompt, response}; prints each line with its reward.")
+@click.option("--prompt", default=None, help="One instruction to score (with --response).")
+@click.option("--response", default=None, help="The response to --prompt.")
+@tokenizer_option
+@device_option
+def reward_score_cmd(data, run, checkpoint, input_path, prompt, response, tokenizer_path, device) -> None:
+    """Score prompt/response lines with a reward model (the prompt is rendered with its template)."""
+    from train import TrainError
+    from train.distributed import resolve_device
+    from train.preference import PreferenceDataError, iter_records
+    from train.reward import score_texts
+
+    try:
+        if input_path is not None:
+            records = []
+            for where, rec in iter_records(input_path):
+                text = rec.get("instruction", rec.get("prompt")) if isinstance(rec, dict) else None
+                if not isinstance(text, str) or not isinstance(rec.get("response"), str):
+                    raise PreferenceDataError(f"{where}: needs `instruction` (or `prompt`) and `response` strings")
+                records.append((text, rec.get("input") or "", rec["response"], rec))
+        elif prompt is not None and response is not None:
+            records = [(prompt, "", response, {"prompt": prompt, "response": response})]
+        else:
+            raise click.UsageError("give --input FILE, or --prompt and --response")
+        scores = score_texts(_reward_checkpoint(data, run, checkpoint), [r[:3] for r in records],
+                             tokenizer_path or data / "tokenizer" / "tokenizer.json", resolve_device(device))
+    except TrainError as err:
+        _fail(err)
+    for (*_, rec), score in zip(records, scores):
+        click.echo(json.dumps({**rec, "reward": round(score, 6)}, ensure_ascii=False))
+
+
 def register(group: click.Group) -> None:
+    group.add_command(reward_train_cmd)
+    group.add_command(reward_eval_cmd)
+    group.add_command(reward_score_cmd)
     group.add_command(dpo_cmd)
