@@ -73,7 +73,8 @@ def write_pairs(path: Path, n: int = 40, fmt: str = "book") -> Path:
     return path
 
 
-def make_config(run_dir: Path, steps: int, lr: float = 1e-3, micro: int = 4, eval_every: int = 0, **changes):
+def make_config(run_dir: Path, steps: int, lr: float = 1e-3, micro: int = 4, eval_every: int = 0,
+                sample_every: int = 0, **changes):
     """A short fine-tuning run of the tiny model: constant learning rate, no plots or TensorBoard."""
     from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig
 
@@ -81,7 +82,7 @@ def make_config(run_dir: Path, steps: int, lr: float = 1e-3, micro: int = 4, eva
         run_dir=str(run_dir), max_steps=steps, preset="tiny", handle_signals=False,
         data=DataConfig(micro_batch_size=micro, seed=1, prefetch_batches=0),
         optim=OptimConfig(lr=lr, min_lr=lr, warmup_steps=0),
-        eval=EvalConfig(every_steps=eval_every, sample_every_steps=0),
+        eval=EvalConfig(every_steps=eval_every, sample_every_steps=sample_every),
         checkpoint=CheckpointConfig(every_steps=0, keep_last=5),
         log=LogConfig(every_steps=1, tensorboard=False, plot=False))
     return base.replace(**changes)
@@ -91,3 +92,19 @@ def val_records(run_dir: Path) -> list[dict]:
     from train.metrics import read_metrics
 
     return [r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r["kind"] == "val"]
+
+
+def write_reward_checkpoint(path: Path, tokenizer: Path | None, seed: int = 1, max_seq_len: int = 256) -> Path:
+    """An untrained reward model saved as `crawlgpt reward-train` saves one."""
+    from train.reward import RewardModel, split_reward_state
+
+    torch.manual_seed(seed)
+    config = preset_config("tiny", 320, max_seq_len=max_seq_len)
+    model = RewardModel(config)
+    save_checkpoint(path, {
+        "step": 0, **split_reward_state(model.state_dict()), "model_config": config.to_dict(), "kind": "reward",
+        "data": {"vocab_size": VOCAB, "eot_id": EOT_ID,
+                 "tokenizer_hash": tokenizer_hash(tokenizer) if tokenizer else "synthetic"},
+        "template": PromptTemplate().to_dict(),
+    })
+    return path

@@ -29,13 +29,15 @@ def _pairs_option(f):
                              "prompt/chosen/rejected, or chat message lists).")(f)
 
 
-def training_options(default_lr: float, default_steps: int):
+def training_options(default_lr: float, default_steps: int | None):
     """Options every alignment training command shares (they map onto train.config fields)."""
     def decorate(f):
+        steps = [] if default_steps is None else [
+            click.option("--steps", type=int, default=default_steps, show_default=True, help="Optimizer steps.")]
         options = [
             click.option("--run", default="default", show_default=True,
                          help="Run name: reads DATA/runs/RUN-sft, writes DATA/runs/RUN-<command>."),
-            click.option("--steps", type=int, default=default_steps, show_default=True, help="Optimizer steps."),
+            *steps,
             click.option("--lr", type=float, default=default_lr, show_default=True, help="Peak learning rate."),
             click.option("--min-lr", type=float, default=None, help="Final learning rate [default: --lr, constant]."),
             click.option("--warmup-steps", type=int, default=None, help="Linear warmup [default: 5% of steps]."),
@@ -245,8 +247,112 @@ def reward_score_cmd(data, run, checkpoint, input_path, prompt, response, tokeni
         click.echo(json.dumps({**rec, "reward": round(score, 6)}, ensure_ascii=False))
 
 
+@click.command("ppo")
+@_policy_option
+@click.option("--reward-model", type=click.Path(path_type=Path), default=None,
+              help="The frozen reward model: checkpoint or run folder [default: DATA/runs/RUN-reward].")
+@click.option("--prompts", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
+              help="Prompts: .json/.jsonl with `instruction`[+`input`], `prompt`, or chat messages (a preference "
+                   "file works: its responses are ignored).")
+@click.option("--iterations", type=int, default=20, show_default=True,
+              help="Rollouts; steps = iterations x epochs x rollout-prompts / minibatch.")
+@click.option("--rollout-prompts", type=int, default=16, show_default=True, help="Prompts sampled per iteration.")
+@click.option("--minibatch", type=int, default=4, show_default=True, help="Sequences per optimizer step.")
+@click.option("--epochs", type=int, default=4, show_default=True, help="Passes over each rollout.")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Longest response.")
+@click.option("--temperature", type=float, default=0.7, show_default=True, help="Rollout sampling temperature.")
+@click.option("--top-k", type=int, default=0, show_default=True, help="Sample among the k most likely tokens; 0 = all.")
+@click.option("--kl-coef", type=float, default=0.05, show_default=True, help="Per-token KL penalty weight.")
+@click.option("--clip", type=float, default=0.2, show_default=True, help="Policy ratio clip range.")
+@click.option("--value-clip", type=float, default=0.2, show_default=True, help="Value change clip range.")
+@click.option("--gamma", type=float, default=1.0, show_default=True, help="GAE discount.")
+@click.option("--lam", type=float, default=0.95, show_default=True, help="GAE lambda.")
+@click.option("--vf-coef", type=float, default=0.1, show_default=True, help="Value loss weight.")
+@click.option("--no-eot-penalty", type=float, default=1.0, show_default=True,
+              help="Subtracted from the score of a response that never produced end-of-text.")
+@click.option("--value-init", type=click.Choice(["reward", "policy"]), default="reward", show_default=True,
+              help="Value model starts from the reward model (InstructGPT) or from the policy.")
+@click.option("--val-prompts", type=int, default=16, show_default=True, help="Held-out prompts per evaluation.")
+@training_options(default_lr=1e-5, default_steps=None)
+def ppo_cmd(policy, reward_model, prompts, iterations, rollout_prompts, minibatch, epochs, max_new_tokens,
+            temperature, top_k, kl_coef, clip, value_clip, gamma, lam, vf_coef, no_eot_penalty, value_init,
+            val_prompts, **o) -> None:
+    """PPO against the reward model (RLHF): writes DATA/runs/RUN-ppo/."""
+    from train import TrainError
+    from train.ppo import PPOConfig, PPOObjective
+
+    policy_path, tokenizer = _paths(o["data"], o["run"], policy, o["tokenizer_path"])
+    try:
+        cfg = PPOConfig(kl_coef=kl_coef, clip=clip, value_clip=value_clip, gamma=gamma, lam=lam, epochs=epochs,
+                        rollout_prompts=rollout_prompts, minibatch=minibatch, max_new_tokens=max_new_tokens,
+                        temperature=temperature, top_k=top_k or None, vf_coef=vf_coef,
+                        no_eot_penalty=no_eot_penalty, value_init=value_init, val_prompts=val_prompts)
+        objective = PPOObjective(policy_path, cfg, reward_checkpoint=reward_model or o["data"] / "runs" / f"{o['run']}-reward",
+                                 prompts_path=prompts, tokenizer_path=tokenizer, val_fraction=o["val_fraction"])
+        o = {**o, "steps": iterations * cfg.steps_per_iteration}
+        if o["eval_every"] is None:
+            o["eval_every"] = cfg.steps_per_iteration * max(1, iterations // 5)
+        config = _train_config(o["data"] / "runs" / f"{o['run']}-ppo", o, sample_every=cfg.steps_per_iteration)
+    except TrainError as err:
+        _fail(err)
+    _run_training(config, objective, "PPO", [("val_reward", "reward-model score"), ("val_kl", "KL to reference"),
+                                             ("val_response_len", "response length"),
+                                             ("val_no_eot_share", "no end-of-text share")])
+
+
+@click.command("align-compare")
+@data_option
+@click.option("--run", default="default", show_default=True, help="Run name (for the defaults below).")
+@click.option("--policy", "policies", type=click.Path(path_type=Path), multiple=True,
+              help="Policies to judge (repeatable) [default: DATA/runs/RUN-ppo and RUN-dpo, those that exist].")
+@click.option("--baseline", type=click.Path(path_type=Path), default=None,
+              help="The policy they are compared with [default: DATA/runs/RUN-sft].")
+@click.option("--reward-model", type=click.Path(path_type=Path), default=None,
+              help="The judge [default: DATA/runs/RUN-reward].")
+@click.option("--prompts", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
+              help="Prompt or preference file; its held-out side (hash split) is used.")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True, help="The split's validation share.")
+@click.option("--num-prompts", type=int, default=64, show_default=True, help="Held-out prompts to answer.")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Longest response.")
+@click.option("--temperature", type=float, default=0.7, show_default=True, help="Sampling temperature (0 = greedy).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--show", type=int, default=3, show_default=True, help="Sample answers printed side by side.")
+@tokenizer_option
+@device_option
+def align_compare_cmd(data, run, policies, baseline, reward_model, prompts, val_fraction, num_prompts,
+                      max_new_tokens, temperature, seed, show, tokenizer_path, device) -> None:
+    """Win rate of aligned policies against the baseline on held-out prompts, judged by the reward model,
+    and the KL each paid."""
+    from train import TrainError
+    from train.distributed import resolve_device
+    from train.judge import compare_policies
+
+    runs = data / "runs"
+    if not policies:
+        policies = tuple(p for p in (runs / f"{run}-ppo", runs / f"{run}-dpo") if (p / "checkpoints").is_dir())
+        if not policies:
+            raise click.UsageError(f"no {runs}/{run}-ppo or {run}-dpo run: pass --policy")
+    try:
+        report = compare_policies(list(policies), baseline or runs / f"{run}-sft", reward_model or runs / f"{run}-reward",
+                                  prompts, tokenizer_path or data / "tokenizer" / "tokenizer.json",
+                                  resolve_device(device), val_fraction=val_fraction, num_prompts=num_prompts,
+                                  max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    except TrainError as err:
+        _fail(err)
+    click.echo(f"{report.prompts} held-out prompts; baseline {report.baseline} scores {report.baseline_score:.4f}")
+    click.echo(f"{'policy':<50} {'win rate':>9} {'score':>9} {'KL':>9} {'length':>7}")
+    for row in report.rows:
+        click.echo(f"{row.name:<50} {row.win_rate:>9.3f} {row.score:>9.4f} {row.kl:>9.3f} {row.length:>7.1f}")
+    for i, sample in enumerate(report.samples[:show]):
+        click.echo(f"\n--- prompt {i + 1}: {sample['prompt']!r}")
+        for name, (text, score) in sample["answers"].items():
+            click.echo(f"  [{score:+.3f}] {name}: {text!r}")
+
+
 def register(group: click.Group) -> None:
     group.add_command(reward_train_cmd)
     group.add_command(reward_eval_cmd)
     group.add_command(reward_score_cmd)
     group.add_command(dpo_cmd)
+    group.add_command(ppo_cmd)
+    group.add_command(align_compare_cmd)
