@@ -82,3 +82,45 @@ def test_a_pretrained_policy_works_with_a_warning(files, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         train(make_config(tmp_path / "run", 1), objective=DPOObjective(pre, files["pairs"], files["tok"]))
     assert "is a pretrained model, not an instruction-tuned one" in caplog.text
+
+
+DDP_RUNNER = """
+import json, os, sys
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[3])
+from align_fixtures import make_config
+from train import train
+from train.dpo import DPOObjective
+files = json.load(open(sys.argv[1]))
+result = train(make_config(sys.argv[2], 3, micro=2),
+               objective=DPOObjective(files["policy"], files["pairs"], files["tok"], val_fraction=0.25, batch_pairs=4))
+if int(os.environ["RANK"]) == 0:
+    json.dump(result.train_losses, open(os.path.join(sys.argv[2], "losses.json"), "w"))
+"""
+
+
+@pytest.mark.slow
+def test_dpo_under_ddp_follows_the_single_process_run(files, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    tests = Path(__file__).resolve().parent
+    single = train(make_config(tmp_path / "one", 3, micro=2),
+                   objective=DPOObjective(files["policy"], files["pairs"], files["tok"], val_fraction=0.25, batch_pairs=4))
+    (tmp_path / "files.json").write_text(json.dumps({k: str(v) for k, v in files.items()}))
+    (tmp_path / "runner.py").write_text(DDP_RUNNER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(tmp_path / "runner.py"), str(tmp_path / "files.json"), str(tmp_path / "two"), str(tests)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "losses.json").read_text())
+    # 2 ranks x 2 pairs and 1 rank x 2 micro-batches of 2 pairs see the same 4 pairs per step
+    assert [round(v, 4) for _, v in two] == pytest.approx([round(v, 4) for _, v in single.train_losses], abs=2e-4)
