@@ -159,17 +159,46 @@ def fetch_bytes(url: str, config: DownloadConfig, what: str = "") -> bytes:
 def local_path_for(url: str, out_dir: Path, base_url: str = DEFAULT_BASE_URL) -> Path:
     """Where `url` is stored under `out_dir`: its Common Crawl path (crawl-data/...) if it lives under
     `base_url`, else `<host>/<path>`. Keeping the path keeps names unique (WET names repeat a segment
-    number only within their segment folder) and lets anyone map a file back to its URL."""
+    number only within their segment folder) and lets anyone map a file back to its URL.
+
+    A URL comes from outside (a URL list, a crawl listing, an option), so it must never choose a path
+    outside `out_dir`: see `safe_relative_parts`. InputError if nothing usable is left of the URL.
+    """
     base = base_url.rstrip("/") + "/"
     if url.startswith(base):
         rel = url[len(base):]
     else:
         parts = urlsplit(url)
-        rel = f"{parts.hostname or 'host'}/{parts.path.lstrip('/')}"
-    clean = [re.sub(r"[^A-Za-z0-9._-]", "_", unquote(p)) for p in rel.split("/") if p not in ("", ".", "..")]
+        rel = f"{parts.hostname or 'host'}/{parts.path}"
+    clean = safe_relative_parts(rel)
     if not clean:
         raise InputError(f"cannot make a file name from URL {url}")
-    return out_dir.joinpath(*clean)
+    return inside(out_dir, out_dir.joinpath(*clean), f"the file name made from URL {url}")
+
+
+def safe_relative_parts(rel: str) -> list[str]:
+    """The segments of a URL path, percent-decoded, made safe to use as folder and file names.
+
+    Decoding happens *before* the segments are judged, so an encoded `%2e%2e` cannot become `..` after it.
+    Backslashes count as separators; segments that are empty, `.`, `..` or only dots are dropped; every
+    character outside [A-Za-z0-9._-] (NUL, `:` of a drive letter, `%` of a double encoding) becomes `_`.
+    """
+    decoded = unquote(rel).replace("\\", "/")
+    clean = []
+    for seg in decoded.split("/"):
+        seg = re.sub(r"[^A-Za-z0-9._-]", "_", seg)
+        if seg.strip("."):
+            clean.append(seg)
+    return clean
+
+
+def inside(folder: Path, path: Path, what: str) -> Path:
+    """`path` if it resolves (symbolic links followed) to a place inside `folder`, else InputError."""
+    root = Path(os.path.realpath(folder))
+    real = Path(os.path.realpath(path))
+    if real != root and root not in real.parents:
+        raise InputError(f"{what} ({path}) points outside {folder}; refusing to write there")
+    return path
 
 
 def download(
@@ -188,7 +217,7 @@ def download(
     """
     out_dir = Path(out_dir)
     url_list = list(dict.fromkeys(urls))  # drop repeats, keep order
-    targets = [local_path_for(u, out_dir, config.base_url) for u in url_list]
+    targets = [local_path_for(u, out_dir, config.base_url) for u in url_list]  # each checked to be inside
     seen: dict[Path, str] = {}
     for u, t in zip(url_list, targets):
         if t in seen:
@@ -382,6 +411,7 @@ def run_download(
     on_bytes: Callable[[int], None] | None = None,
     on_file: Callable[[DownloadResult], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
+    text_field: str = "text",
 ) -> dict:
     """The download stage: resolve SOURCE, fetch what is remote, write `DATA/raw/manifest.json` last.
 
@@ -402,8 +432,10 @@ def run_download(
         again = _unchanged_crawl(previous, source, num_files, config)
         if again is not None:
             return again  # every file of the same crawl request is in place: no network needed
-    src = resolve_source(source, num_files, config=config)
+    src = resolve_source(source, num_files, config=config, text_field=text_field)
     stage_config = {"source": source, "num_files": src.num_files, "base_url": config.base_url if src.urls else None}
+    if text_field != "text":  # only then: the file list of every earlier download stays valid
+        stage_config["text_field"] = text_field
     if previous is not None and previous.get("config") != stage_config and not force:
         old = previous.get("config", {})
         raise StageConfigChanged(

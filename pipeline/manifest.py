@@ -56,6 +56,24 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
             os.fsync(f.fileno())
 
 
+def listed_path(folder: str | Path, rel: str, listed_in: str | Path) -> Path:
+    """`folder / rel` for a path a manifest or receipt lists, refusing one that leads outside `folder`.
+
+    Manifests are files on disk that anyone can edit (or damage); a listed `../../x` must not make a
+    stage read, trust or delete a file elsewhere. Raises ValueError naming the manifest.
+    """
+    folder = Path(folder)
+    path = folder / rel
+    root = os.path.realpath(folder)
+    real = os.path.realpath(path)
+    if Path(rel).is_absolute() or os.path.commonpath([root, real]) != root or real == root:
+        raise ValueError(
+            f"{listed_in} lists {rel!r}, which is not a file inside {folder}; the file was edited or damaged. "
+            "Delete it and rerun the stage that writes it."
+        )
+    return path
+
+
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -69,9 +87,21 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+#: Field metadata of a config field naming a file (a model) that matters by its content, which the stage
+#: fingerprints in its `upstream` (sha256): the config records only the file's name, so the same
+#: environment at another path is the same config, and a new file at the same path redoes the shards
+#: (through `upstream`) instead of being refused as a config change.
+BY_CONTENT = {"by_content": True}
+
+
 def config_dict(config: Any) -> dict:
-    """A JSON-able dict of a config dataclass (paths and tuples become strings and lists)."""
+    """A JSON-able dict of a config dataclass (paths and tuples become strings and lists; fields marked
+    `BY_CONTENT` keep only the file name)."""
     raw = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    if dataclasses.is_dataclass(config):
+        for f in dataclasses.fields(config):
+            if f.metadata.get("by_content") and raw.get(f.name):
+                raw[f.name] = os.path.basename(str(raw[f.name]))
     return json.loads(json.dumps(raw, default=str, sort_keys=True))
 
 

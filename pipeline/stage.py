@@ -28,6 +28,7 @@ from pipeline.manifest import (
     config_dict,
     config_hash,
     file_fingerprint,
+    listed_path,
     read_json,
     write_json_atomic,
 )
@@ -314,7 +315,11 @@ def _load_receipt(path: Path, stage_dir: Path, cfg_hash: str, fingerprint: str) 
     if receipt.get("config_hash") != cfg_hash or receipt.get("inputs_fingerprint") != fingerprint:
         return None
     for out in receipt.get("outputs", []):
-        p = stage_dir / out["path"]
+        try:
+            p = listed_path(stage_dir, out["path"], path)
+        except ValueError as exc:
+            log.warning("%s; redoing the shard", exc)
+            return None
         if not p.exists() or p.stat().st_size != out["bytes"]:
             return None
     return receipt
@@ -328,9 +333,9 @@ def _remove_stale(stage_dir: Path, receipts_dir: Path, names: set[str]) -> None:
         try:
             receipt = read_json(receipt_path)
             for out in receipt.get("outputs", []):
-                (stage_dir / out["path"]).unlink(missing_ok=True)
-        except ValueError:
-            pass
+                listed_path(stage_dir, out["path"], receipt_path).unlink(missing_ok=True)
+        except ValueError as exc:
+            log.warning("stale receipt %s: %s; leaving its outputs alone", receipt_path, exc)
         receipt_path.unlink(missing_ok=True)
         log.info("removed stale shard %s (its input is gone)", receipt_path.stem)
 
@@ -409,4 +414,7 @@ def stage_documents(stage_dir: str | Path, make_target: str = "corpus") -> list[
             f"{stage_dir} has no {MANIFEST_NAME}: its stage has not finished. Run `make {make_target}` first."
         )
     m = read_json(manifest)
-    return [stage_dir / p for p in manifest_outputs(m, "") if not p.startswith("rejected/")]
+    try:
+        return [listed_path(stage_dir, p, manifest) for p in manifest_outputs(m, "") if not p.startswith("rejected/")]
+    except ValueError as exc:
+        raise InputError(f"{exc} (`make {make_target}`)") from exc

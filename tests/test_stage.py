@@ -211,3 +211,28 @@ def test_manifest_hash_ignores_timings_so_a_no_op_rerun_does_not_invalidate_down
     write_documents(tasks[0].inputs[0], [Document(id="changed", text="different content")])
     run_stage("toy", tmp_path / "out", KeepLongConfig(), tasks, keep_long)
     assert manifest_hash(tmp_path / "out") != first
+
+
+def test_a_stale_receipt_listing_a_path_outside_the_stage_deletes_nothing_there(tmp_path):
+    tasks = make_inputs(tmp_path)
+    out = tmp_path / "out"
+    run_stage("toy", out, KeepLongConfig(), tasks, keep_long)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    receipt_path = out / "_receipts" / "s2.json"
+    receipt = json.loads(receipt_path.read_text())
+    receipt["outputs"][0]["path"] = "../victim.txt"
+    receipt_path.write_text(json.dumps(receipt))
+    run_stage("toy", out, KeepLongConfig(), tasks[:2], keep_long)  # s2 is stale now: its outputs are removed
+    assert victim.read_text() == "keep me"
+
+
+def test_a_manifest_listing_a_path_outside_its_folder_is_refused(tmp_path):
+    tasks = make_inputs(tmp_path)
+    out = tmp_path / "out"
+    run_stage("toy", out, KeepLongConfig(), tasks, keep_long)
+    m = json.loads((out / "manifest.json").read_text())
+    m["shards"][0]["outputs"][0]["path"] = "../in/s0.parquet"
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(InputError, match=r"manifest.json lists '../in/s0.parquet'.*not a file inside"):
+        stage_documents(out)

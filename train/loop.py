@@ -158,8 +158,9 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
     if bf16 and device.type != "cuda":
         raise TrainConfigError("--precision", f"bf16 autocast is for CUDA devices; use fp32 on {device.type}")
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls outside autocast use TF32
-        torch.backends.cudnn.allow_tf32 = True
+        # float32 matmuls outside autocast use TF32. (Not the allow_tf32 flags: torch >= 2.9 deprecates them,
+        # and reading them once the newer fp32_precision API was used raises, inside torch.compile too.)
+        torch.set_float32_matmul_precision("high")
     torch.manual_seed(config.seed)  # the same on every rank: FSDP2 does not broadcast the initial weights
 
     # ---- data (the objective opens it; pretraining also checks the tokenizer) -------------------

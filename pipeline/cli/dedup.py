@@ -17,7 +17,7 @@ def register(group: click.Group) -> None:
     @group.command("dedup")
     @click.option("--data", "data_dir", default="data", show_default=True, type=click.Path(file_okay=False),
                   help="Data folder: reads DATA/filtered, writes DATA/dedup (work files) and DATA/corpus.")
-    @click.option("--workers", default=DEFAULT_WORKERS, show_default=True, type=int,
+    @click.option("--workers", default=DEFAULT_WORKERS, show_default=True, type=click.IntRange(min=1),
                   help="Worker processes for the per-shard and per-partition phases.")
     @click.option("--ngram", default=d.ngram, show_default=True, type=int,
                   help="Words per shingle (3: edited copies keep a high Jaccard similarity).")

@@ -45,10 +45,14 @@ def register(group: click.Group) -> None:
               help="Retries per file, with exponential backoff, for 429/5xx, dropped connections, bad gzip.")
 @click.option("--base-url", default=DEFAULT_BASE_URL, show_default=True,
               help="Where crawl-data/ paths are fetched from (a mirror, or a local server for tests).")
+@click.option("--text-field", default="text", show_default=True,
+              help="JSONL key holding the text (as for filter): a JSONL file of a folder or glob SOURCE whose "
+                   "first record lacks it is skipped as not a document file.")
 @click.option("--force", is_flag=True,
               help="Replace a file list made for another SOURCE/NUM_FILES (downloaded files are kept).")
 def download_command(
-    source: str | None, num_files: int | None, data: Path, workers: int, retries: int, base_url: str, force: bool
+    source: str | None, num_files: int | None, data: Path, workers: int, retries: int, base_url: str,
+    text_field: str, force: bool,
 ) -> None:
     """Download the raw input files (resumable, verified), or list local ones, into DATA/raw."""
     try:
@@ -57,6 +61,7 @@ def download_command(
             manifest = run_download(
                 source, num_files, data, config, force=force,
                 on_bytes=progress.add_bytes, on_file=progress.file_done, on_plan=progress.plan,
+                text_field=text_field,
             )
     except PipelineError as err:
         fail(err)

@@ -62,7 +62,7 @@ def tokenizer_cmd(data: Path, vocab_size: int, pattern: str, reserved_tokens: in
 
 @click.command("shards")
 @data_option
-@click.option("--workers", type=int, default=DEFAULT_WORKERS, show_default=True,
+@click.option("--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS, show_default=True,
               help="Processes, one corpus shard each (the tokenizer also uses threads within a batch).")
 @click.option("--val-fraction", type=float, default=_SH.val_fraction, show_default=True,
               help="Share of documents in the validation split (chosen by a hash of the document id).")
@@ -97,15 +97,19 @@ def shards_cmd(data: Path, workers: int, val_fraction: float, max_shard_mb: floa
 @click.option("--histogram", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the PNG histogram of document lengths [default: SHARDS_DIR/doc_lengths.png].")
 @click.option("--no-histogram", is_flag=True, help="Do not write the histogram.")
-@click.option("--top", type=int, default=_ST.top_tokens, show_default=True, help="How many frequent tokens to list.")
-@click.option("--sample-chars", type=int, default=_ST.sample_chars, show_default=True,
+@click.option("--top", type=click.IntRange(min=0), default=_ST.top_tokens, show_default=True,
+              help="How many frequent tokens to list.")
+@click.option("--sample-chars", type=click.IntRange(min=0), default=_ST.sample_chars, show_default=True,
               help="Characters of the sample document to show.")
+@click.option("--verify-shards/--no-verify-shards", default=_ST.verify_checksums, show_default=True,
+              help="Check every shard's sha256 against the manifest first (slow for many GB).")
 def stats_cmd(shards_dir: Path, as_json: bool, tokenizer_path: Path | None, histogram: Path | None,
-              no_histogram: bool, top: int, sample_chars: int) -> None:
+              no_histogram: bool, top: int, sample_chars: int, verify_shards: bool) -> None:
     """Report documents, tokens and lengths per token shard and in total, and plot document lengths."""
     hist = None if no_histogram else (histogram or shards_dir / "doc_lengths.png")
     try:
-        report = shard_stats(shards_dir, tokenizer_path, hist, StatsConfig(top_tokens=top, sample_chars=sample_chars))
+        report = shard_stats(shards_dir, tokenizer_path, hist, StatsConfig(top_tokens=top, sample_chars=sample_chars,
+                                                                       verify_checksums=verify_shards))
     except (PipelineError, TokenShardError) as err:
         fail(err)
     except OSError as err:

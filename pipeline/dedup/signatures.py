@@ -174,8 +174,10 @@ def signature_shard(task: ShardTask, stage_dir: Path, config: SignatureConfig) -
                 for doc_id in ids:
                     if doc_id in seen:
                         raise InputError(
-                            f"{source}: document id {doc_id!r} appears twice; the dedup stage identifies "
-                            "documents by id, so ids must be unique. Rerun the upstream stage."
+                            f"{source}: document id {doc_id!r} appears twice (raw input: "
+                            f"{_raw_source(source, doc_id)}); the dedup stage tells documents apart by id. The id "
+                            "field of that file repeats a value: give its documents unique ids, or remove the "
+                            "id field (each document is then named <file>:<line>), then run `make corpus` again."
                         )
                     seen.add(doc_id)
                 table = signature_table(ids, batch.column("text"), config)
@@ -190,3 +192,12 @@ def signature_shard(task: ShardTask, stage_dir: Path, config: SignatureConfig) -
     stats.kept = stats.docs_in
     stats.outputs = [output_record(out_path, stats.docs_in, stage_dir)]
     return stats
+
+
+def _raw_source(shard: str | Path, doc_id: str) -> str:
+    """The raw file name recorded for `doc_id` in a document shard (for error messages)."""
+    try:
+        rows = pq.read_table(shard, columns=["id", "source"]).to_pylist()
+    except (OSError, KeyError, pa.ArrowInvalid):
+        return "unknown"
+    return ", ".join(sorted({str(r["source"]) for r in rows if r["id"] == doc_id})) or "unknown"
