@@ -74,3 +74,10 @@ def test_wrong_checkpoint_kinds_are_one_line_errors(data, tmp_path):
     out = run("reward-eval", "--data", str(data), "--checkpoint", str(data / "runs" / "x-sft"), "--pairs", pairs)
     assert out.exit_code == 1 and "is a sft checkpoint, not a reward model" in out.output
     shutil.rmtree(data / "runs" / "y-dpo", ignore_errors=True)
+
+
+@pytest.mark.parametrize("command", ["reward-train", "dpo", "ppo", "reward-eval", "align-compare"])
+def test_a_run_name_that_is_not_one_folder_is_refused(data, command):
+    out = run(command, "--data", str(data), "--run", "../escape", "--pairs" if command != "ppo" and
+              command != "align-compare" else "--prompts", str(data / "pairs.json"))
+    assert out.exit_code == 2 and "is not a plain folder name" in out.output

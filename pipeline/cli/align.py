@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.training import _fail, _is_main_process, data_option, device_option, tokenizer_option
+from pipeline.cli.training import _fail, _is_main_process, _run_name, data_option, device_option, tokenizer_option
 
 PREFERENCE_FILE = "instruction-data-with-preference.json"
 
@@ -35,7 +35,7 @@ def training_options(default_lr: float, default_steps: int | None):
         steps = [] if default_steps is None else [
             click.option("--steps", type=int, default=default_steps, show_default=True, help="Optimizer steps.")]
         options = [
-            click.option("--run", default="default", show_default=True,
+            click.option("--run", default="default", show_default=True, callback=_run_name,
                          help="Run name: reads DATA/runs/RUN-sft, writes DATA/runs/RUN-<command>."),
             *steps,
             click.option("--lr", type=float, default=default_lr, show_default=True, help="Peak learning rate."),
@@ -183,7 +183,8 @@ def _reward_checkpoint(data: Path, run: str, checkpoint: Path | None) -> Path:
 
 @click.command("reward-eval")
 @data_option
-@click.option("--run", default="default", show_default=True, help="Run name [checkpoint default: DATA/runs/RUN-reward].")
+@click.option("--run", default="default", show_default=True, callback=_run_name,
+              help="Run name [checkpoint default: DATA/runs/RUN-reward].")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Reward model checkpoint or run folder.")
 @_pairs_option
 @click.option("--split", type=click.Choice(["all", "train", "val"]), default="all", show_default=True,
@@ -212,7 +213,8 @@ def reward_eval_cmd(data, run, checkpoint, pairs, split, val_fraction, batch, to
 
 @click.command("reward-score")
 @data_option
-@click.option("--run", default="default", show_default=True, help="Run name [checkpoint default: DATA/runs/RUN-reward].")
+@click.option("--run", default="default", show_default=True, callback=_run_name,
+              help="Run name [checkpoint default: DATA/runs/RUN-reward].")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Reward model checkpoint or run folder.")
 @click.option("--input", "input_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="JSONL of {instruction or prompt, response}; prints each line with its reward.")
@@ -302,7 +304,8 @@ def ppo_cmd(policy, reward_model, prompts, iterations, rollout_prompts, minibatc
 
 @click.command("align-compare")
 @data_option
-@click.option("--run", default="default", show_default=True, help="Run name (for the defaults below).")
+@click.option("--run", default="default", show_default=True, callback=_run_name,
+              help="Run name (for the defaults below).")
 @click.option("--policy", "policies", type=click.Path(path_type=Path), multiple=True,
               help="Policies to judge (repeatable) [default: DATA/runs/RUN-ppo and RUN-dpo, those that exist].")
 @click.option("--baseline", type=click.Path(path_type=Path), default=None,
