@@ -51,6 +51,14 @@ def test_reward_then_ppo_then_dpo_then_judge(data):
 
     out = run("reward-score", "--data", str(data), "--run", "x", "--prompt", "What is 1 plus 1?", "--response", "2")
     assert out.exit_code == 0 and '"reward":' in out.output
+    answers = data / "answers.jsonl"
+    answers.write_text('{"instruction": "Add:", "input": "1 + 1", "response": "2"}\n{"prompt": "Hi", "response": "Hello"}\n')
+    out = run("reward-score", "--data", str(data), "--run", "x", "--input", str(answers))
+    lines = [json.loads(line) for line in out.output.splitlines() if line.startswith("{")]
+    assert out.exit_code == 0 and len(lines) == 2 and all(isinstance(r["reward"], float) for r in lines)
+    answers.write_text('{"instruction": "Add:"}\n')
+    out = run("reward-score", "--data", str(data), "--run", "x", "--input", str(answers))
+    assert out.exit_code == 1 and "answers.jsonl:1: needs `instruction` (or `prompt`) and `response`" in out.output
 
     out = run("align-compare", "--data", str(data), "--run", "x", "--prompts", str(data / "pairs.json"),
               "--val-fraction", "0.25", "--num-prompts", "2", "--max-new-tokens", "4", "--show", "1")

@@ -139,3 +139,25 @@ def test_ppo_options_are_checked():
         PPOConfig(rollout_prompts=6, epochs=1, minibatch=4)
     with pytest.raises(TrainConfigError, match="--value-init"):
         PPOConfig(value_init="random")
+
+
+def test_the_value_model_starts_as_the_reward_model_or_as_the_policy_with_a_zero_head(text_files):
+    from train.distributed import DistContext
+    from train.objective import LoopInfo
+
+    info = LoopInfo(ctx=DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu")),
+                    device=torch.device("cpu"), bf16=False, seed=0, micro_batch_size=4, seq_len=None,
+                    prefetch_batches=0, eval_max_tokens=None, verify_checksums=False)
+    rm, policy = load_checkpoint(text_files["reward"]), load_checkpoint(text_files["policy"])
+    for value_init in ("reward", "policy"):
+        objective = text_objective(text_files, value_init=value_init)
+        objective.setup(info)
+        model = objective.build_model(objective.model_config(None))
+        objective.init_weights(model)
+        if value_init == "reward":
+            assert torch.equal(model.value.score.weight, rm["reward_head"]["weight"])
+            assert torch.equal(model.value.gpt.tok_emb.weight, rm["model"]["tok_emb.weight"])
+        else:
+            assert not model.value.score.weight.any()
+            assert torch.equal(model.value.gpt.tok_emb.weight, policy["model"]["tok_emb.weight"])
+        assert torch.equal(model.policy.tok_emb.weight, policy["model"]["tok_emb.weight"])
