@@ -27,13 +27,13 @@ force_flag := $(if $(FORCE),--force,)
 user_set     = $(filter command line environment,$(origin $(1)))
 source_flags := $(if $(call user_set,SOURCE),--source '$(SOURCE)') $(if $(call user_set,NUM_FILES),--num-files $(NUM_FILES))
 
-.PHONY: help test test-fast corpus download quality-model filter dedup tokenizer shards stats pretrain sft bench clean
+.PHONY: help test test-fast corpus download quality-model filter dedup tokenizer shards stats pretrain sft reward ppo align dpo bench clean
 
 help:
-	@echo "targets: test corpus (download quality-model filter dedup) tokenizer shards stats pretrain sft bench clean"
+	@echo "targets: test corpus (download quality-model filter dedup) tokenizer shards stats pretrain sft align (reward ppo) dpo bench clean"
 	@echo "vars: SOURCE=$(SOURCE) NUM_FILES=$(NUM_FILES) DATA=$(DATA) LANGS=$(LANGS) REFERENCE=$(REFERENCE)"
 	@echo "      WORKERS=$(WORKERS) VOCAB_SIZE=$(VOCAB_SIZE) PRESET=$(PRESET) STEPS=$(STEPS) RUN=$(RUN) FORCE=$(FORCE)"
-	@echo "      INSTRUCT=$(INSTRUCT)"
+	@echo "      INSTRUCT=$(INSTRUCT) PAIRS=$(PAIRS) ALIGN_ARGS=$(ALIGN_ARGS)"
 
 # The virtual environment. torch is installed first, pinned to the CPU build, so that nothing pulls a
 # CUDA build; if .venv already has a torch (e.g. a GPU user's own build), it is kept.
@@ -83,6 +83,24 @@ pretrain: shards
 # Instruction fine-tuning of the newest checkpoint of DATA/runs/RUN (run `make pretrain` first).
 sft: $(VENV)
 	$(CLI) sft --data $(DATA) --run $(RUN) --instructions '$(INSTRUCT)' --resume
+# Alignment (docs/alignment.md) on the fine-tuned model in $(DATA)/runs/$(RUN)-sft (made by `make sft` when
+# missing): a reward model then PPO (`make align`), or DPO (`make dpo`). Each resumes where it stopped.
+PAIRS      ?= ../shared/data/instruct/instruction-data-with-preference.json
+ALIGN_ARGS ?=
+sft_done    = test -n "$$(ls $(DATA)/runs/$(RUN)-sft/checkpoints 2>/dev/null)"
+
+reward: $(VENV)
+	@$(sft_done) || $(MAKE) sft
+	$(CLI) reward-train --data $(DATA) --run $(RUN) --pairs '$(PAIRS)' --resume $(ALIGN_ARGS)
+
+ppo: reward
+	$(CLI) ppo --data $(DATA) --run $(RUN) --prompts '$(PAIRS)' --resume $(ALIGN_ARGS)
+
+align: ppo
+
+dpo: $(VENV)
+	@$(sft_done) || $(MAKE) sft
+	$(CLI) dpo --data $(DATA) --run $(RUN) --pairs '$(PAIRS)' --resume $(ALIGN_ARGS)
 
 # Peers for the benchmarks (datatrove) live in their own environment, never in .venv.
 BENCH_VENV := .venv-bench

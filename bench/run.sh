@@ -11,3 +11,7 @@ for b in bench_readers bench_filters bench_dedup bench_tokenize bench_train benc
     "$PY" "bench/$b.py" "$@"
   fi
 done
+if [ -f bench/bench_align.py ]; then
+  echo "=== bench_align (PPO time split, KV cache vs none)"
+  "$PY" bench/bench_align.py ppo --preset small --out bench/results/align_ppo.json
+fi

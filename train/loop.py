@@ -246,7 +246,7 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
     # ---- restore ------------------------------------------------------------------------------
     start_step = 0
     if payload is not None:
-        load_model_state(model, payload["model"])
+        load_model_state(model, objective.resume_model_state(payload))
         load_optimizer_state(model, optimizer, payload["optimizer"])
         loader.load_state_dict(payload["loader"])
         restore_rng_state(payload["rng"])
@@ -288,7 +288,8 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
         path = checkpoint_path(run_dir, step)
         if ctx.is_main:
             save_checkpoint(path, {
-                "step": step, "model": model_state, "optimizer": optim_state, "loader": loader.state_dict(),
+                "step": step, **objective.checkpoint_model_state(model_state), "optimizer": optim_state,
+                "loader": loader.state_dict(),
                 "rng": capture_rng_state(), "model_config": model_config.to_dict(),
                 "train_config": config.to_dict(), "data": data_info, "kind": objective.kind,
                 **objective.checkpoint_extra(),
@@ -300,6 +301,9 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
         barrier(ctx)
         result.checkpoint = path
         return path
+
+    if start_step == 0 and objective.evaluate_at_start:  # the "before" figures of a fine-tuning run
+        run_eval(0)
 
     # ---- the loop -----------------------------------------------------------------------------
     stop = StopSignal()
