@@ -39,6 +39,7 @@ from pipeline.manifest import (
     without_timings,
     write_json_atomic,
 )
+from pipeline.storage import stage_path
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class Executor(Protocol):
     name: str
 
     def run(self, fn: Callable, tasks: Sequence[ShardTask], stage_dir: Path, config: Any,
-            on_done: OnDone, on_tick: OnTick) -> None: ...
+            on_done: OnDone, on_tick: OnTick, stage: str = "") -> None: ...
 
 
 @dataclass
@@ -175,7 +176,7 @@ class LocalExecutor:
     name: str = "local"
 
     def run(self, fn: Callable, tasks: Sequence[ShardTask], stage_dir: Path, config: Any,
-            on_done: OnDone, on_tick: OnTick) -> None:
+            on_done: OnDone, on_tick: OnTick, stage: str = "") -> None:
         ctx = mp.get_context("spawn")
         counter = ctx.Value("q", 0)
         if self.workers <= 1 or len(tasks) <= 1:
@@ -311,7 +312,7 @@ def run_stage(
     A rerun that finds every shard done and the manifest unchanged (timings aside) leaves the manifest
     file as it is and returns it.
     """
-    stage_dir = Path(stage_dir)
+    stage_dir = stage_path(stage_dir)
     executor = executor or LocalExecutor(workers=workers)
     cfg = config_dict(config)
     cfg_hash = config_hash({"stage": stage, "format": FORMAT_VERSION, **cfg})
@@ -371,7 +372,8 @@ def run_stage(
             on_progress(Progress(docs_seen[0], len(results), len(tasks), skipped, time.monotonic() - start))
 
     if todo:
-        executor.run(fn, todo, stage_dir, config, done, tick)
+        executor.run(fn, todo, stage_dir, config, done, tick, stage=stage)
+        _remove_temporaries(stage_dir)  # what attempts lost with their worker left behind (then retried)
     tick(docs_seen[0])
 
     manifest = _build_manifest(stage, cfg, cfg_hash, upstream, [results[n] for n in sorted(results)])
