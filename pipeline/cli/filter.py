@@ -165,7 +165,7 @@ def _quality_model(option: str | None, data: Path, recorded: dict) -> Path | Non
     if "quality_model" in recorded:
         return Path(recorded["quality_model"]) if recorded["quality_model"] else None
     made = quality_dir(data) / MODEL_NAME
-    return made if (quality_dir(data) / MANIFEST_NAME).exists() and made.exists() else None
+    return made.resolve() if (quality_dir(data) / MANIFEST_NAME).exists() and made.exists() else None
 
 
 def _parse_overrides(items: tuple[str, ...]) -> dict[str, str]:
