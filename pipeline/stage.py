@@ -267,6 +267,8 @@ def _check_config(stage_dir: Path, stage: str, cfg: dict, cfg_hash: str, force: 
             previous = read_json(receipts[0])
     if previous is None or previous.get("config_hash") == cfg_hash:
         return
+    if "config_hash" not in previous and previous.get("config") == cfg:
+        return  # a manifest from before this runner (the download stage's) with the same config
     if force:
         if keep_outputs:
             log.warning("%s: config changed, --force given: forgetting the old shards (files kept as a cache)", stage)
