@@ -16,9 +16,11 @@ Measured:
    worker processes (or the CLI process itself for phases that run in-process); at 1x the dev crawl and
    (dedup only, on the 8x corpus of bench/bench_dedup.py) at 8x;
 3. the per-document costs the projection in docs/cluster.md is made from (CPU-seconds per document of
-   each stage, from the local run's wall time x workers).
+   each stage, from the local run's wall time x workers);
+4. the runner's own cost per task, free of stage work: `run_stage` over 60 tasks that do nothing,
+   in-process, on a pool of W processes, and on the Ray cluster (receipts and manifest included).
 
-Usage: .venv/bin/python bench/bench_ray.py [--workers 2] [--skip-8x]
+Usage: .venv/bin/python bench/bench_ray.py [--workers 2] [--skip-8x] [--overhead-only]
 Prints tables and writes bench/results/ray.json.
 """
 
@@ -161,12 +163,46 @@ def start_cluster(cpus: int):
     from ray.cluster_utils import Cluster
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster: no token to set up
     os.environ["PYTHONPATH"] = str(REPO)
     t0 = time.perf_counter()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus, "include_dashboard": False,
                                                             "object_store_memory": 200 << 20})
     cluster.wait_for_nodes()
     return cluster, time.perf_counter() - t0
+
+
+def noop_shard(task, stage_dir, config):
+    """A stage function that does nothing: what is left is the runner's and the executor's cost."""
+    from pipeline.stage import ShardStats
+
+    return ShardStats()
+
+
+def task_overhead(address: str, workers: int, n_tasks: int = 60) -> dict:
+    """Seconds per task of `run_stage` over `n_tasks` no-op tasks on each executor (best of three)."""
+    import ray
+
+    from pipeline.ray_executor import RayExecutor
+    from pipeline.stage import LocalExecutor, ShardTask, run_stage
+
+    ray.init(address=address, log_to_driver=False)
+    try:
+        tasks = [ShardTask(f"t{i:03d}", (f"task-{i}",)) for i in range(n_tasks)]
+        out = {}
+        for name, make in (("in-process", lambda: LocalExecutor(1)), (f"{workers} processes", lambda: LocalExecutor(workers)),
+                           ("ray", RayExecutor)):
+            best = float("inf")
+            for attempt in range(3):
+                folder = WORK / "overhead" / f"{name}-{attempt}"
+                shutil.rmtree(folder, ignore_errors=True)
+                t0 = time.perf_counter()
+                run_stage("noop", folder, {"n": n_tasks}, tasks, noop_shard, executor=make())
+                best = min(best, time.perf_counter() - t0)
+            out[name] = best / n_tasks
+        return out
+    finally:
+        ray.shutdown()
 
 
 def connect_cost(address: str) -> float:
@@ -184,11 +220,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-8x", action="store_true", help="skip the dedup memory measurement at 8x")
+    ap.add_argument("--overhead-only", action="store_true", help="only the runner's cost per no-op task")
     args, _ = ap.parse_known_args()  # bench/run.sh passes every benchmark the same arguments
     if not CRAWL.is_dir() or not REFERENCE.exists():
         raise SystemExit(f"needs {CRAWL} and {REFERENCE}")
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
+    if args.overhead_only:
+        cluster, startup_s = start_cluster(args.workers)
+        try:
+            overhead = task_overhead(cluster.address, args.workers)
+        finally:
+            cluster.shutdown()
+        print(f"Ray cluster start-up {startup_s:.1f}s")
+        print(format_table([[k, f"{1e3 * v:.1f} ms"] for k, v in overhead.items()], ["executor", "per no-op task"]))
+        return
 
     print(f"make corpus, local executor, {args.workers} workers", flush=True)
     local = run_pipeline(WORK / "local", args.workers, ["--executor", "local"], [])
@@ -198,6 +244,7 @@ def main() -> None:
     try:
         raylet_pids = [p.pid for p in psutil.Process().children()]
         connect_s = connect_cost(cluster.address)
+        overhead = task_overhead(cluster.address, args.workers)
         print(f"make corpus, Ray executor (cluster up in {startup_s:.1f}s, joining it {connect_s:.1f}s)", flush=True)
         ray_runs = run_pipeline(WORK / "ray", args.workers, ["--executor", "ray", "--ray-address", cluster.address],
                                 raylet_pids)
@@ -223,6 +270,7 @@ def main() -> None:
     docs = load_manifest(WORK / "local" / "filtered")["totals"]["docs_in"]
     filtered_kept = load_manifest(WORK / "local" / "filtered")["totals"]["kept"]
     result = {"workers": args.workers, "cluster_startup_s": startup_s, "ray_connect_s": connect_s,
+              "noop_task_s": overhead,
               "local": local, "ray": ray_runs, "x8": scale8, "docs": docs, "filtered_kept": filtered_kept}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "ray.json").write_text(json.dumps(result, indent=2))
@@ -257,6 +305,9 @@ def report(r: dict) -> None:
             rows.append([f"dedup / {phase} (8x, {r['x8']['docs']:,} docs)",
                          mib(r["x8"]["local"]["peak_worker_rss"].get(phase, 0)),
                          mib(r["x8"]["ray"]["peak_worker_rss"].get(phase, 0))])
+    print("\nthe runner's own cost per task (run_stage over 60 no-op tasks, receipts and manifest included)")
+    print(format_table([[k, f"{1e3 * v:.1f} ms"] for k, v in r["noop_task_s"].items()], ["executor", "per task"]))
+
     print("\npeak RSS of the largest worker process (local: pool worker or the CLI process; ray: a task's worker)")
     print(format_table(rows, ["command / phase", "local", "ray task"]))
 

@@ -13,8 +13,8 @@ What it does, and why:
 - Only the driver writes receipts and the manifest (`run_stage` does that as results arrive), so
   resume, config refusal, accounting and kill-anywhere behave exactly as with the local executor.
 - Workers read and write `DATA` on a filesystem that every node mounts at the same path. Before the
-  first task of a stage, one tiny task per node reads a token the driver has just written into the
-  stage folder; a node that cannot see it stops the run with an error naming the node.
+  first task (and again when nodes have joined), one tiny task per node reads a token the driver has
+  just written into the stage folder; a node that cannot see it stops the run with an error naming it.
 - Relative paths in tasks and configs are resolved against the driver's working directory, which a
   worker enters before each task (it must exist on that node: part of the shared mount).
 """
@@ -114,9 +114,13 @@ class RayExecutor:
         return int(want)
 
     def check_storage(self, stage_dir: Path) -> None:
-        """Every alive node must read the token the driver writes into `stage_dir` (shared storage)."""
+        """Every alive node must read the token the driver writes into `stage_dir` (shared storage).
+
+        Checked for the first stage folder this executor runs (one command's folders share DATA), and
+        again only if nodes have joined since."""
         key = absolute(stage_dir)
-        if key in self._checked:
+        nodes = frozenset(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+        if self._checked and nodes <= set().union(*self._checked):
             return
         token = secrets.token_hex(8)
         marker = Path(key) / STORAGE_CHECK_FILE
@@ -138,7 +142,7 @@ class RayExecutor:
                 "driver's DATA at the same path. Put DATA on a filesystem every node mounts (NFS, Lustre, a "
                 "cloud filesystem mount) and give that path; see docs/cluster.md."
             )
-        self._checked.add(key)
+        self._checked.add(nodes)
 
     def run(self, fn: Callable, tasks: Sequence[ShardTask], stage_dir: Path, config: Any,
             on_done: OnDone, on_tick: OnTick, stage: str = "") -> None:

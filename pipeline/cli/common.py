@@ -51,16 +51,17 @@ def remembered(ctx: click.Context, recorded: dict, **options: str) -> dict:
     for param, key in options.items():
         value = ctx.params[param]
         if not given(ctx, param) and key in recorded:
-            value = _tuples(recorded[key])
+            value = as_tuples(recorded[key])
         out[param] = value
     return out
 
 
-def _tuples(value):
+def as_tuples(value):
+    """`value` read back from JSON with its lists turned back into tuples (frozen configs hold tuples)."""
     if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
+        return tuple(as_tuples(v) for v in value)
     if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
+        return {k: as_tuples(v) for k, v in value.items()}
     return value
 
 

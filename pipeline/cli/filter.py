@@ -10,6 +10,7 @@ import dataclasses
 
 from pipeline.cli.common import (
     DEFAULT_WORKERS,
+    as_tuples,
     build_executor,
     executor_options,
     fail,
@@ -97,8 +98,9 @@ def filter_command(
         opts = remembered(ctx, recorded, lang_threshold="min_lang_score", quality_threshold="quality_threshold",
                           quality_label="quality_label", quality_normalization="quality_normalization",
                           quality_pareto_alpha="quality_pareto_alpha", text_field="text_field")
-        langs_t = _csv(langs) if given_or_none(ctx, "langs", recorded, "langs") else tuple(recorded["langs"])
-        rules_t = _csv(rules) if given_or_none(ctx, "rules", recorded, "rules") else tuple(recorded["rules"])
+        listed = remembered(ctx, {k: ",".join(recorded[k]) for k in ("langs", "rules") if k in recorded},
+                            langs="langs", rules="rules")
+        langs_t, rules_t = _csv(listed["langs"]), _csv(listed["rules"])
         if lid_model:
             lid_path = resolve_model(lid_model, data / "models", LID_OPTION)
         elif recorded.get("lid_model") and Path(recorded["lid_model"]).is_file():
@@ -120,7 +122,7 @@ def filter_command(
         )
         # the rule thresholds as recorded, then any --set on top
         config = dataclasses.replace(config, **{
-            family: type(getattr(config, family))(**remembered_family(recorded[family]))
+            family: type(getattr(config, family))(**as_tuples(recorded[family]))
             for family in RULES if isinstance(recorded.get(family), dict)
         })
         config = with_rule_overrides(config, _parse_overrides(overrides))
@@ -142,19 +144,6 @@ def filter_command(
         fail(err)
         return
     click.echo(f"kept documents: {filter_dir(data)}/*.parquet; rejected (with reasons): {filter_dir(data)}/rejected/")
-
-
-def given_or_none(ctx: click.Context, param: str, recorded: dict, key: str) -> bool:
-    """True when `param` should come from the command line (given there, or nothing recorded)."""
-    source = ctx.get_parameter_source(param)
-    return (source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")) or key not in recorded
-
-
-def remembered_family(values: dict) -> dict:
-    """A recorded rule family's fields, lists back to tuples (pairs such as (n, limit) included)."""
-    def tup(v):
-        return tuple(tup(x) for x in v) if isinstance(v, list) else v
-    return {k: tup(v) for k, v in values.items()}
 
 
 def _quality_model(option: str | None, data: Path, recorded: dict) -> Path | None:
