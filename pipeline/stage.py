@@ -118,9 +118,16 @@ _counter: Any = None
 _pending = 0
 
 
-def _init_worker(counter: Any) -> None:
-    global _counter
+_on_flush: Callable[[int], None] | None = None
+_last_flush = 0.0
+
+
+def _init_worker(counter: Any, on_flush: Callable[[int], None] | None = None) -> None:
+    """Set the shared counter (and, for tasks run in the driver itself, a callback that shows progress
+    while a long task runs, at most twice a second)."""
+    global _counter, _on_flush
     _counter = counter
+    _on_flush = on_flush
 
 
 def report_progress(docs: int = 1) -> None:
@@ -132,10 +139,13 @@ def report_progress(docs: int = 1) -> None:
 
 
 def flush_progress() -> None:
-    global _pending
+    global _pending, _last_flush
     if _counter is not None and _pending:
         with _counter.get_lock():
             _counter.value += _pending
+        if _on_flush is not None and time.monotonic() - _last_flush > 0.5:
+            _last_flush = time.monotonic()
+            _on_flush(_counter.value)
     _pending = 0
 
 
@@ -180,7 +190,7 @@ class LocalExecutor:
         ctx = mp.get_context("spawn")
         counter = ctx.Value("q", 0)
         if self.workers <= 1 or len(tasks) <= 1:
-            _init_worker(counter)
+            _init_worker(counter, on_tick)
             try:
                 for task in tasks:
                     on_done(task, run_task(fn, task, str(stage_dir), config))
