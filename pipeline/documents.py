@@ -8,7 +8,7 @@ annotations such as `lang` or `lang_score` without a schema change). Rejected-do
 
 This module is the one place that reads document shards: `iter_document_batches` (Arrow batches of
 chosen columns, for stages that work column-wise: dedup, the tokenizer, the shards stage),
-`read_documents` (`Document` objects), `count_documents` and `text_bytes` (from the footer).
+`read_documents` (`Document` objects), `read_document_rows` (chosen documents by id), `count_documents` and `text_bytes` (from the footer).
 """
 
 from __future__ import annotations
@@ -124,6 +124,15 @@ def iter_document_batches(
     except (OSError, pa.ArrowInvalid) as exc:
         raise InputError(f"{path}: not a readable document shard ({exc}); rerun the stage that wrote it") from exc
     yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
+
+
+def read_document_rows(path: str | Path, ids: list[str], columns: list[str]) -> list[dict]:
+    """The rows (as dicts of `columns`) of the documents with these `ids` in a shard (Parquet's
+    predicate push-down skips row groups that hold none of them)."""
+    try:
+        return pq.read_table(path, columns=columns, filters=[("id", "in", ids)]).to_pylist()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise InputError(f"{path}: not a readable document shard ({exc}); rerun the stage that wrote it") from exc
 
 
 def read_documents(path: str | Path, columns: list[str] | None = None) -> Iterator[Document]:

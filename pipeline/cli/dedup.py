@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import click
-
-from pathlib import Path
 
 from pipeline.cli.common import (
     DEFAULT_WORKERS,
@@ -17,7 +16,10 @@ from pipeline.cli.common import (
     remembered,
     run_with_progress,
 )
+from pipeline.dedup.clusters import histogram_rows
 from pipeline.dedup.config import DedupConfig
+from pipeline.dedup.show import cluster_overview, find_cluster, format_cluster
+from pipeline.dedup.stage import run_dedup
 from pipeline.errors import PipelineError
 from pipeline.stage import format_table
 
@@ -54,8 +56,6 @@ def register(group: click.Group) -> None:
         copies go to DATA/corpus/rejected with their cluster and representative. Rerunning resumes.
         Options not given are taken as the last run in DATA recorded them (then the defaults shown).
         """
-        from pipeline.dedup.stage import run_dedup  # imported here: datasketch takes ~0.3 s to import
-
         try:
             recorded = recorded_config(Path(data_dir) / "corpus")
             names = ("ngram", "num_perm", "bands", "rows", "threshold", "seed", "partitions", "bucket_window")
@@ -82,8 +82,6 @@ def register(group: click.Group) -> None:
 
         Without IDENT, list the cluster-size histogram and the largest clusters.
         """
-        from pipeline.dedup.show import cluster_overview, find_cluster, format_cluster
-
         try:
             if ident is None:
                 click.echo(cluster_overview(data_dir))
@@ -99,8 +97,6 @@ def _print_dedup_summary(manifest: dict) -> None:
     if not d:
         return
     click.echo("")
-    from pipeline.dedup.clusters import histogram_rows
-
     click.echo(format_table(histogram_rows(d["cluster_size_histogram"]), ["cluster size", "clusters"]))
     pairs = d.get("pairs", {})
     click.echo("")
