@@ -9,8 +9,10 @@ start-up is timed apart; each Ray command also pays for joining the cluster, whi
 time and also measured alone (a bare `ray.init(address)` + `ray.shutdown()` in a fresh process).
 
 Measured:
-1. wall time per command and in total, local vs Ray, and Ray's overhead per task:
-   (Ray total - local total) / tasks run;
+1. wall time and CPU time per command and in total, local vs Ray, and Ray's overhead per task:
+   (Ray CPU - local CPU) / tasks run. CPU time counts every process of the local command's tree, and
+   on Ray the driver plus every Ray process (raylet and GCS included); on a shared machine it is the
+   steadier figure, since wall time depends on what the neighbours run;
 2. memory per task: the peak RSS of the largest single worker process while each command (and each
    dedup phase) runs: Ray worker processes (`ray::...`, idle ones left out) against the local pool's
    worker processes (or the CLI process itself for phases that run in-process); at 1x the dev crawl and
