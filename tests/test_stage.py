@@ -211,3 +211,24 @@ def test_manifest_hash_ignores_timings_so_a_no_op_rerun_does_not_invalidate_down
     write_documents(tasks[0].inputs[0], [Document(id="changed", text="different content")])
     run_stage("toy", tmp_path / "out", KeepLongConfig(), tasks, keep_long)
     assert manifest_hash(tmp_path / "out") != first
+
+
+def test_an_object_store_uri_is_refused_with_what_to_do(tmp_path):
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="object stores are not supported yet.*Mount the bucket"):
+        run_stage("toy", "s3://bucket/data/out", KeepLongConfig(), make_inputs(tmp_path), keep_long)
+
+
+def test_asking_for_ray_without_ray_installed_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from pipeline.errors import ConfigError
+    from pipeline.stage import make_executor
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails, as without the extra
+    monkeypatch.delitem(sys.modules, "pipeline.ray_executor", raising=False)
+    with pytest.raises(ConfigError, match=r"pip install 'crawlgpt\[ray\]'"):
+        make_executor("ray")
+    with pytest.raises(ConfigError, match="choose one of local, ray"):
+        make_executor("spark")
