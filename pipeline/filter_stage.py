@@ -42,8 +42,11 @@ from pipeline.filters.gopher import (
 from pipeline.filters.language import LID_OPTION, LanguageFilter
 from pipeline.filters.models import check_fasttext_file
 from pipeline.filters.text_stats import TextStats
-from pipeline.manifest import BY_CONTENT, output_record, sha256_file
-from pipeline.stage import Progress, ShardStats, ShardTask, report_progress, run_stage
+from pipeline.download import load_raw_files, raw_dir
+from pipeline.manifest import BY_CONTENT, manifest_hash, output_record, sha256_file
+from pipeline.quality_train import model_manifest
+from pipeline.readers import ReaderConfig, Unreadable, read_file
+from pipeline.stage import Executor, Progress, ShardStats, ShardTask, report_progress, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +169,6 @@ def quality_settings(config: FilterConfig) -> QualitySettings | None:
     """Resolve the classifier's threshold, label and normalisation for `config.quality_model`."""
     if config.quality_model is None:
         return None
-    from pipeline.quality_train import model_manifest
-
     manifest = model_manifest(config.quality_model) or {}
     return QualitySettings(
         threshold=config.quality_threshold if config.quality_threshold is not None else manifest.get("threshold", 0.5),
@@ -281,8 +282,6 @@ def shard_names(paths: list[Path]) -> list[str]:
 
 def filter_shard(task: ShardTask, stage_dir: Path, config: FilterConfig) -> ShardStats:
     """Filter one raw file into `<shard>.parquet` and `rejected/<shard>.parquet`; return the counts."""
-    from pipeline.readers import ReaderConfig, Unreadable, read_file
-
     chain = _chain_for(config)
     stats = ShardStats()
     kept_path = stage_dir / f"{task.name}.parquet"
@@ -346,11 +345,9 @@ def run_filter(
     workers: int = 1,
     force: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
+    executor: Executor | None = None,
 ) -> dict:
     """Filter every raw input file listed in DATA/raw/manifest.json into DATA/filtered/; return the manifest."""
-    from pipeline.download import load_raw_files, raw_dir
-    from pipeline.manifest import manifest_hash
-
     raw_files = load_raw_files(data_dir)
     if not raw_files:
         raise InputError(f"{raw_dir(data_dir)}/manifest.json lists no input files; run `make download` first")
@@ -380,4 +377,5 @@ def run_filter(
         upstream=upstream,
         on_progress=on_progress,
         finalize=finalize,
+        executor=executor,
     )

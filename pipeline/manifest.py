@@ -134,24 +134,29 @@ def output_record(path: str | Path, rows: int, base: str | Path) -> dict:
     }
 
 
-def _without_timings(obj: Any) -> Any:
+def _is_timing(key: str) -> bool:
+    return "elapsed" in key or key.endswith("_per_s")
+
+
+def without_timings(obj: Any) -> Any:
+    """`obj` without timings (keys containing "elapsed" or ending in "_per_s"), which differ run to run."""
     if isinstance(obj, dict):
-        return {k: _without_timings(v) for k, v in obj.items() if "elapsed" not in k}
+        return {k: without_timings(v) for k, v in obj.items() if not _is_timing(k)}
     if isinstance(obj, list):
-        return [_without_timings(v) for v in obj]
+        return [without_timings(v) for v in obj]
     return obj
 
 
 def manifest_hash(stage_dir: str | Path) -> str | None:
     """A content fingerprint of a finished stage's manifest, or None if the stage has not finished.
 
-    Timings (any key containing "elapsed") are left out: a rerun that skips every shard rewrites the
+    Timings (see `without_timings`) are left out: a rerun that skips every shard rewrites the
     manifest with new timings, and that must not make downstream stages redo their work.
     """
     p = Path(stage_dir) / MANIFEST_NAME
     if not p.exists():
         return None
-    blob = json.dumps(_without_timings(read_json(p)), sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(without_timings(read_json(p)), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -23,7 +23,8 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.manifest import listed_path, sha256_file
+from pipeline.manifest import atomic_path, listed_path, sha256_file
+from pipeline.stage import format_table
 from pipeline.token_shards import MANIFEST_NAME, ShardFile, open_shard
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,6 @@ def compute_stats(shards_dir: str | Path, tokenizer: str | Path | None = None,
 
 def format_report(report: dict) -> str:
     """The human-readable report: a table per shard and in total, top tokens, a sample document."""
-    from pipeline.stage import format_table
 
     def row(name: str, s: dict) -> list:
         t = s["tokens_per_document"]
@@ -267,7 +267,6 @@ def plot_length_histogram(lengths_by_split: dict[str, np.ndarray], path: str | P
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    from pipeline.manifest import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import zstandard
 
-from pipeline.download import DownloadConfig, fetch_bytes
+from pipeline.http import DownloadConfig, fetch_bytes
 from pipeline.errors import ConfigError, InputError
 from pipeline.readers import SUPPORTED_SUFFIXES, ReaderConfig, file_kind, is_wat
 

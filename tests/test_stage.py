@@ -236,3 +236,22 @@ def test_a_manifest_listing_a_path_outside_its_folder_is_refused(tmp_path):
     (out / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(InputError, match=r"manifest.json lists '../in/s0.parquet'.*not a file inside"):
         stage_documents(out)
+def test_an_object_store_uri_is_refused_with_what_to_do(tmp_path):
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="object stores are not supported yet.*Mount the bucket"):
+        run_stage("toy", "s3://bucket/data/out", KeepLongConfig(), make_inputs(tmp_path), keep_long)
+
+
+def test_asking_for_ray_without_ray_installed_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from pipeline.errors import ConfigError
+    from pipeline.stage import make_executor
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails, as without the extra
+    monkeypatch.delitem(sys.modules, "pipeline.ray_executor", raising=False)
+    with pytest.raises(ConfigError, match=r"pip install 'crawlgpt\[ray\]'"):
+        make_executor("ray")
+    with pytest.raises(ConfigError, match="choose one of local, ray"):
+        make_executor("spark")
