@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from functools import partial
 from typing import Callable, Iterable
@@ -32,9 +32,9 @@ from urllib3.exceptions import MaxRetryError
 
 from pipeline.errors import InputError
 from pipeline.http import DEFAULT_BASE_URL, RETRY_STATUSES, DownloadConfig, DownloadError, thread_session
-from pipeline.manifest import MANIFEST_NAME, config_dict, load_manifest, read_json
+from pipeline.manifest import MANIFEST_NAME, OMIT_IF_NONE, config_dict, load_manifest, read_json
 from pipeline.readers import gzip_problem
-from pipeline.sources import CRAWL_ID_RE, resolve_source
+from pipeline.sources import CRAWL_ID_RE, DEFAULT_TEXT_FIELD, resolve_source
 from pipeline.stage import Executor, LocalExecutor, Progress, ShardStats, ShardTask, report_progress, run_stage
 
 log = logging.getLogger(__name__)
@@ -316,6 +316,8 @@ class DownloadStageConfig:
     """WET files taken from a crawl id (None for other sources, which are taken whole)."""
     base_url: str | None
     """Where remote files come from (None for a local source)."""
+    text_field: str | None = field(default=None, metadata=OMIT_IF_NONE)
+    """JSONL key holding the text, when not "text" (a folder's JSONL files without it are skipped)."""
 
 
 def raw_dir(data_dir: str | Path) -> Path:
@@ -355,7 +357,7 @@ def run_download(
     force: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
     executor: Executor | None = None,
-    text_field: str = "text",
+    text_field: str = DEFAULT_TEXT_FIELD,
 ) -> dict:
     """The download stage: resolve SOURCE, fetch what is remote, write `DATA/raw/manifest.json` last.
 
@@ -372,6 +374,9 @@ def run_download(
     out = raw_dir(data_dir)
     previous = load_manifest(out) if (out / MANIFEST_NAME).exists() else None
     source, num_files = choose_source(source, num_files, previous)
+    if text_field == DEFAULT_TEXT_FIELD and previous is not None \
+            and previous.get("config", {}).get("source") == source:  # as last time unless given again
+        text_field = previous.get("config", {}).get("text_field") or DEFAULT_TEXT_FIELD
     recorded = _recorded_request(previous, source, num_files, config)
     if recorded is not None:
         kind, urls, paths = recorded  # the same request as last time: no need to fetch the listing again
@@ -381,7 +386,8 @@ def run_download(
         kind, urls, paths = src.kind, list(src.urls), [str(p.resolve()) for p in src.paths]
     remote = bool(urls)
     stage_config = DownloadStageConfig(source=source, num_files=num_files if kind == "crawl" else None,
-                                       base_url=config.base_url if remote else None)
+                                       base_url=config.base_url if remote else None,
+                                       text_field=None if text_field == DEFAULT_TEXT_FIELD else text_field)
     items = urls if remote else paths
     tasks = [ShardTask(_task_name(x, i, remote, out, config.base_url), (x,)) for i, x in enumerate(items)]
     seen: dict[str, str] = {}

@@ -91,17 +91,20 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
 #: fingerprints in its `upstream` (sha256): the config records only the file's name, so the same
 #: environment at another path is the same config, and a new file at the same path redoes the shards
 #: (through `upstream`) instead of being refused as a config change.
+OMIT_IF_NONE = {"omit_if_none": True}
 BY_CONTENT = {"by_content": True}
 
 
 def config_dict(config: Any) -> dict:
     """A JSON-able dict of a config dataclass (paths and tuples become strings and lists; fields marked
-    `BY_CONTENT` keep only the file name)."""
+    `BY_CONTENT` keep only the file name; fields marked `OMIT_IF_NONE` are left out while None)."""
     raw = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     if dataclasses.is_dataclass(config):
         for f in dataclasses.fields(config):
             if f.metadata.get("by_content") and raw.get(f.name):
                 raw[f.name] = os.path.basename(str(raw[f.name]))
+            if f.metadata.get("omit_if_none") and raw.get(f.name) is None:
+                del raw[f.name]  # a field added later: configs recorded before it keep their hash
     return json.loads(json.dumps(raw, default=str, sort_keys=True))
 
 

@@ -152,7 +152,19 @@ def _quality_model(option: str | None, data: Path, recorded: dict) -> Path | Non
     if option is not None:
         return None if option.lower() == "none" else resolve_model(option, data / "models", "--quality-model")
     if "quality_model" in recorded:
-        return Path(recorded["quality_model"]) if recorded["quality_model"] else None
+        name = recorded["quality_model"]
+        if not name:
+            return None
+        # The config records the model by file name (its content is fingerprinted in `upstream`), so that
+        # a moved environment still resumes: look for it where this tool puts models.
+        for folder in (quality_dir(data), data / "models"):
+            if (folder / Path(name).name).is_file():
+                return (folder / Path(name).name).resolve()
+        if Path(name).is_file():
+            return Path(name).resolve()
+        raise ConfigError("--quality-model", f"the last filter run in {data} used the quality model {name!r}, "
+                          f"which is neither in {quality_dir(data)} nor in {data / 'models'}; pass "
+                          f"--quality-model PATH again (or 'none')")
     made = quality_dir(data) / MODEL_NAME
     return made.resolve() if (quality_dir(data) / MANIFEST_NAME).exists() and made.exists() else None
 
