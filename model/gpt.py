@@ -315,8 +315,9 @@ class GPT(nn.Module):
         return logits, loss
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """The final-normed residual stream (B, T, C) of idx (B, T); `head` turns it into logits.
-        Scoring that needs a few positions' logits (benchmarks) applies the head to those alone."""
+        """idx (B, T) -> the final-norm hidden states (B, T, C): what the output head reads, and what a
+        classification, reward or value head reads instead (fine-tuning and alignment). Scoring that
+        needs a few positions' logits (benchmarks) applies the head to those alone."""
         B, T = idx.size()
         start = cache.length if cache is not None else 0
         if start + T > self.config.max_seq_len:

@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 from pipeline.documents import Document, DocumentWriter, read_documents
 from pipeline.errors import ConfigError, InputError
 from pipeline.manifest import manifest_hash, output_record
-from pipeline.stage import Progress, ShardStats, ShardTask, report_progress, run_stage, stage_documents
+from pipeline.stage import Executor, Progress, ShardStats, ShardTask, report_progress, run_stage, stage_documents
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def decontaminate_shard(task: ShardTask, stage_dir: Path, config: DecontaminateC
 
 
 def run_decontaminate(data_dir: str | Path, config: DecontaminateConfig, workers: int = 1, force: bool = False,
-                      on_progress: Callable[[Progress], None] | None = None) -> dict:
+                      on_progress: Callable[[Progress], None] | None = None, executor: Executor | None = None) -> dict:
     """DATA/corpus -> DATA/decontaminated; return the manifest (with the benchmark item counts)."""
     config.validate()
     data_dir = Path(data_dir)
@@ -196,4 +196,5 @@ def run_decontaminate(data_dir: str | Path, config: DecontaminateConfig, workers
         return manifest
 
     return run_stage(STAGE, data_dir / OUTPUT_DIR, config, tasks, decontaminate_shard, workers=workers, force=force,
-                     upstream={"corpus": manifest_hash(corpus)}, on_progress=on_progress, finalize=finalize)
+                     upstream={"corpus": manifest_hash(corpus)}, on_progress=on_progress, finalize=finalize,
+                     executor=executor)

@@ -121,6 +121,14 @@ def _fsdp_api():
     return fully_shard, MixedPrecisionPolicy
 
 
+def decoder_blocks(model: nn.Module) -> list[nn.Module]:
+    """The decoder blocks of a GPT, wherever it sits in a larger module (a head on top, a policy with a
+    value head): FSDP2 shards each one, and --compile compiles each one."""
+    from model.gpt import Block
+
+    return [m for m in model.modules() if isinstance(m, Block)]
+
+
 def wrap_model(model: nn.Module, ctx: DistContext, parallelism: str, bf16: bool) -> nn.Module:
     """The module to call for training: the model itself (one process), a DDP replica, or the model
     sharded in place by FSDP2 (each block a unit, then the root, which holds embedding and head)."""
@@ -139,7 +147,7 @@ def wrap_model(model: nn.Module, ctx: DistContext, parallelism: str, bf16: bool)
         # Parameters are gathered in bf16 for compute; gradients are reduced in float32.
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
         kwargs = {"mesh": mesh, **({"mp_policy": mp} if mp is not None else {})}
-        for block in model.blocks:
+        for block in decoder_blocks(model):
             fully_shard(block, **kwargs)
         fully_shard(model, **kwargs)
         return model

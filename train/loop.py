@@ -11,7 +11,6 @@ The same function runs as one process (`crawlgpt pretrain`) or as one rank of a 
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import threading
 import time
@@ -37,12 +36,12 @@ from train.checkpoint import (
     save_checkpoint,
 )
 from train.config import TrainConfig
-from train.data import TokenBatchLoader, eval_windows, open_split
 from train.distributed import (
     DistContext,
     all_reduce_sum,
     any_rank,
     barrier,
+    decoder_blocks,
     destroy_distributed,
     gradient_sync,
     init_distributed,
@@ -52,17 +51,13 @@ from train.errors import (
     RunDirError,
     SeqLenError,
     TrainConfigError,
-    TrainError,
-    VocabMismatchError,
 )
-from train.evaluate import autocast_context, evaluate_loss, load_tokenizer, sample_tokens, tokenizer_hash
+from train.evaluate import autocast_context
+from train.objective import LoopInfo, Objective, PretrainObjective, padded_vocab
 from train.metrics import PLOT_NAME, MetricsWriter, format_progress, mfu, peak_flops, plot_losses, truncate_metrics
 from train.schedule import default_warmup_steps, learning_rate
 
 log = logging.getLogger(__name__)
-
-#: The embedding is padded to a multiple of this many rows: aligned matmuls run faster.
-VOCAB_MULTIPLE = 64
 
 
 @dataclass
@@ -131,18 +126,30 @@ class StopSignal:
         self._previous.clear()
 
 
-def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> TrainResult:
-    """Train (or resume) the run described by config. on_step(step) is called after every step."""
+def train(config: TrainConfig, on_step: Callable[[int], None] | None = None,
+          objective: Objective | None = None) -> TrainResult:
+    """Train (or resume) the run described by config. on_step(step) is called after every step.
+
+    objective says what is trained on what (default: pretraining on config.data.shards_dir)."""
     created_group = not torch.distributed.is_initialized()
     ctx = init_distributed(config.device)
+    if objective is None:
+        objective = PretrainObjective(config.data.shards_dir, config.eval.tokenizer_path,
+                                      config.eval.sample_prompt, config.eval.sample_tokens)
     try:
-        return _train(config, ctx, on_step)
+        return _train(config, ctx, on_step, objective)
     finally:
+        objective.close()
         if created_group:
             destroy_distributed()
 
 
-def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None] | None) -> TrainResult:
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None] | None,
+           objective: Objective) -> TrainResult:
     device = ctx.device
     run_dir = Path(config.run_dir)
 
@@ -151,35 +158,18 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
     if bf16 and device.type != "cuda":
         raise TrainConfigError("--precision", f"bf16 autocast is for CUDA devices; use fp32 on {device.type}")
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls outside autocast use TF32
-        torch.backends.cudnn.allow_tf32 = True
+        # float32 matmuls outside autocast use TF32. (Not the allow_tf32 flags: torch >= 2.9 deprecates them,
+        # and reading them once the newer fp32_precision API was used raises, inside torch.compile too.)
+        torch.set_float32_matmul_precision("high")
     torch.manual_seed(config.seed)  # the same on every rank: FSDP2 does not broadcast the initial weights
 
-    # ---- data ---------------------------------------------------------------------------------
-    train_shards = open_split(config.data.shards_dir, "train", config.data.verify_checksums)
-    val_shards = open_split(config.data.shards_dir, "val", config.data.verify_checksums)
-    data_info = {"vocab_size": train_shards.vocab_size, "eot_id": train_shards.eot_id,
-                 "tokenizer_hash": train_shards.tokenizer_hash, "shards_dir": str(config.data.shards_dir)}
-    if ctx.is_main:
-        log.info("data: %s train tokens, %s val tokens, vocab %d, in %s", f"{train_shards.num_tokens:,}",
-                 f"{val_shards.num_tokens:,}", train_shards.vocab_size, config.data.shards_dir)
-
-    # ---- tokenizer (samples only): it must be the one the shards were made with ---------------
-    tokenizer = None
-    tok_path = config.eval.tokenizer_path
-    if config.eval.sample_every_steps > 0 and tok_path:
-        if not Path(tok_path).is_file():
-            log.warning("tokenizer %s does not exist: samples will be token ids", tok_path)
-        elif tokenizer_hash(tok_path) != train_shards.tokenizer_hash:
-            raise VocabMismatchError(
-                f"tokenizer {tok_path} (sha256 {tokenizer_hash(tok_path)[:12]}) is not the one the shards in "
-                f"{config.data.shards_dir} were made with ({train_shards.tokenizer_hash[:12]}); rerun "
-                f"`make shards` after changing the tokenizer, or pass the right --tokenizer")
-        else:
-            try:
-                tokenizer = load_tokenizer(tok_path)
-            except TrainError as err:  # e.g. the tokenizers package is not installed
-                log.warning("samples will be token ids: %s", err)
+    # ---- data (the objective opens it; pretraining also checks the tokenizer) -------------------
+    objective.setup(LoopInfo(ctx=ctx, device=device, bf16=bf16, seed=config.data.seed,
+                             micro_batch_size=config.data.micro_batch_size, seq_len=config.data.seq_len,
+                             prefetch_batches=config.data.prefetch_batches, eval_max_tokens=config.eval.max_tokens,
+                             verify_checksums=config.data.verify_checksums))
+    objective.sharded = config.parallelism == "fsdp" and ctx.is_distributed
+    data_info = objective.data_info()
 
     # ---- zero-shot benchmarks at each evaluation (optional; evals/ is imported only when asked) --
     benchmark = None
@@ -187,19 +177,19 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
         from evals.scoring import TrainingBenchmark
 
         benchmark = TrainingBenchmark(config.eval.benchmarks, config.eval.benchmark_dir, config.eval.benchmark_limit,
-                                      tok_path or Path(config.data.shards_dir) / "tokenizer.json",
-                                      train_shards.tokenizer_hash, train_shards.eot_id)
+                                      config.eval.tokenizer_path or Path(config.data.shards_dir) / "tokenizer.json",
+                                      data_info["tokenizer_hash"], data_info["eot_id"])
 
     # ---- model config -------------------------------------------------------------------------
     if "vocab_size" in config.model_overrides:
         raise TrainConfigError("model_overrides", "vocab_size comes from the token shards and cannot be overridden")
     preset = resolve_preset(config.preset, device)
-    model_vocab = VOCAB_MULTIPLE * math.ceil(train_shards.vocab_size / VOCAB_MULTIPLE)
+    model_vocab = padded_vocab(objective.vocab_size())
     try:
-        model_config = preset_config(preset, model_vocab, **config.model_overrides)
+        model_config = objective.model_config(preset_config(preset, model_vocab, **config.model_overrides))
     except (TypeError, ModelConfigError) as err:  # an unknown preset or field, widths that do not divide
         raise TrainConfigError("--preset / model_overrides", str(err)) from err
-    seq_len = config.data.seq_len or model_config.max_seq_len
+    seq_len = objective.seq_len(model_config)
     if seq_len > model_config.max_seq_len:
         raise SeqLenError(
             f"--seq-len {seq_len} is longer than the context of preset {preset!r} "
@@ -214,32 +204,33 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
     payload = None
     if config.resume and latest is not None:
         payload = load_checkpoint(latest)
-        saved = payload.get("data", {})
-        if saved.get("tokenizer_hash") not in (None, train_shards.tokenizer_hash) \
-                or saved.get("vocab_size") not in (None, train_shards.vocab_size):
-            raise VocabMismatchError(
-                f"checkpoint {latest} was trained on shards of tokenizer {str(saved.get('tokenizer_hash'))[:12]} "
-                f"(vocab {saved.get('vocab_size')}) but {config.data.shards_dir} holds tokenizer "
-                f"{train_shards.tokenizer_hash[:12]} (vocab {train_shards.vocab_size}); resume on the original "
-                f"shards or start a new --run")
+        if payload.get("kind", "pretrain") != objective.kind:
+            raise RunDirError(f"{run_dir} holds a {payload.get('kind', 'pretrain')} run, not a {objective.kind} "
+                              f"run; choose another --run name")
+        objective.check_resume(payload, latest)
         check_model_config(payload, model_config, latest)
     elif config.resume and ctx.is_main:
         log.info("--resume: no checkpoint in %s yet, starting from step 0", run_dir)
 
     # ---- model --------------------------------------------------------------------------------
-    model = GPT(model_config).to(device)
+    model = objective.build_model(model_config)
+    if payload is None:
+        objective.init_weights(model)
+    model = model.to(device)
+    base = model if isinstance(model, GPT) else next(m for m in model.modules() if isinstance(m, GPT))
     if ctx.is_main:
-        log.info("model: preset %s, %s parameters (%s without the token embedding), context %d, vocab %d",
-                 preset, f"{model.num_params():,}", f"{model.num_params(exclude_embedding=True):,}",
-                 model_config.max_seq_len, model_vocab)
+        log.info("model: preset %s, %s parameters (%s trainable, %s without the token embedding), context %d, "
+                 "vocab %d", preset, f"{sum(p.numel() for p in model.parameters()):,}",
+                 f"{sum(p.numel() for p in trainable_parameters(model)):,}",
+                 f"{base.num_params(exclude_embedding=True):,}", model_config.max_seq_len, model_vocab)
     if config.compile:
-        for block in model.blocks:
+        for block in decoder_blocks(model):
             block.compile()  # in place: parameter names (and so checkpoints) stay the same
     wrapped = wrap_model(model, ctx, config.parallelism, bf16)
     forward_model = wrapped if config.parallelism == "fsdp" and ctx.is_distributed else model
 
     # ---- optimizer: weight decay on matrices only ---------------------------------------------
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = trainable_parameters(model)
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.optim.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=config.optim.lr, betas=(config.optim.beta1, config.optim.beta2),
@@ -250,24 +241,21 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
 
     # ---- batches: gradient accumulation up to the global batch --------------------------------
     micro = config.data.micro_batch_size
-    tokens_per_micro_step = micro * seq_len * ctx.world_size
-    grad_accum = max(1, config.global_batch_tokens // tokens_per_micro_step)
-    global_batch_tokens = grad_accum * tokens_per_micro_step
+    grad_accum = objective.micro_steps(config.global_batch_tokens, seq_len)
+    global_batch_tokens = grad_accum * micro * seq_len * ctx.world_size
     if ctx.is_main:
-        if global_batch_tokens != config.global_batch_tokens:
+        if objective.kind == "pretrain" and global_batch_tokens != config.global_batch_tokens:
             log.warning("global batch %s tokens is not a multiple of micro-batch x seq_len x ranks = %s: "
-                        "using %s", f"{config.global_batch_tokens:,}", f"{tokens_per_micro_step:,}",
+                        "using %s", f"{config.global_batch_tokens:,}", f"{micro * seq_len * ctx.world_size:,}",
                         f"{global_batch_tokens:,}")
-        log.info("batch: %d ranks x %d micro-batches x %d windows x %d tokens = %s tokens per step; %d steps",
-                 ctx.world_size, grad_accum, micro, seq_len, f"{global_batch_tokens:,}", config.max_steps)
-    loader = TokenBatchLoader(train_shards, seq_len, micro, config.data.seed, rank=ctx.rank,
-                              world_size=ctx.world_size, prefetch_batches=config.data.prefetch_batches,
-                              pin_memory=device.type == "cuda")
+        log.info("batch: %d ranks x %d micro-batches x %d examples of up to %d tokens per step; %d steps",
+                 ctx.world_size, grad_accum, micro, seq_len, config.max_steps)
+    loader = objective.make_loader(wrapped, seq_len)
 
     # ---- restore ------------------------------------------------------------------------------
     start_step = 0
     if payload is not None:
-        load_model_state(model, payload["model"])
+        load_model_state(model, objective.resume_model_state(payload))
         load_optimizer_state(model, optimizer, payload["optimizer"])
         loader.load_state_dict(payload["loader"])
         restore_rng_state(payload["rng"])
@@ -280,41 +268,31 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
 
     # ---- logging, evaluation and checkpoint helpers -------------------------------------------
     metrics = MetricsWriter(run_dir, enabled=ctx.is_main, tensorboard=config.log.tensorboard)
-    flops_per_token = model.flops_per_token(seq_len)
+    flops_per_token = base.flops_per_token(seq_len)
     peak = peak_flops(device, config.peak_tflops)
-    result = TrainResult(run_dir=run_dir, final_step=start_step, num_params=model.num_params(),
+    result = TrainResult(run_dir=run_dir, final_step=start_step, num_params=base.num_params(),
                          model_config=model_config)
 
     def run_eval(step: int) -> None:
-        batches = eval_windows(val_shards, seq_len, micro, ctx.rank, ctx.world_size, config.eval.max_tokens)
-        ev = evaluate_loss(forward_model, batches, device, bf16=bf16, ctx=ctx)
-        result.val_losses.append((step, ev.loss))
-        metrics.write({"kind": "val", "step": step, "val_loss": ev.loss, "val_ppl": ev.perplexity,
-                       "val_tokens": ev.tokens})
+        figures = objective.evaluate(forward_model)
+        result.val_losses.append((step, figures["val_loss"]))
+        metrics.write({"kind": "val", "step": step, **figures})
         if ctx.is_main:
-            log.info("step %d: validation loss %.4f, perplexity %.2f (%s tokens)", step, ev.loss,
-                     ev.perplexity, f"{ev.tokens:,}")
+            log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v:,}"
+                                                      for k, v in figures.items()))
         if benchmark is not None:  # every rank scores (FSDP needs all of them in each forward)
             with autocast_context(device, bf16):
-                scores = benchmark(model, wrapped if config.parallelism == "fsdp" and ctx.is_distributed else None)
+                scores = benchmark(base, wrapped if config.parallelism == "fsdp" and ctx.is_distributed else None)
             metrics.write({"kind": "benchmark", "step": step, **scores})
             if ctx.is_main:
                 log.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
     def run_sample(step: int) -> None:
-        fsdp = config.parallelism == "fsdp" and ctx.is_distributed
-        if not (ctx.is_main or fsdp):  # FSDP: every rank takes part in each forward
+        if not (ctx.is_main or objective.sharded):  # FSDP: every rank takes part in each forward
             return
-        prompt_ids = [train_shards.eot_id]
-        if tokenizer is not None:
-            prompt_ids += tokenizer.encode(config.eval.sample_prompt).ids
-        prompt_ids = prompt_ids[-(model_config.max_seq_len - 1):]
-        new_ids = sample_tokens(forward_model, prompt_ids, config.eval.sample_tokens, device, seed=config.seed,
-                                eot_id=None if fsdp else train_shards.eot_id, bf16=bf16)
-        if tokenizer is not None:
-            text = config.eval.sample_prompt + tokenizer.decode(new_ids)
-        else:
-            text = " ".join(map(str, new_ids))
+        text = objective.sample(forward_model, step)
+        if text is None:
+            return
         metrics.write({"kind": "sample", "step": step, "text": text})
         if ctx.is_main:
             log.info("step %d sample: %r", step, text)
@@ -325,9 +303,11 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
         path = checkpoint_path(run_dir, step)
         if ctx.is_main:
             save_checkpoint(path, {
-                "step": step, "model": model_state, "optimizer": optim_state, "loader": loader.state_dict(),
+                "step": step, **objective.checkpoint_model_state(model_state), "optimizer": optim_state,
+                "loader": loader.state_dict(),
                 "rng": capture_rng_state(), "model_config": model_config.to_dict(),
-                "train_config": config.to_dict(), "data": data_info,
+                "train_config": config.to_dict(), "data": data_info, "kind": objective.kind,
+                **objective.checkpoint_extra(),
                 "val_loss": result.val_losses[-1][1] if result.val_losses else None,
             })
             for old in prune_checkpoints(run_dir, config.checkpoint.keep_last):
@@ -336,6 +316,9 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
         barrier(ctx)
         result.checkpoint = path
         return path
+
+    if start_step == 0 and objective.evaluate_at_start:  # the "before" figures of a fine-tuning run
+        run_eval(0)
 
     # ---- the loop -----------------------------------------------------------------------------
     stop = StopSignal()
@@ -347,7 +330,10 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
     interval_loss = torch.zeros((), device=device)
     interval_steps = 0
     interval_wait = 0.0
+    interval_tokens = 0
+    interval_extras: dict[str, torch.Tensor] = {}
     measured_time = measured_tokens = measured_wait = 0.0
+    tokens_seen = 0.0
     wrapped.train()
     try:
         while step < config.max_steps:
@@ -356,17 +342,18 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
                 group["lr"] = lr
             for micro_step in range(grad_accum):
                 t0 = time.perf_counter()
-                inputs, targets = loader.next_batch()  # each (micro, seq_len), pinned on CUDA
+                batch = loader.next_batch()
                 interval_wait += time.perf_counter() - t0
-                inputs = inputs.to(device, non_blocking=True)
-                targets = targets.to(device, non_blocking=True)
                 with gradient_sync(wrapped, micro_step == grad_accum - 1):
                     with autocast_context(device, bf16):
-                        _, loss = wrapped(inputs, targets)
+                        loss, extras = objective.loss(wrapped, batch)
                     (loss / grad_accum).backward()  # the mean over micro-batches, as one big batch
                 interval_loss += loss.detach() / grad_accum
+                for name, value in extras.items():
+                    interval_extras[name] = interval_extras.get(name, 0.0) + value.detach().float() / grad_accum
+                interval_tokens += objective.batch_tokens(batch)
             max_norm = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable_parameters(model), max_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -379,12 +366,17 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
                     grad_norm = grad_norm.full_tensor()
                 now = time.perf_counter()
                 elapsed = now - interval_start
-                tokens = interval_steps * global_batch_tokens
+                tokens = all_reduce_sum(torch.tensor(float(interval_tokens), device=device), ctx).item()
                 tokens_per_s = tokens / elapsed
                 record = {"kind": "train", "step": step, "loss": loss_value, "lr": lr,
                           "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s,
                           "mfu": mfu(flops_per_token, tokens_per_s / ctx.world_size, peak),
-                          "data_wait_share": interval_wait / elapsed, "tokens_seen": step * global_batch_tokens}
+                          "data_wait_share": interval_wait / elapsed}
+                tokens_seen += tokens
+                record["tokens_seen"] = int(tokens_seen) if objective.kind != "pretrain" \
+                    else step * global_batch_tokens
+                for name, value in interval_extras.items():
+                    record[name] = all_reduce_sum(value, ctx).item() / (interval_steps * ctx.world_size)
                 if device.type == "cuda":
                     record["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
                 metrics.write(record)
@@ -396,6 +388,8 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
                     measured_tokens += tokens
                     measured_wait += interval_wait
                 interval_start, interval_steps, interval_wait = now, 0, 0.0  # logging time counts as training
+                interval_tokens = 0
+                interval_extras = {}
                 interval_loss.zero_()
 
             side_start = time.perf_counter()  # evaluation, samples, checkpoints: not training time

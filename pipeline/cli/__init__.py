@@ -16,7 +16,8 @@ from pipeline.cli.common import setup_logging
 log = logging.getLogger(__name__)
 
 #: Modules under pipeline/cli/ that define `register(group)`.
-COMMAND_MODULES = ("download", "filter", "dedup", "decontaminate", "tokens", "training", "evaluation")
+COMMAND_MODULES = ("download", "filter", "dedup", "decontaminate", "tokens", "training", "finetune", "align",
+                   "evaluation")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

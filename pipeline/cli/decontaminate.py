@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.common import DEFAULT_WORKERS, fail, run_with_progress
+from pipeline.cli.common import DEFAULT_WORKERS, build_executor, executor_options, fail, run_with_progress
 from pipeline.errors import PipelineError
 from pipeline.stage import format_table
 
@@ -19,9 +19,12 @@ from pipeline.stage import format_table
                    "lambada_test.jsonl, ...), TASK=PATH otherwise; other JSONL files: every string field.")
 @click.option("--ngram", type=int, default=13, show_default=True,
               help="Words in a shared sequence that counts as contamination (GPT-3's 13).")
-@click.option("--workers", type=int, default=DEFAULT_WORKERS, show_default=True, help="Worker processes.")
+@click.option("--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS, show_default=True,
+              help="Worker processes.")
 @click.option("--force", is_flag=True, help="Discard DATA/decontaminated made with another config and start over.")
-def decontaminate_cmd(data: Path, benchmarks: tuple[str, ...], ngram: int, workers: int, force: bool) -> None:
+@executor_options
+def decontaminate_cmd(data: Path, benchmarks: tuple[str, ...], ngram: int, workers: int, force: bool, executor: str,
+                      ray_address: str | None) -> None:
     """Drop documents of DATA/corpus that share an n-gram with a benchmark item: DATA/decontaminated.
 
     Dropped documents go to DATA/decontaminated/rejected with the benchmark, item and n-gram they share.
@@ -31,8 +34,9 @@ def decontaminate_cmd(data: Path, benchmarks: tuple[str, ...], ngram: int, worke
 
     try:
         config = DecontaminateConfig(benchmarks=tuple(benchmarks), ngram=ngram)
+        runner = build_executor(executor, workers, ray_address)
         manifest = run_with_progress("decontaminate", lambda on_progress: run_decontaminate(
-            data, config, workers=workers, force=force, on_progress=on_progress))
+            data, config, workers=workers, force=force, on_progress=on_progress, executor=runner))
     except PipelineError as err:
         fail(err)
     b = manifest["benchmarks"]
