@@ -54,7 +54,7 @@ def test_benchmarks_are_scored_at_every_evaluation_step(tmp_path, shards):
 def test_a_tokenizer_other_than_the_shards_is_refused(tmp_path, shards):
     other = train_tiny_tokenizer(tmp_path / "other.json")
     other.write_text(other.read_text().replace("<|reserved_3|>", "<|reserved_x|>"))
-    with pytest.raises(VocabMismatchError, match="not the one the shards were made with"):
+    with pytest.raises(VocabMismatchError, match="is not the one the shards"):
         train(config(tmp_path / "run", shards, tokenizer_path=str(other)))
 
 
