@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -116,6 +117,35 @@ def test_tensor_parallel_with_grouped_query_attention_follows_the_single_process
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pipeline parallelism
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_pipeline_parallel_follows_the_single_process_curve(tmp_path, shards, single_process, schedule):
+    run = tmp_path / "run"
+    got = torchrun(config_for(run, shards, pp=2, pp_schedule=schedule, microbatches=2), tmp_path, schedule)
+    assert_same_curve(got, single_process)
+    # each stage wrote its blocks and its end of the tied embedding: one process reads the whole model
+    a = load_checkpoint(latest_checkpoint(run))["model"]
+    b = load_checkpoint(latest_checkpoint(single_process["run"]))["model"]
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-5)
+    # and resumes from its step-4 checkpoint exactly where the uninterrupted run was
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run / "checkpoints" / "step-00000004.dcp", resumed / "checkpoints" / "step-00000004.dcp")
+    result = train(config_for(resumed, shards).replace(resume=True))
+    assert_same_losses(result.train_losses, [(s, loss) for s, loss in single_process["train"] if s > 4])
+
+
+def test_a_single_process_checkpoint_resumes_under_pipeline_parallelism(tmp_path, shards, single_process):
+    run = tmp_path / "run"
+    train(config_for(run, shards, max_steps=4))
+    got = torchrun(config_for(run, shards, pp=2).replace(resume=True), tmp_path, "pp-second-half")
+    assert_same_losses(got["train"], [(s, loss) for s, loss in single_process["train"] if s > 4])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -354,10 +354,9 @@ def apply_layout(model: nn.Module, layout: Layout) -> nn.Module:
         layers = stage_layers(model.config.n_layer, layout.pp, layout.config.pp_layers)[layout.pp_rank]
         tied = model.config.tie_embeddings
         model = PipelineStageModule(model, layers, layout.is_first_stage, layout.is_last_stage)
-        if layout.world.is_main or True:
-            log.info("pipeline stage %d of %d: blocks %d-%d%s%s", layout.pp_rank, layout.pp, layers.start,
-                     layers.stop - 1, ", embedding" if layout.is_first_stage else "",
-                     ", norm and head" if layout.is_last_stage else "")
+        log.info("pipeline stage %d of %d: blocks %d-%d%s%s", layout.pp_rank, layout.pp, layers.start,
+                 layers.stop - 1, ", embedding" if layout.is_first_stage else "",
+                 ", norm and head" if layout.is_last_stage else "")
         if tied:
             _make_tied_groups(layout)
             if layout.is_first_stage:
