@@ -120,13 +120,48 @@ def test_tensor_parallel_with_grouped_query_attention_follows_the_single_process
 
 
 # --------------------------------------------------------------------------------------------------
+# Activation checkpointing
+
+
+@pytest.mark.parametrize("recompute", ["full", "selective"])
+def test_activation_checkpointing_gives_the_same_losses_in_one_process(tmp_path, shards, single_process, recompute):
+    result = train(config_for(tmp_path / "run", shards, activation_checkpointing=recompute))
+    assert_same_losses(result.train_losses, single_process["train"])
+    assert_same_losses(result.val_losses, single_process["val"])
+
+
+def test_full_recomputes_the_matmuls_and_selective_keeps_them():
+    from torch.utils.checkpoint import CheckpointPolicy
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from model.gpt import GPT, preset_config
+    from train.parallel import _selective_policy, apply_activation_checkpointing
+
+    def step_flops(mode: str) -> int:
+        model = GPT(preset_config("tiny", 256))
+        apply_activation_checkpointing(model, mode)
+        idx = torch.randint(0, 256, (2, 32))
+        with FlopCounterMode(display=False) as counter:
+            model(idx, idx)[1].backward()
+        return counter.get_total_flops()
+
+    none, selective, full = step_flops("none"), step_flops("selective"), step_flops("full")
+    assert selective == none < full  # full runs each block's forward again in the backward pass
+    policy = _selective_policy()
+    assert policy(None, torch.ops.aten.mm.default) == CheckpointPolicy.MUST_SAVE
+    assert policy(None, torch.ops.aten.silu.default) == CheckpointPolicy.PREFER_RECOMPUTE
+
+
+# --------------------------------------------------------------------------------------------------
 # Pipeline parallelism
 
 
-@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
-def test_pipeline_parallel_follows_the_single_process_curve(tmp_path, shards, single_process, schedule):
+@pytest.mark.parametrize("schedule, recompute", [("gpipe", "full"), ("1f1b", "selective")])
+def test_pipeline_parallel_follows_the_single_process_curve(tmp_path, shards, single_process, schedule, recompute):
+    """With activation checkpointing on (the single process has it off): it changes no loss either."""
     run = tmp_path / "run"
-    got = torchrun(config_for(run, shards, pp=2, pp_schedule=schedule, microbatches=2), tmp_path, schedule)
+    got = torchrun(config_for(run, shards, pp=2, pp_schedule=schedule, microbatches=2,
+                              activation_checkpointing=recompute), tmp_path, schedule)
     assert_same_curve(got, single_process)
     # each stage wrote its blocks and its end of the tied embedding: one process reads the whole model
     a = load_checkpoint(latest_checkpoint(run))["model"]
@@ -153,8 +188,10 @@ def test_a_single_process_checkpoint_resumes_under_pipeline_parallelism(tmp_path
 
 
 def test_a_tensor_parallel_checkpoint_resumes_in_one_process(tmp_path, shards, single_process):
+    """The first half also recomputes activations (selective) under TP: no loss changes."""
     run = tmp_path / "run"
-    torchrun(config_for(run, shards, max_steps=4, tp=2), tmp_path, "tp-first-half")
+    torchrun(config_for(run, shards, max_steps=4, tp=2, activation_checkpointing="selective"), tmp_path,
+             "tp-first-half")
     assert is_sharded_checkpoint(latest_checkpoint(run))
     result = train(config_for(run, shards).replace(resume=True))
     want = [(s, loss) for s, loss in single_process["train"] if s > 4]

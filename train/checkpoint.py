@@ -31,6 +31,7 @@ import pickle
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +249,9 @@ def save_sharded(path: str | Path, state: dict[str, Any], meta: dict[str, Any], 
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    dcp.save(state, storage_writer=dcp.FileSystemWriter(str(tmp)))
+    with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
+        warnings.filterwarnings("ignore", message=".*single process.*")
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(str(tmp)))
     if is_main:
         with open(tmp / DCP_META, "wb") as f:
             torch.save({"format": CHECKPOINT_FORMAT, **meta}, f)
@@ -264,8 +267,6 @@ def save_sharded(path: str | Path, state: dict[str, Any], meta: dict[str, Any], 
 def load_sharded(path: str | Path, state: dict[str, Any], no_dist: bool = False) -> None:
     """Fill state (tensors and DTensors of this rank's layout) in place from a DCP folder written under
     any layout. Collective unless no_dist."""
-    import warnings
-
     import torch.distributed.checkpoint as dcp
 
     try:

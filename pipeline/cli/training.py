@@ -69,8 +69,9 @@ class Resolved:
 
 def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens: int, micro_batch: int,
                  seq_len: int, lr: float | None, compile_: bool | None, eval_every: int | None,
-                 eval_tokens: int, log_every: int) -> Resolved:
-    """Fill in every "auto" option from the hardware and the preset."""
+                 eval_tokens: int, log_every: int, model_parallel: int = 1) -> Resolved:
+    """Fill in every "auto" option from the hardware and the preset (model_parallel = tp x pp ranks
+    share one batch)."""
     import torch
 
     from model.gpt import PRESETS
@@ -80,7 +81,7 @@ def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens
     if preset == "auto":
         preset = "gpt2-124m" if on_gpu else "small"
     context = seq_len or PRESETS[preset].get("max_seq_len", 1024)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1")) // max(1, model_parallel))  # data-parallel ranks
     if micro_batch <= 0:
         micro_batch = GPU_MICRO_BATCH.get(preset, 8) if on_gpu else CPU_MICRO_BATCH
     if batch_tokens <= 0:
@@ -140,6 +141,22 @@ def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens
               help="bf16 autocast or fp32; auto = bf16 on CUDA, fp32 elsewhere.")
 @click.option("--parallelism", type=click.Choice(["ddp", "fsdp"]), default="ddp", show_default=True,
               help="Under torchrun: ddp replicates the model, fsdp (FSDP2) shards it for models too big for one GPU.")
+@click.option("--tp", type=int, default=1, show_default=True,
+              help="Tensor-parallel ranks (split each block's heads and feed-forward); must divide the heads.")
+@click.option("--pp", type=int, default=1, show_default=True,
+              help="Pipeline stages (split the blocks); the data-parallel size is world size / (tp x pp).")
+@click.option("--pp-layers", default=None,
+              help="Blocks per pipeline stage, comma-separated (e.g. 6,6,5,5) [default: an even split].")
+@click.option("--pp-schedule", type=click.Choice(["gpipe", "1f1b"]), default="1f1b", show_default=True,
+              help="Pipeline schedule: gpipe (all forwards, then all backwards) or 1f1b (less activation memory).")
+@click.option("--microbatches", type=int, default=0, show_default=True,
+              help="Pipeline micro-batches per micro-batch (must divide --micro-batch); 0 = --pp.")
+@click.option("--activation-checkpointing", type=click.Choice(["none", "full", "selective"]), default="none",
+              show_default=True, help="Recompute activations in the backward pass: every block's (full), or all "
+                                      "but matmul and attention outputs (selective).")
+@click.option("--checkpoint-format", type=click.Choice(["auto", "file", "dcp"]), default="auto", show_default=True,
+              help="Checkpoints as one .pt file (file) or as a torch.distributed.checkpoint folder that every "
+                   "rank writes its part of (dcp); auto = dcp under --tp/--pp, file otherwise.")
 @click.option("--eval-every", type=int, default=None,
               help="Validation loss (and a sample) every N steps, and at the end [default: a fifth of the steps].")
 @click.option("--eval-tokens", type=int, default=0, show_default=True,
@@ -163,17 +180,20 @@ def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens
 def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: int, tokens: int,
                  batch_tokens: int, micro_batch: int, seq_len: int, lr: float | None, min_lr: float | None,
                  warmup_steps: int | None, weight_decay: float, grad_clip: float, resume: bool,
-                 compile_: bool | None, device: str, precision: str, parallelism: str, eval_every: int | None,
+                 compile_: bool | None, device: str, precision: str, parallelism: str, tp: int, pp: int,
+                 pp_layers: str | None, pp_schedule: str, microbatches: int, activation_checkpointing: str,
+                 checkpoint_format: str, eval_every: int | None,
                  eval_tokens: int, sample_every: int | None, prompt: str, sample_tokens: int,
                  ckpt_every: int | None, keep_last: int, log_every: int, seed: int, tokenizer_path: Path | None,
                  tensorboard: bool, verify_shards: bool, peak_tflops: float | None) -> None:
     """Pretrain a GPT on DATA/shards; write DATA/runs/RUN/ (metrics.jsonl, loss.png, checkpoints/)."""
     from train import (CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig,
                        TrainError, train)
+    from train.config import ParallelConfig
 
     try:
         r = resolve_auto(preset, device, steps, tokens, batch_tokens, micro_batch, seq_len, lr, compile_,
-                         eval_every, eval_tokens, log_every)
+                         eval_every, eval_tokens, log_every, model_parallel=tp * pp)
         tokenizer = tokenizer_path or data / "tokenizer" / "tokenizer.json"
         config = TrainConfig(
             run_dir=str(data / "runs" / run), max_steps=r.steps, preset=r.preset,
@@ -190,6 +210,9 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
             checkpoint=CheckpointConfig(every_steps=r.eval_every if ckpt_every is None else ckpt_every,
                                         keep_last=keep_last),
             log=LogConfig(every_steps=r.log_every, tensorboard=tensorboard),
+            parallel=ParallelConfig(tp=tp, pp=pp, pp_layers=_int_list(pp_layers), pp_schedule=pp_schedule,
+                                    microbatches=microbatches, activation_checkpointing=activation_checkpointing,
+                                    checkpoint_format=checkpoint_format),
         )
         result = train(config)
     except TrainError as err:
@@ -208,6 +231,17 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
         click.echo(f"stopped by a signal at step {result.final_step}; continue with the same command plus --resume",
                    err=True)
         raise SystemExit(128 + int(result.stop_signal or signal.SIGTERM))
+
+
+def _int_list(text: str | None) -> tuple[int, ...] | None:
+    from train.errors import TrainConfigError
+
+    if not text:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError as err:
+        raise TrainConfigError("--pp-layers", f"expected comma-separated block counts like 6,6,5,5, got {text!r}") from err
 
 
 @click.command("evaluate")
