@@ -58,14 +58,14 @@ def config_for(run_dir: Path, shards: Path, max_steps: int = 8, **parallel) -> T
     )
 
 
-def torchrun(config: TrainConfig, tmp_path: Path, name: str, expect_ok: bool = True) -> dict | str:
+def torchrun(config: TrainConfig, tmp_path: Path, name: str, expect_ok: bool = True, nproc: int = 2) -> dict | str:
     config_path, out_path, runner = tmp_path / f"{name}.json", tmp_path / f"{name}.out.json", tmp_path / "runner.py"
     config_path.write_text(json.dumps(config.to_dict()))
     runner.write_text(RUNNER)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(runner),
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(runner),
          str(config_path), str(out_path)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     if not expect_ok:
@@ -181,6 +181,25 @@ def test_a_single_process_checkpoint_resumes_under_pipeline_parallelism(tmp_path
     train(config_for(run, shards, max_steps=4))
     got = torchrun(config_for(run, shards, pp=2).replace(resume=True), tmp_path, "pp-second-half")
     assert_same_losses(got["train"], [(s, loss) for s, loss in single_process["train"] if s > 4])
+
+
+# --------------------------------------------------------------------------------------------------
+# 2-D layouts (4 processes on 2 cores: slow)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallelism, parallel", [
+    ("fsdp", dict(tp=2)),
+    ("ddp", dict(tp=2)),
+    ("ddp", dict(pp=2, microbatches=2)),
+    ("fsdp", dict(pp=2, microbatches=2, pp_schedule="gpipe")),
+    ("ddp", dict(tp=2, pp=2, microbatches=2)),
+], ids=["tp2-fsdp2", "tp2-ddp2", "pp2-ddp2", "pp2-fsdp2", "tp2-pp2"])
+def test_two_dimensional_layouts_on_four_processes_follow_the_single_process_curve(tmp_path, shards, single_process,
+                                                                                 parallelism, parallel):
+    config = config_for(tmp_path / "run", shards, **parallel).replace(parallelism=parallelism)
+    got = torchrun(config, tmp_path, "2d", nproc=4)
+    assert_same_curve(got, single_process)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -61,10 +61,15 @@ class Layout:
     dp_rank: int = 0
     tied_group: Any = None
     """Group of the first and last pipeline stage of this (dp, tp) position (tied embeddings)."""
+    tied_name: str | None = None
+    """Name of this stage's copy of a tied embedding/head weight (first or last stage only)."""
     tied_param: nn.Parameter | None = None
-    """This stage's copy of a tied embedding/head weight (first or last stage only)."""
+    """That parameter (looked up again after FSDP2 replaces parameters with sharded ones)."""
     pipeline: Any = None
     """The `Pipeline` when pp > 1."""
+    average_gradients: bool = False
+    """Data parallel by an all-reduce of the accumulated gradients over dp before clipping (DDP's
+    semantics; DDP itself neither takes DTensor parameters nor several pipeline forwards per backward)."""
     _stage_names: set[str] = field(default_factory=set)
 
     @property
@@ -118,9 +123,6 @@ def make_layout(config: ParallelConfig, ctx: DistContext, parallelism: str, kind
                                f"{world}; start torchrun with a multiple of {tp * pp} processes "
                                f"(--nproc-per-node x --nnodes)")
     dp = world // (tp * pp)
-    if tp > 1 and dp > 1 and parallelism == "ddp":
-        raise TrainConfigError("--parallelism", f"DDP does not compose with tensor parallelism (DTensor parameters); "
-                               f"use --parallelism fsdp for the {dp} data-parallel replicas of a --tp {tp} run")
     if pp > 1 and config.pp_schedule == "1f1b" and config.pipeline_microbatches < pp:
         raise TrainConfigError("--microbatches", f"the 1F1B schedule needs at least as many micro-batches as stages "
                                f"({pp}), got {config.pipeline_microbatches}")
@@ -360,9 +362,10 @@ def apply_layout(model: nn.Module, layout: Layout) -> nn.Module:
         if tied:
             _make_tied_groups(layout)
             if layout.is_first_stage:
-                layout.tied_param = model.tok_emb.weight
+                layout.tied_name = "tok_emb.weight"
             elif layout.is_last_stage:
-                layout.tied_param = model.head.weight
+                layout.tied_name = "head.weight"
+            _resolve_tied_param(model, layout)
     if layout.tp > 1:
         apply_tensor_parallel(model, layout)
     apply_activation_checkpointing(model, layout.config.activation_checkpointing)
@@ -395,13 +398,16 @@ def wrap_model_parallel(model: nn.Module, layout: Layout, parallelism: str, bf16
                 fully_shard(block, **kwargs)
             fully_shard(model, **kwargs)
         else:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            device_ids = [layout.world.device.index] if layout.world.device.type == "cuda" else None
-            wrapped = DDP(model, device_ids=device_ids, process_group=layout.group("dp"))
+            layout.average_gradients = True
     if layout.pp > 1:
+        _resolve_tied_param(model, layout)
         layout.pipeline = Pipeline(model, wrapped, layout)
     return wrapped
+
+
+def _resolve_tied_param(model: nn.Module, layout: Layout) -> None:
+    if layout.tied_name is not None:
+        layout.tied_param = dict(model.named_parameters())[layout.tied_name]
 
 
 def eval_module(model: nn.Module, wrapped: nn.Module, layout: Layout) -> nn.Module:
@@ -427,6 +433,30 @@ def _sync_tied_gradients(layout: Layout) -> None:
     dist.all_reduce(local, group=layout.tied_group)
 
 
+def _average_data_parallel_gradients(params: list[nn.Parameter], layout: Layout) -> None:
+    """Mean of each gradient over the data-parallel replicas, in flat buckets of about 25 MB."""
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    group = layout.group("dp")
+    grads = []
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad)
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for i, g in enumerate(grads):
+        bucket.append(g)
+        size += g.numel() * g.element_size()
+        if size >= 25 * 2**20 or i == len(grads) - 1:
+            flat = _flatten_dense_tensors(bucket)
+            dist.all_reduce(flat, group=group)
+            flat /= layout.dp
+            for g_, reduced in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+                g_.copy_(reduced)
+            bucket, size = [], 0
+
+
 def clip_gradients(params: list[nn.Parameter], max_norm: float, layout: Layout) -> torch.Tensor:
     """Clip to a global gradient norm over every shard and stage; returns the norm before clipping.
 
@@ -438,6 +468,8 @@ def clip_gradients(params: list[nn.Parameter], max_norm: float, layout: Layout) 
     from torch.distributed.tensor import DTensor
 
     _sync_tied_gradients(layout)
+    if layout.average_gradients:
+        _average_data_parallel_gradients(params, layout)
     device = layout.world.device
     buckets: dict[tuple, torch.Tensor] = {}
     groups: dict[tuple, list] = {}
