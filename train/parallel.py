@@ -3,7 +3,9 @@
 The world of `torchrun` processes is laid out as a (pp, dp, tp) mesh, the way torchtitan does it:
 `--tp` ranks next to each other (one node's fast links) split every block's matmuls, `--pp` groups of
 them each hold a consecutive share of the blocks, and what remains of the world size is data
-parallel (`--parallelism ddp|fsdp`, as without this module). Everything is PyTorch's own:
+parallel: `--parallelism fsdp` shards each stage over the dp dimension (FSDP2), `ddp` averages the
+accumulated gradients over it once per step (DDP's semantics; DDP itself neither takes DTensor
+parameters nor several pipeline forwards per backward). Everything is PyTorch's own:
 
 - tensor parallelism: DTensor's `parallelize_module`, q/k/v and the SwiGLU gate/up projections split
   column-wise (by heads, so grouped-query key/value heads split too), the attention output and the
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -70,7 +72,6 @@ class Layout:
     average_gradients: bool = False
     """Data parallel by an all-reduce of the accumulated gradients over dp before clipping (DDP's
     semantics; DDP itself neither takes DTensor parameters nor several pipeline forwards per backward)."""
-    _stage_names: set[str] = field(default_factory=set)
 
     @property
     def tp(self) -> int:
@@ -127,7 +128,7 @@ def make_layout(config: ParallelConfig, ctx: DistContext, parallelism: str, kind
         raise TrainConfigError("--microbatches", f"the 1F1B schedule needs at least as many micro-batches as stages "
                                f"({pp}), got {config.pipeline_microbatches}")
     layout = Layout(config=config, world=ctx, dp=dp, data_ctx=ctx)
-    if world == 1:
+    if world == 1 or not layout.model_parallel:  # plain DDP/FSDP: train.distributed as before
         return layout
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -369,7 +370,6 @@ def apply_layout(model: nn.Module, layout: Layout) -> nn.Module:
     if layout.tp > 1:
         apply_tensor_parallel(model, layout)
     apply_activation_checkpointing(model, layout.config.activation_checkpointing)
-    layout._stage_names = {name for name, _ in model.named_parameters()}
     return model
 
 
