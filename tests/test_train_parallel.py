@@ -184,21 +184,22 @@ def test_a_single_process_checkpoint_resumes_under_pipeline_parallelism(tmp_path
 
 
 # --------------------------------------------------------------------------------------------------
-# 2-D layouts (4 processes on 2 cores: slow)
+# 2-D and 3-D layouts (4 and 8 processes on 2 cores: slow)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("parallelism, parallel", [
-    ("fsdp", dict(tp=2)),
-    ("ddp", dict(tp=2)),
-    ("ddp", dict(pp=2, microbatches=2)),
-    ("fsdp", dict(pp=2, microbatches=2, pp_schedule="gpipe")),
-    ("ddp", dict(tp=2, pp=2, microbatches=2)),
-], ids=["tp2-fsdp2", "tp2-ddp2", "pp2-ddp2", "pp2-fsdp2", "tp2-pp2"])
-def test_two_dimensional_layouts_on_four_processes_follow_the_single_process_curve(tmp_path, shards, single_process,
-                                                                                 parallelism, parallel):
+@pytest.mark.parametrize("nproc, parallelism, parallel", [
+    (4, "fsdp", dict(tp=2)),
+    (4, "ddp", dict(tp=2)),
+    (4, "ddp", dict(pp=2, microbatches=2)),
+    (4, "fsdp", dict(pp=2, microbatches=2, pp_schedule="gpipe")),
+    (4, "ddp", dict(tp=2, pp=2, microbatches=2)),
+    (8, "fsdp", dict(tp=2, pp=2, microbatches=2)),
+], ids=["tp2-fsdp2", "tp2-ddp2", "pp2-ddp2", "pp2-fsdp2", "tp2-pp2", "tp2-pp2-fsdp2"])
+def test_multi_dimensional_layouts_follow_the_single_process_curve(tmp_path, shards, single_process, nproc,
+                                                                   parallelism, parallel):
     config = config_for(tmp_path / "run", shards, **parallel).replace(parallelism=parallelism)
-    got = torchrun(config, tmp_path, "2d", nproc=4)
+    got = torchrun(config, tmp_path, "nd", nproc=nproc)
     assert_same_curve(got, single_process)
 
 
