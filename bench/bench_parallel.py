@@ -43,7 +43,8 @@ GLOBAL_WINDOWS = 16
 CASES = {
     "ddp2": ({}, GLOBAL_WINDOWS // 2, "ddp", "DDP=2 (peer)"),
     "tp2": ({"tp": 2}, GLOBAL_WINDOWS, "ddp", "TP=2"),
-    "pp2-1f1b": ({"pp": 2, "pp_schedule": "1f1b", "microbatches": 4}, GLOBAL_WINDOWS, "ddp", "PP=2, 1F1B, 4 micro-batches"),
+    "pp2-1f1b": ({"pp": 2, "pp_schedule": "1f1b", "microbatches": 4}, GLOBAL_WINDOWS, "ddp",
+                 "PP=2, 1F1B, 4 micro-batches"),
     "pp2-gpipe": ({"pp": 2, "pp_schedule": "gpipe", "microbatches": 4}, GLOBAL_WINDOWS, "ddp",
                   "PP=2, GPipe, 4 micro-batches"),
     "ddp2-ac": ({"activation_checkpointing": "full"}, GLOBAL_WINDOWS // 2, "ddp", "DDP=2, full activation ckpt"),
@@ -157,7 +158,8 @@ def run_gpu_case(preset: str, recompute: str, shards: Path, steps: int, device: 
     out = json.loads((work / "out.json").read_text())
     if out.get("oom"):
         return {"oom": True}
-    step_times = [b - a for a, b in zip(out["stamps"], out["stamps"][1:])][2:-1] or [out["stamps"][-1] - out["stamps"][0]]
+    stamps = out["stamps"]
+    step_times = [b - a for a, b in zip(stamps, stamps[1:])][2:-1] or [stamps[-1] - stamps[0]]
     step_s = sorted(step_times)[len(step_times) // 2]
     mfus = [m for m in out["mfu"][2:-1] if m is not None]
     return {"step_s": step_s, "tokens_per_s": GPU_MICRO * seq / step_s, "mfu": sorted(mfus)[len(mfus) // 2] if mfus

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig, TrainConfigError, train
-from train.checkpoint import is_sharded_checkpoint, latest_checkpoint, load_checkpoint, model_from_checkpoint
+from train.checkpoint import is_sharded_checkpoint, latest_checkpoint, load_checkpoint
 from train.config import ParallelConfig
 from train.distributed import DistContext
 from train.parallel import check_model_layout, make_layout, stage_layers

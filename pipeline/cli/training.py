@@ -241,7 +241,8 @@ def _int_list(text: str | None) -> tuple[int, ...] | None:
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError as err:
-        raise TrainConfigError("--pp-layers", f"expected comma-separated block counts like 6,6,5,5, got {text!r}") from err
+        raise TrainConfigError("--pp-layers",
+                               f"expected comma-separated block counts like 6,6,5,5, got {text!r}") from err
 
 
 @click.command("evaluate")
