@@ -101,6 +101,11 @@ def assert_same_curve(got: dict, want: dict) -> None:
     assert want["train"][-1][1] < want["train"][0][1]  # it did learn something
 
 
+def grad_norms(run_dir: Path) -> list[float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["grad_norm"] for r in records if r["kind"] == "train"]
+
+
 # --------------------------------------------------------------------------------------------------
 # Tensor parallelism
 
@@ -109,6 +114,7 @@ def test_tensor_parallel_with_grouped_query_attention_follows_the_single_process
                                                                                        single_process):
     got = torchrun(config_for(tmp_path / "run", shards, tp=2), tmp_path, "tp")
     assert_same_curve(got, single_process)
+    assert grad_norms(tmp_path / "run") == pytest.approx(grad_norms(single_process["run"]), rel=1e-5)
     # its checkpoint is a DCP folder that reads back, in one process, as the single process's weights
     ckpt = latest_checkpoint(tmp_path / "run")
     assert is_sharded_checkpoint(ckpt)
@@ -117,6 +123,13 @@ def test_tensor_parallel_with_grouped_query_attention_follows_the_single_process
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-5)
+
+
+def test_sequence_parallel_follows_the_single_process_curve(tmp_path, shards, single_process):
+    got = torchrun(config_for(tmp_path / "run", shards, tp=2, sequence_parallel=True), tmp_path, "sp")
+    assert_same_curve(got, single_process)
+    # the norms' gradients, partial sums over sequence shards, are summed before the global norm
+    assert grad_norms(tmp_path / "run") == pytest.approx(grad_norms(single_process["run"]), rel=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,6 +176,7 @@ def test_pipeline_parallel_follows_the_single_process_curve(tmp_path, shards, si
     got = torchrun(config_for(run, shards, pp=2, pp_schedule=schedule, microbatches=2,
                               activation_checkpointing=recompute), tmp_path, schedule)
     assert_same_curve(got, single_process)
+    assert grad_norms(run) == pytest.approx(grad_norms(single_process["run"]), rel=1e-5)
     # each stage wrote its blocks and its end of the tied embedding: one process reads the whole model
     a = load_checkpoint(latest_checkpoint(run))["model"]
     b = load_checkpoint(latest_checkpoint(single_process["run"]))["model"]
@@ -194,13 +208,16 @@ def test_a_single_process_checkpoint_resumes_under_pipeline_parallelism(tmp_path
     (4, "ddp", dict(pp=2, microbatches=2)),
     (4, "fsdp", dict(pp=2, microbatches=2, pp_schedule="gpipe")),
     (4, "ddp", dict(tp=2, pp=2, microbatches=2)),
+    (4, "fsdp", dict(tp=2, sequence_parallel=True)),
     (8, "fsdp", dict(tp=2, pp=2, microbatches=2)),
-], ids=["tp2-fsdp2", "tp2-ddp2", "pp2-ddp2", "pp2-fsdp2", "tp2-pp2", "tp2-pp2-fsdp2"])
+], ids=["tp2-fsdp2", "tp2-ddp2", "pp2-ddp2", "pp2-fsdp2", "tp2-pp2", "tp2-sp-fsdp2", "tp2-pp2-fsdp2"])
 def test_multi_dimensional_layouts_follow_the_single_process_curve(tmp_path, shards, single_process, nproc,
                                                                    parallelism, parallel):
     config = config_for(tmp_path / "run", shards, **parallel).replace(parallelism=parallelism)
     got = torchrun(config, tmp_path, "nd", nproc=nproc)
     assert_same_curve(got, single_process)
+    # the clipped global norm spans every shard (FSDP2 shards TP weights with _StridedShard) and stage
+    assert grad_norms(tmp_path / "run") == pytest.approx(grad_norms(single_process["run"]), rel=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,6 +255,13 @@ def one_process() -> DistContext:
 def test_a_tp_that_does_not_divide_the_world_size_is_refused():
     with pytest.raises(TrainConfigError, match="does not divide the world size 1"):
         make_layout(ParallelConfig(tp=2), one_process(), "ddp", "pretrain")
+
+
+def test_sequence_parallel_without_tensor_parallelism_or_with_pipelining_is_refused():
+    with pytest.raises(TrainConfigError, match="needs --tp > 1"):
+        make_layout(ParallelConfig(sequence_parallel=True), one_process(), "ddp", "pretrain")
+    with pytest.raises(TrainConfigError, match="not implemented with --pp"):
+        make_layout(ParallelConfig(tp=2, pp=2, sequence_parallel=True), one_process(), "ddp", "pretrain")
 
 
 def test_tp_and_pp_are_refused_for_other_kinds_of_training():

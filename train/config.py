@@ -143,6 +143,10 @@ class ParallelConfig:
     """Pipeline schedule: gpipe (all forwards, then all backwards) or 1f1b (interleaved, less memory)."""
     microbatches: int = 0
     """Pipeline micro-batches each micro-batch is cut into (must divide --micro-batch); 0 = pp."""
+    sequence_parallel: bool = False
+    """With tp > 1: the norms (and the residual stream between blocks) split along the sequence across the
+    tp ranks, so their activations take 1/tp of the memory (an all-gather and a reduce-scatter replace each
+    all-reduce)."""
     activation_checkpointing: str = "none"
     """Recompute activations in the backward pass: none, full (each block), selective (keep matmul outputs)."""
     checkpoint_format: str = "auto"

@@ -190,7 +190,7 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
             f"--seq-len {seq_len} is longer than the context of preset {preset!r} "
             f"({model_config.max_seq_len} tokens); use --seq-len {model_config.max_seq_len} or less, "
             f"or a preset with a longer context")
-    parallel.check_model_layout(layout, model_config, config.data.micro_batch_size)
+    parallel.check_model_layout(layout, model_config, config.data.micro_batch_size, seq_len)
 
     # ---- resume or start fresh ----------------------------------------------------------------
     latest = latest_checkpoint(run_dir)

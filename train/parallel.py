@@ -9,7 +9,8 @@ parameters nor several pipeline forwards per backward). Everything is PyTorch's 
 
 - tensor parallelism: DTensor's `parallelize_module`, q/k/v and the SwiGLU gate/up projections split
   column-wise (by heads, so grouped-query key/value heads split too), the attention output and the
-  down projection row-wise (one all-reduce after each). Embedding, norms and head stay replicated.
+  down projection row-wise (one all-reduce after each). Embedding, norms and head stay replicated,
+  or with sequence parallelism the norms and the residual stream split along the sequence.
 - pipeline parallelism: `torch.distributed.pipelining` with a GPipe or 1F1B schedule; each stage is
   a `PipelineStageModule` that keeps GPT's attribute names, so parameter names, and so checkpoints,
   are the same in every layout. A tied embedding/head is kept on the first and the last stage and
@@ -119,6 +120,11 @@ def make_layout(config: ParallelConfig, ctx: DistContext, parallelism: str, kind
     if (tp > 1 or pp > 1) and kind != "pretrain":
         raise TrainConfigError("--tp / --pp", f"tensor and pipeline parallelism are supported for pretraining "
                                f"only, not for {kind} runs; use --parallelism fsdp to fit a large model")
+    if config.sequence_parallel and tp == 1:
+        raise TrainConfigError("--sequence-parallel", "needs --tp > 1 (it splits what tensor parallelism replicates)")
+    if config.sequence_parallel and pp > 1:
+        raise TrainConfigError("--sequence-parallel", "is not implemented with --pp (stages would pass sequence "
+                               "shards); use it with --tp alone or with --parallelism fsdp")
     if world % (tp * pp) != 0:
         raise TrainConfigError("--tp / --pp", f"tp x pp = {tp} x {pp} = {tp * pp} does not divide the world size "
                                f"{world}; start torchrun with a multiple of {tp * pp} processes "
@@ -143,9 +149,11 @@ def make_layout(config: ParallelConfig, ctx: DistContext, parallelism: str, kind
     return layout
 
 
-def check_model_layout(layout: Layout, model_config, micro_batch_size: int) -> None:
+def check_model_layout(layout: Layout, model_config, micro_batch_size: int, seq_len: int | None = None) -> None:
     """Refuse a model the layout cannot split (before the model is built)."""
     tp, pp, cfg = layout.tp, layout.pp, layout.config
+    if cfg.sequence_parallel and seq_len is not None and seq_len % tp != 0:
+        raise TrainConfigError("--sequence-parallel", f"--tp {tp} does not divide the sequence length {seq_len}")
     if tp > 1:
         if model_config.n_head % tp != 0:
             raise TrainConfigError("--tp", f"{tp} does not divide the model's {model_config.n_head} attention heads; "
@@ -294,10 +302,42 @@ def apply_tensor_parallel(model: nn.Module, layout: Layout) -> None:
     plan = {"attn.wq": ColwiseParallel(), "attn.wk": ColwiseParallel(), "attn.wv": ColwiseParallel(),
             "attn.wo": RowwiseParallel(),
             "ffn.w1": ColwiseParallel(), "ffn.w3": ColwiseParallel(), "ffn.w2": RowwiseParallel()}
+    if layout.config.sequence_parallel:
+        plan.update(_sequence_parallel_block_plan())
+        _apply_sequence_parallel_ends(model, tp_mesh)
     for block in decoder_blocks(model):
         parallelize_module(block, tp_mesh, plan)
         block.attn.n_head //= layout.tp  # local heads: the views in the forward use these counts
         block.attn.n_kv_head //= layout.tp
+
+
+def _sequence_parallel_block_plan() -> dict:
+    """Norms on sequence shards; an all-gather before attention and feed-forward, a reduce-scatter after."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import PrepareModuleInput, RowwiseParallel, SequenceParallel
+
+    return {"attn_norm": SequenceParallel(), "ffn_norm": SequenceParallel(),
+            # Block calls attn(x, cos, sin, cache): only x is laid out
+            "attn": PrepareModuleInput(input_layouts=(Shard(1), None, None, None),
+                                       desired_input_layouts=(Replicate(), None, None, None), use_local_output=True),
+            "ffn": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),),
+                                      use_local_output=True),
+            "attn.wo": RowwiseParallel(output_layouts=Shard(1)), "ffn.w2": RowwiseParallel(output_layouts=Shard(1))}
+
+
+def _apply_sequence_parallel_ends(model: nn.Module, tp_mesh) -> None:
+    """The (replicated) embedding's output is cut into sequence shards, the final norm runs on them,
+    and the (replicated) head gathers the whole sequence again: a tied embedding and head stay one
+    plain parameter."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (PrepareModuleInput, PrepareModuleOutput, SequenceParallel,
+                                                   parallelize_module)
+
+    plan = {"tok_emb": PrepareModuleOutput(output_layouts=Replicate(), desired_output_layouts=Shard(1)),
+            "norm": SequenceParallel(),
+            "head": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),),
+                                       use_local_output=True)}
+    parallelize_module(model, tp_mesh, {name: style for name, style in plan.items() if hasattr(model, name)})
 
 
 def _selective_policy():
@@ -465,7 +505,7 @@ def clip_gradients(params: list[nn.Parameter], max_norm: float, layout: Layout) 
     placements), then over the pipeline stages, counting a tied weight once."""
     if not layout.model_parallel:
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor, Replicate
 
     _sync_tied_gradients(layout)
     if layout.average_gradients:
@@ -479,9 +519,14 @@ def clip_gradients(params: list[nn.Parameter], max_norm: float, layout: Layout) 
         if p.grad is None:
             continue
         g = p.grad
+        if isinstance(g, DTensor) and any(placement.is_partial() for placement in g.placements):
+            # a replicated weight fed by sequence shards (sequence parallel norms): sum the partial gradients
+            g = p.grad = g.redistribute(g.device_mesh, [Replicate() if placement.is_partial() else placement
+                                                         for placement in g.placements])
         if isinstance(g, DTensor):
             local = g.to_local()
-            dims = tuple(i for i, placement in enumerate(g.placements) if placement.is_shard())
+            # sharded on every mesh dimension that is not replicated (Shard, FSDP2's _StridedShard under TP)
+            dims = tuple(i for i, placement in enumerate(g.placements) if not placement.is_replicate())
             key = (id(g.device_mesh), dims)
             groups.setdefault(key, [g.device_mesh.get_group(i) for i in dims])
         else:

@@ -143,6 +143,8 @@ def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens
               help="Under torchrun: ddp replicates the model, fsdp (FSDP2) shards it for models too big for one GPU.")
 @click.option("--tp", type=int, default=1, show_default=True,
               help="Tensor-parallel ranks (split each block's heads and feed-forward); must divide the heads.")
+@click.option("--sequence-parallel/--no-sequence-parallel", default=False, show_default=True,
+              help="With --tp: split the norms and the residual stream along the sequence too (less memory).")
 @click.option("--pp", type=int, default=1, show_default=True,
               help="Pipeline stages (split the blocks); the data-parallel size is world size / (tp x pp).")
 @click.option("--pp-layers", default=None,
@@ -180,7 +182,8 @@ def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens
 def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: int, tokens: int,
                  batch_tokens: int, micro_batch: int, seq_len: int, lr: float | None, min_lr: float | None,
                  warmup_steps: int | None, weight_decay: float, grad_clip: float, resume: bool,
-                 compile_: bool | None, device: str, precision: str, parallelism: str, tp: int, pp: int,
+                 compile_: bool | None, device: str, precision: str, parallelism: str, tp: int,
+                 sequence_parallel: bool, pp: int,
                  pp_layers: str | None, pp_schedule: str, microbatches: int, activation_checkpointing: str,
                  checkpoint_format: str, eval_every: int | None,
                  eval_tokens: int, sample_every: int | None, prompt: str, sample_tokens: int,
@@ -210,7 +213,7 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
             checkpoint=CheckpointConfig(every_steps=r.eval_every if ckpt_every is None else ckpt_every,
                                         keep_last=keep_last),
             log=LogConfig(every_steps=r.log_every, tensorboard=tensorboard),
-            parallel=ParallelConfig(tp=tp, pp=pp, pp_layers=_int_list(pp_layers), pp_schedule=pp_schedule,
+            parallel=ParallelConfig(tp=tp, sequence_parallel=sequence_parallel, pp=pp, pp_layers=_int_list(pp_layers), pp_schedule=pp_schedule,
                                     microbatches=microbatches, activation_checkpointing=activation_checkpointing,
                                     checkpoint_format=checkpoint_format),
         )
