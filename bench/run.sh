@@ -5,9 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 mkdir -p bench/results
-for b in bench_readers bench_filters bench_dedup bench_tokenize bench_train bench_parallel; do
+for b in bench_readers bench_filters bench_dedup bench_tokenize bench_ray bench_train bench_sft bench_parallel; do
   if [ -f "bench/$b.py" ]; then
     echo "=== $b"
     "$PY" "bench/$b.py" "$@"
   fi
 done
+if [ -f bench/bench_align.py ]; then
+  echo "=== bench_align (PPO time split, KV cache vs none)"
+  "$PY" bench/bench_align.py ppo --preset small --out bench/results/align_ppo.json
+fi

@@ -5,6 +5,10 @@ whole life: no stage relies on position or order. Document shards are Parquet fi
 with the columns `id`, `text`, `url`, `source` and `meta` (a JSON object as a string, so stages can add
 annotations such as `lang` or `lang_score` without a schema change). Rejected-document shards add
 `reason` and `score` columns.
+
+This module is the one place that reads document shards: `iter_document_batches` (Arrow batches of
+chosen columns, for stages that work column-wise: dedup, the tokenizer, the shards stage),
+`read_documents` (`Document` objects), `read_document_rows` (chosen documents by id), `count_documents` and `text_bytes` (from the footer).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import InputError
 from pipeline.manifest import atomic_path
 
 DOC_SCHEMA = pa.schema(
@@ -107,10 +112,32 @@ def write_documents(path: str | Path, docs: Iterable[Document]) -> int:
     return writer.rows
 
 
+def iter_document_batches(
+    path: str | Path, columns: list[str] | None = None, batch_rows: int = ROW_GROUP_SIZE
+) -> Iterator[pa.RecordBatch]:
+    """Stream a document shard as Arrow record batches of `columns` (all if None), `batch_rows` at a time.
+
+    A file that is not a readable Parquet shard is an InputError naming the file, not an Arrow traceback.
+    """
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise InputError(f"{path}: not a readable document shard ({exc}); rerun the stage that wrote it") from exc
+    yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
+
+
+def read_document_rows(path: str | Path, ids: list[str], columns: list[str]) -> list[dict]:
+    """The rows (as dicts of `columns`) of the documents with these `ids` in a shard (Parquet's
+    predicate push-down skips row groups that hold none of them)."""
+    try:
+        return pq.read_table(path, columns=columns, filters=[("id", "in", ids)]).to_pylist()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise InputError(f"{path}: not a readable document shard ({exc}); rerun the stage that wrote it") from exc
+
+
 def read_documents(path: str | Path, columns: list[str] | None = None) -> Iterator[Document]:
     """Stream the documents of a Parquet shard, one row group at a time (flat memory)."""
-    pf = pq.ParquetFile(path)
-    for batch in pf.iter_batches(batch_size=ROW_GROUP_SIZE, columns=columns):
+    for batch in iter_document_batches(path, columns):
         cols = batch.to_pydict()
         n = batch.num_rows
         for i in range(n):
@@ -126,3 +153,13 @@ def read_documents(path: str | Path, columns: list[str] | None = None) -> Iterat
 def count_documents(path: str | Path) -> int:
     """Number of rows in a Parquet shard, read from its footer (no data read)."""
     return pq.ParquetFile(path).metadata.num_rows
+
+
+def text_bytes(paths: Iterable[str | Path], column: str = "text") -> int:
+    """Uncompressed size of the text column of document shards, from their footers (no data read)."""
+    total = 0
+    for p in paths:
+        md = pq.ParquetFile(p).metadata
+        col = md.schema.names.index(column)
+        total += sum(md.row_group(i).column(col).total_uncompressed_size for i in range(md.num_row_groups))
+    return total

@@ -20,71 +20,32 @@ import logging
 import os
 import re
 import threading
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from functools import partial
 from typing import Callable, Iterable
 from urllib.parse import unquote, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 import urllib3
 from urllib3.exceptions import MaxRetryError
-from urllib3.util.retry import Retry
 
-from pipeline.errors import ConfigError, InputError, PipelineError, StageConfigChanged
-from pipeline.manifest import FORMAT_VERSION, MANIFEST_NAME, read_json, write_json_atomic
+from pipeline.errors import InputError
+from pipeline.http import DEFAULT_BASE_URL, RETRY_STATUSES, DownloadConfig, DownloadError, thread_session
+from pipeline.manifest import MANIFEST_NAME, OMIT_IF_NONE, config_dict, load_manifest, read_json
 from pipeline.readers import gzip_problem
+from pipeline.sources import CRAWL_ID_RE, DEFAULT_TEXT_FIELD, resolve_source
+from pipeline.stage import Executor, LocalExecutor, Progress, ShardStats, ShardTask, report_progress, run_stage
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://data.commoncrawl.org"
 #: SOURCE when none is given and no earlier download exists (keep in step with the Makefile).
 DEFAULT_SOURCE = "CC-MAIN-2024-51"
 #: NUM_FILES when none is given: two WET files (~150 MB, ~70k documents) make a quick first corpus.
 DEFAULT_NUM_FILES = 2
 RAW_DIR = "raw"
 FILES_DIR = "files"
-#: HTTP answers worth retrying: rate limiting and server-side trouble.
-RETRY_STATUSES = (429, 500, 502, 503, 504)
 _CHUNK_BYTES = 1 << 20
-_USER_AGENT = "crawlgpt-download/0.1 (+https://github.com/; research data pipeline)"
-
-
-class DownloadError(PipelineError):
-    """A file could not be downloaded (not found, or still failing after every retry)."""
-
-
-@dataclass(frozen=True)
-class DownloadConfig:
-    """How files are fetched. None of these change what is downloaded, only how."""
-
-    workers: int = 4
-    """Parallel transfers. Common Crawl asks for few parallel connections; more mostly earns 503s."""
-    retries: int = 5
-    """Retries per file after the first attempt (for 429/5xx, refused or dropped connections, bad gzip)."""
-    backoff_s: float = 1.0
-    """Base of the exponential backoff between retries: waits backoff_s * 2**(n-1) seconds."""
-    backoff_max_s: float = 60.0
-    """Longest single wait between retries."""
-    connect_timeout_s: float = 10.0
-    """Seconds to wait for a connection."""
-    read_timeout_s: float = 60.0
-    """Seconds to wait for the next bytes of a response before treating the connection as dropped."""
-    base_url: str = DEFAULT_BASE_URL
-    """Where Common Crawl paths (crawl-data/...) are fetched from; tests point it at a loopback server."""
-    verify_gzip: bool = True
-    """Decompress each downloaded .gz file to its end before accepting it (about 1 s per 100 MB)."""
-
-    def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ConfigError("workers", f"must be at least 1, got {self.workers}")
-        if self.retries < 0:
-            raise ConfigError("retries", f"must be 0 or more, got {self.retries}")
-        if self.backoff_s < 0:
-            raise ConfigError("backoff_s", f"must be 0 or more, got {self.backoff_s}")
-        if not re.match(r"^https?://", self.base_url):
-            raise ConfigError("base_url", f"must start with http:// or https://, got {self.base_url!r}")
 
 
 @dataclass(frozen=True)
@@ -98,78 +59,52 @@ class DownloadResult:
     skipped: bool = False
 
 
-# --- HTTP session ----------------------------------------------------------------------------------
-
-_local = threading.local()
-
-
-def make_session(config: DownloadConfig) -> requests.Session:
-    """A session whose adapter retries refused connections and 429/5xx answers with backoff.
-
-    Dropped connections in the middle of a body are not covered by urllib3's Retry; `_fetch_one`
-    handles those by resuming with a Range request.
-    """
-    retry = Retry(
-        total=config.retries,
-        connect=config.retries,
-        read=config.retries,
-        status=config.retries,
-        other=0,
-        backoff_factor=config.backoff_s,
-        backoff_max=config.backoff_max_s,
-        status_forcelist=RETRY_STATUSES,
-        allowed_methods=frozenset({"GET", "HEAD"}),
-        respect_retry_after_header=True,
-        raise_on_status=False,  # the last answer comes back to us, so the error can name its status
-    )
-    session = requests.Session()
-    adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=max(4, config.workers))
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.headers["User-Agent"] = _USER_AGENT
-    return session
-
-
-def _thread_session(config: DownloadConfig) -> requests.Session:
-    """One session per thread (requests sessions are not documented as thread-safe)."""
-    key = (config.retries, config.backoff_s, config.backoff_max_s, config.workers)
-    if getattr(_local, "key", None) != key:
-        _local.session = make_session(config)
-        _local.key = key
-    return _local.session
-
-
-def fetch_bytes(url: str, config: DownloadConfig, what: str = "") -> bytes:
-    """GET a small file (a path listing) into memory, with the same retries; DownloadError on failure."""
-    session = _thread_session(config)
-    try:
-        resp = session.get(url, timeout=(config.connect_timeout_s, config.read_timeout_s))
-    except requests.RequestException as exc:
-        raise DownloadError(f"cannot fetch {url}: {exc} (after {config.retries} retries)") from exc
-    if resp.status_code == 404:
-        raise DownloadError(f"{url} not found (HTTP 404){what}")
-    if resp.status_code != 200:
-        raise DownloadError(f"cannot fetch {url}: HTTP {resp.status_code} after {config.retries} retries")
-    return resp.content
-
-
 # --- one file --------------------------------------------------------------------------------------
 
 
 def local_path_for(url: str, out_dir: Path, base_url: str = DEFAULT_BASE_URL) -> Path:
     """Where `url` is stored under `out_dir`: its Common Crawl path (crawl-data/...) if it lives under
     `base_url`, else `<host>/<path>`. Keeping the path keeps names unique (WET names repeat a segment
-    number only within their segment folder) and lets anyone map a file back to its URL."""
+    number only within their segment folder) and lets anyone map a file back to its URL.
+
+    A URL comes from outside (a URL list, a crawl listing, an option), so it must never choose a path
+    outside `out_dir`: see `safe_relative_parts`. InputError if nothing usable is left of the URL.
+    """
     base = base_url.rstrip("/") + "/"
     if url.startswith(base):
         rel = url[len(base):]
     else:
         parts = urlsplit(url)
-        rel = f"{parts.hostname or 'host'}/{parts.path.lstrip('/')}"
-    clean = [re.sub(r"[^A-Za-z0-9._-]", "_", unquote(p)) for p in rel.split("/") if p not in ("", ".", "..")]
+        rel = f"{parts.hostname or 'host'}/{parts.path}"
+    clean = safe_relative_parts(rel)
     if not clean:
         raise InputError(f"cannot make a file name from URL {url}")
-    return out_dir.joinpath(*clean)
+    return inside(out_dir, out_dir.joinpath(*clean), f"the file name made from URL {url}")
+
+
+def safe_relative_parts(rel: str) -> list[str]:
+    """The segments of a URL path, percent-decoded, made safe to use as folder and file names.
+
+    Decoding happens *before* the segments are judged, so an encoded `%2e%2e` cannot become `..` after it.
+    Backslashes count as separators; segments that are empty, `.`, `..` or only dots are dropped; every
+    character outside [A-Za-z0-9._-] (NUL, `:` of a drive letter, `%` of a double encoding) becomes `_`.
+    """
+    decoded = unquote(rel).replace("\\", "/")
+    clean = []
+    for seg in decoded.split("/"):
+        seg = re.sub(r"[^A-Za-z0-9._-]", "_", seg)
+        if seg.strip("."):
+            clean.append(seg)
+    return clean
+
+
+def inside(folder: Path, path: Path, what: str) -> Path:
+    """`path` if it resolves (symbolic links followed) to a place inside `folder`, else InputError."""
+    root = Path(os.path.realpath(folder))
+    real = Path(os.path.realpath(path))
+    if real != root and root not in real.parents:
+        raise InputError(f"{what} ({path}) points outside {folder}; refusing to write there")
+    return path
 
 
 def download(
@@ -188,7 +123,7 @@ def download(
     """
     out_dir = Path(out_dir)
     url_list = list(dict.fromkeys(urls))  # drop repeats, keep order
-    targets = [local_path_for(u, out_dir, config.base_url) for u in url_list]
+    targets = [local_path_for(u, out_dir, config.base_url) for u in url_list]  # each checked to be inside
     seen: dict[Path, str] = {}
     for u, t in zip(url_list, targets):
         if t in seen:
@@ -227,7 +162,7 @@ def _fetch_one(
         return DownloadResult(url, dest, dest.stat().st_size, _sha256(dest), skipped=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    session = _thread_session(config)
+    session = thread_session(config)
     problem = ""
     for attempt in range(config.retries + 1):
         if attempt:
@@ -368,9 +303,50 @@ def _sha256(path: Path, fsync: bool = False) -> str:
 
 # --- the download stage ----------------------------------------------------------------------------
 
+STAGE = "download"
+
+
+@dataclass(frozen=True)
+class DownloadStageConfig:
+    """What the download stage lists: its recorded config (how files are fetched is not part of it)."""
+
+    source: str
+    """The SOURCE as given (crawl id, URL list, folder, glob, file or URL)."""
+    num_files: int | None
+    """WET files taken from a crawl id (None for other sources, which are taken whole)."""
+    base_url: str | None
+    """Where remote files come from (None for a local source)."""
+    text_field: str | None = field(default=None, metadata=OMIT_IF_NONE)
+    """JSONL key holding the text, when not "text" (a folder's JSONL files without it are skipped)."""
+
 
 def raw_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / RAW_DIR
+
+
+def fetch_shard(task: ShardTask, stage_dir: Path, config: DownloadStageConfig, fetch: DownloadConfig) -> ShardStats:
+    """Stage function: fetch one remote file (`task.inputs = (url,)`) into stage_dir/files/..., or
+    describe one local file (`task.inputs = (path,)`) in place. A file holds no counted documents yet."""
+    (where,) = task.inputs
+    stats = ShardStats()
+    if config.base_url is None:
+        p = Path(where)
+        stats.extra = {"files": 1, "bytes": p.stat().st_size, "local": 1}
+        return stats
+    dest = local_path_for(where, stage_dir / FILES_DIR, fetch.base_url)
+    result = _fetch_one(where, dest, fetch, on_bytes=report_progress)
+    stats.outputs = [{"path": str(dest.relative_to(stage_dir)), "rows": 0, "bytes": result.bytes,
+                      "sha256": result.sha256}]
+    stats.extra = {"files": 1, "bytes": result.bytes, "downloaded": int(not result.skipped),
+                   "fetched_bytes": 0 if result.skipped else result.bytes}
+    return stats
+
+
+def _task_name(url_or_path: str, index: int, remote: bool, out: Path, base_url: str) -> str:
+    """A shard name for a file: its path under raw/files (remote), or its position and name (local)."""
+    if remote:
+        return str(local_path_for(url_or_path, out / FILES_DIR, base_url).relative_to(out / FILES_DIR)).replace("/", "--")
+    return f"{index:05d}-{Path(url_or_path).name}"
 
 
 def run_download(
@@ -379,82 +355,85 @@ def run_download(
     data_dir: str | Path,
     config: DownloadConfig = DownloadConfig(),
     force: bool = False,
-    on_bytes: Callable[[int], None] | None = None,
-    on_file: Callable[[DownloadResult], None] | None = None,
-    on_plan: Callable[[int], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    executor: Executor | None = None,
+    text_field: str = DEFAULT_TEXT_FIELD,
 ) -> dict:
     """The download stage: resolve SOURCE, fetch what is remote, write `DATA/raw/manifest.json` last.
 
+    One task per file, run by `pipeline.stage.run_stage` (`config.workers` processes by default).
     `source`/`num_files` None mean "as last time" (from the existing manifest), else the defaults
     (DEFAULT_SOURCE, DEFAULT_NUM_FILES): so `make tokenizer` after `make corpus SOURCE=x` goes on with x.
-    Returns the manifest plus a `run` entry (files downloaded and skipped in this run, bytes fetched)
-    that is printed but not written, so the manifest of an unchanged input stays byte-identical.
+    The resolved file list is recorded in the manifest, so a rerun of the same request needs no network
+    when every file is in place. Returns the manifest plus a `run` entry (files downloaded and skipped
+    in this run, bytes fetched) that is printed but not written.
     A manifest made for another SOURCE or NUM_FILES is refused unless `force`: the files downstream
-    stages were built from would change under them. With `force`, the manifest is replaced; files
-    already downloaded stay under raw/files/ as a cache (delete the folder to reclaim the space).
+    stages were built from would change under them. With `force`, the list is replaced; files already
+    downloaded stay under raw/files/ as a cache (delete the folder to reclaim the space).
     """
-    from pipeline.sources import CRAWL_ID_RE, resolve_source  # here: sources uses this module's fetch_bytes
-
     out = raw_dir(data_dir)
-    previous = _load_previous(out)
+    previous = load_manifest(out) if (out / MANIFEST_NAME).exists() else None
     source, num_files = choose_source(source, num_files, previous)
-    if previous is not None and not force and CRAWL_ID_RE.match(source):
-        again = _unchanged_crawl(previous, source, num_files, config)
-        if again is not None:
-            return again  # every file of the same crawl request is in place: no network needed
-    src = resolve_source(source, num_files, config=config)
-    stage_config = {"source": source, "num_files": src.num_files, "base_url": config.base_url if src.urls else None}
-    if previous is not None and previous.get("config") != stage_config and not force:
-        old = previous.get("config", {})
-        raise StageConfigChanged(
-            f"{out} holds the file list of {_describe(old)}, not {_describe(stage_config)}. To go on with "
-            "the files already there, leave SOURCE and NUM_FILES out (or pass the same values again). To "
-            "switch, rerun with --force (make ... FORCE=1): the file list is replaced, files already "
-            "downloaded are kept as a cache. Or use another DATA folder."
-        )
-    if on_plan is not None:
-        on_plan(len(src.urls))
-    start = time.monotonic()
-    files: list[dict] = []
-    downloaded = skipped = fetched_bytes = 0
-    if src.urls:
-        counted = [0]
-        lock = threading.Lock()
-
-        def count(n: int) -> None:
-            with lock:
-                counted[0] += n
-            if on_bytes is not None:
-                on_bytes(n)
-
-        results = download(src.urls, out / FILES_DIR, config, on_bytes=count, on_file=on_file)
-        for r in results:
-            files.append({"path": str(r.path.resolve()), "url": r.url, "bytes": r.bytes, "sha256": r.sha256})
-            skipped += r.skipped
-            downloaded += not r.skipped
-        fetched_bytes = counted[0]
+    if text_field == DEFAULT_TEXT_FIELD and previous is not None \
+            and previous.get("config", {}).get("source") == source:  # as last time unless given again
+        text_field = previous.get("config", {}).get("text_field") or DEFAULT_TEXT_FIELD
+    recorded = _recorded_request(previous, source, num_files, config)
+    if recorded is not None:
+        kind, urls, paths = recorded  # the same request as last time: no need to fetch the listing again
     else:
-        for p in src.paths:
-            files.append({"path": str(p.resolve()), "url": None, "bytes": p.stat().st_size})
-    manifest = {
-        "stage": "download",
-        "format_version": FORMAT_VERSION,
-        "source": source,
-        "source_kind": src.kind,
-        "config": stage_config,
-        "files": files,
-        "totals": {"files": len(files), "bytes": sum(f["bytes"] for f in files)},
-    }
-    write_json_atomic(out / MANIFEST_NAME, manifest)
-    run = {
-        "downloaded": downloaded,
-        "skipped": skipped,
-        "local": 0 if src.urls else len(files),
-        "fetched_bytes": fetched_bytes,
-        "elapsed_s": round(time.monotonic() - start, 3),
-    }
+        # text_field: a JSONL file of a folder or glob whose first record lacks it is not a document file.
+        src = resolve_source(source, num_files, config=config, text_field=text_field)
+        kind, urls, paths = src.kind, list(src.urls), [str(p.resolve()) for p in src.paths]
+    remote = bool(urls)
+    stage_config = DownloadStageConfig(source=source, num_files=num_files if kind == "crawl" else None,
+                                       base_url=config.base_url if remote else None,
+                                       text_field=None if text_field == DEFAULT_TEXT_FIELD else text_field)
+    items = urls if remote else paths
+    tasks = [ShardTask(_task_name(x, i, remote, out, config.base_url), (x,)) for i, x in enumerate(items)]
+    seen: dict[str, str] = {}
+    for t in tasks:
+        if t.name in seen:
+            raise InputError(f"URLs {seen[t.name]} and {t.inputs[0]} map to the same file; rename one")
+        seen[t.name] = t.inputs[0]
+    run = {"downloaded": 0, "skipped": 0, "local": 0 if remote else len(items), "fetched_bytes": 0}
+
+    def count(receipt: dict) -> None:
+        run["downloaded"] += receipt["extra"].get("downloaded", 0)
+        run["fetched_bytes"] += receipt["extra"].get("fetched_bytes", 0)
+
+    def finalize(stage_dir: Path, manifest: dict) -> dict:
+        by_name = {s["shard"]: s for s in manifest["shards"]}
+        files = []
+        for t in tasks:
+            shard = by_name[t.name]
+            if remote:
+                o = shard["outputs"][0]
+                files.append({"path": str((stage_dir / o["path"]).resolve()), "url": t.inputs[0],
+                              "bytes": o["bytes"], "sha256": o["sha256"]})
+            else:
+                files.append({"path": t.inputs[0], "url": None, "bytes": shard["extra"]["bytes"]})
+        manifest["source"] = source
+        manifest["source_kind"] = kind
+        manifest["files"] = files
+        manifest["totals"]["files"] = len(files)
+        manifest["totals"]["bytes"] = sum(f["bytes"] for f in files)
+        return manifest
+
+    if executor is None or not remote:
+        executor = LocalExecutor(workers=config.workers if remote else 1)
+    manifest = run_stage(
+        STAGE, out, stage_config, tasks, partial(fetch_shard, fetch=config), force=force,
+        on_progress=on_progress, finalize=finalize, executor=executor, on_shard=count,
+        keep_outputs_on_force=True,
+        refusal_hint=(f"It holds the file list of {_describe(previous)}, not {_describe(config_dict(stage_config))}. "
+                      "To go on with the files already there, leave SOURCE and NUM_FILES out (or pass the same "
+                      "values again). To switch, rerun with --force: the file list is replaced, files already "
+                      "downloaded are kept as a cache." if previous else ""),
+    )
+    run["skipped"] = len(tasks) - run["downloaded"] if remote else 0
+    run["elapsed_s"] = manifest.get("elapsed_s", 0.0)
     log.info("download: %d files (%d downloaded, %d already there), %d bytes fetched",
-             len(files), downloaded, skipped, fetched_bytes)
+             len(tasks), run["downloaded"], run["skipped"], run["fetched_bytes"])
     return {**manifest, "run": run}
 
 
@@ -471,37 +450,27 @@ def choose_source(source: str | None, num_files: int | None, previous: dict | No
     return source, num_files
 
 
-def _unchanged_crawl(previous: dict, source: str, num_files: int, config: DownloadConfig) -> dict | None:
-    """The previous manifest (plus a `run` entry) if it is for this very crawl request and every file
-    it lists is still in place with its recorded size; else None."""
-    want = {"source": source, "num_files": num_files, "base_url": config.base_url}
-    if previous.get("config") != want:
+def _recorded_request(previous: dict | None, source: str, num_files: int,
+                      config: DownloadConfig) -> tuple[str, list[str], list[str]] | None:
+    """(kind, urls, paths) recorded by the previous manifest if it answers this very crawl request.
+
+    Only a crawl id is worth remembering (its listing is a network request); local folders and globs
+    are listed again, so new or removed files are seen.
+    """
+    if previous is None or not CRAWL_ID_RE.match(source):
         return None
-    files = previous.get("files", [])
-    for entry in files:
-        p = Path(entry["path"])
-        if not p.is_file() or p.stat().st_size != entry["bytes"]:
-            return None
-    log.info("download: all %d files of %s already complete", len(files), source)
-    run = {"downloaded": 0, "skipped": len(files), "local": 0, "fetched_bytes": 0, "elapsed_s": 0.0}
-    return {**previous, "run": run}
+    want = {"source": source, "num_files": num_files, "base_url": config.base_url}
+    if previous.get("config") != want or previous.get("source_kind") != "crawl":
+        return None
+    return "crawl", [f["url"] for f in previous.get("files", [])], []
 
 
-def _describe(stage_config: dict) -> str:
+def _describe(stage_config: dict | None) -> str:
+    stage_config = (stage_config or {}).get("config", stage_config) or {}
     text = f"SOURCE={stage_config.get('source')!r}"
     if stage_config.get("num_files") is not None:
         text += f" NUM_FILES={stage_config['num_files']}"
     return text
-
-
-def _load_previous(out: Path) -> dict | None:
-    p = out / MANIFEST_NAME
-    if not p.exists():
-        return None
-    try:
-        return read_json(p)
-    except ValueError:
-        return None
 
 
 def load_raw_files(data_dir: str | Path) -> list[Path]:

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -39,8 +42,11 @@ from pipeline.filters.gopher import (
 from pipeline.filters.language import LID_OPTION, LanguageFilter
 from pipeline.filters.models import check_fasttext_file
 from pipeline.filters.text_stats import TextStats
-from pipeline.manifest import output_record, sha256_file
-from pipeline.stage import Progress, ShardStats, ShardTask, report_progress, run_stage
+from pipeline.download import load_raw_files, raw_dir
+from pipeline.manifest import BY_CONTENT, manifest_hash, output_record, sha256_file
+from pipeline.quality_train import model_manifest
+from pipeline.readers import ReaderConfig, Unreadable, read_file
+from pipeline.stage import Executor, Progress, ShardStats, ShardTask, report_progress, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +62,8 @@ class FilterConfig:
     """Everything that decides which documents the filter stage keeps."""
 
     #: Path of the fastText language-ID model (lid.176); resolve URLs before building the config.
-    lid_model: str
+    #: The config records its file name; its content (sha256) is in the manifest's `upstream`.
+    lid_model: str = field(metadata=BY_CONTENT)
     #: Languages to keep (lid.176 codes: en, de, zh, ...).
     langs: tuple[str, ...] = ("en",)
     #: Smallest lid.176 probability of the top language to keep a document (FineWeb: 0.65).
@@ -73,8 +80,8 @@ class FilterConfig:
     c4: C4Config = field(default_factory=C4Config)
     #: FineWeb thresholds.
     fineweb: FineWebConfig = field(default_factory=FineWebConfig)
-    #: Path of a fastText quality model, or None for no classifier.
-    quality_model: str | None = None
+    #: Path of a fastText quality model, or None for no classifier (recorded like lid_model).
+    quality_model: str | None = field(default=None, metadata=BY_CONTENT)
     #: Keep documents with P(label) >= this; None: the threshold in the model's manifest (else 0.5).
     quality_threshold: float | None = None
     #: The model's label for good text; None: from the model's manifest (else `__label__hq`).
@@ -162,8 +169,6 @@ def quality_settings(config: FilterConfig) -> QualitySettings | None:
     """Resolve the classifier's threshold, label and normalisation for `config.quality_model`."""
     if config.quality_model is None:
         return None
-    from pipeline.quality_train import model_manifest
-
     manifest = model_manifest(config.quality_model) or {}
     return QualitySettings(
         threshold=config.quality_threshold if config.quality_threshold is not None else manifest.get("threshold", 0.5),
@@ -248,10 +253,35 @@ def shard_name(path: str | Path) -> str:
     return name.split(".", 1)[0] or name
 
 
+def shard_names(paths: list[Path]) -> list[str]:
+    """Output shard names for raw files, unique even when two files share a name.
+
+    Each file keeps `shard_name` when no other file has it. Files that would collide (a/x.jsonl and
+    b/x.jsonl, or a.warc beside a.warc.gz) are named by their path below the folder they share instead,
+    with separators and dots as `_` (a_x_jsonl, a_warc_gz), so every shard is told apart from the
+    start and a rerun gives the same names.
+    """
+    base = [shard_name(p) for p in paths]
+    groups: dict[str, list[int]] = {}
+    for i, n in enumerate(base):
+        groups.setdefault(n, []).append(i)
+    names = list(base)
+    for n, members in groups.items():
+        if len(members) < 2:
+            continue
+        absolute = [os.path.abspath(paths[i]) for i in members]
+        common = os.path.commonpath([os.path.dirname(a) for a in absolute])
+        for i, a in zip(members, absolute):
+            names[i] = re.sub(r"[^A-Za-z0-9-]", "_", os.path.relpath(a, common))
+    taken = Counter(names)
+    for i, n in enumerate(names):
+        if taken[n] > 1 or (names[i] != base[i] and n in base):  # a made name that meets another: number it
+            names[i] = f"{n}-{i:05d}"
+    return names
+
+
 def filter_shard(task: ShardTask, stage_dir: Path, config: FilterConfig) -> ShardStats:
     """Filter one raw file into `<shard>.parquet` and `rejected/<shard>.parquet`; return the counts."""
-    from pipeline.readers import ReaderConfig, Unreadable, read_file
-
     chain = _chain_for(config)
     stats = ShardStats()
     kept_path = stage_dir / f"{task.name}.parquet"
@@ -259,13 +289,16 @@ def filter_shard(task: ShardTask, stage_dir: Path, config: FilterConfig) -> Shar
     reader = ReaderConfig(text_field=config.text_field)
     with DocumentWriter(kept_path) as kept, DocumentWriter(rejected_path, rejected=True) as rejected:
         for path in task.inputs:
-            for item in read_file(path, reader):
+            # a file that shares its name with another (see shard_names) is called by its shard name in
+            # ids and locations, so documents named after their line (<file>:<line>) stay unique
+            name = Path(path).name if task.name == shard_name(path) else task.name
+            for item in read_file(path, reader, name=name):
                 stats.docs_in += 1
                 if isinstance(item, Unreadable):
                     reason = f"unreadable:{item.reason}"
                     stats.unreadable[item.reason] += 1
                     rejected.write(
-                        Document(id=item.location, text="", source=Path(path).name, meta={"detail": item.detail}),
+                        Document(id=item.location, text="", source=name, meta={"detail": item.detail}),
                         reason=reason,
                         score=None,
                     )
@@ -312,16 +345,14 @@ def run_filter(
     workers: int = 1,
     force: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
+    executor: Executor | None = None,
 ) -> dict:
     """Filter every raw input file listed in DATA/raw/manifest.json into DATA/filtered/; return the manifest."""
-    from pipeline.download import load_raw_files, raw_dir
-    from pipeline.manifest import manifest_hash
-
     raw_files = load_raw_files(data_dir)
     if not raw_files:
         raise InputError(f"{raw_dir(data_dir)}/manifest.json lists no input files; run `make download` first")
     check_models(config)
-    tasks = [ShardTask(shard_name(p), (str(p),)) for p in raw_files]
+    tasks = [ShardTask(n, (str(p),)) for n, p in zip(shard_names(raw_files), raw_files)]
     upstream = {
         "raw": manifest_hash(raw_dir(data_dir)),
         "lid_model": sha256_file(config.lid_model),
@@ -346,4 +377,5 @@ def run_filter(
         upstream=upstream,
         on_progress=on_progress,
         finalize=finalize,
+        executor=executor,
     )

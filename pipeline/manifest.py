@@ -56,6 +56,24 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
             os.fsync(f.fileno())
 
 
+def listed_path(folder: str | Path, rel: str, listed_in: str | Path) -> Path:
+    """`folder / rel` for a path a manifest or receipt lists, refusing one that leads outside `folder`.
+
+    Manifests are files on disk that anyone can edit (or damage); a listed `../../x` must not make a
+    stage read, trust or delete a file elsewhere. Raises ValueError naming the manifest.
+    """
+    folder = Path(folder)
+    path = folder / rel
+    root = os.path.realpath(folder)
+    real = os.path.realpath(path)
+    if Path(rel).is_absolute() or os.path.commonpath([root, real]) != root or real == root:
+        raise ValueError(
+            f"{listed_in} lists {rel!r}, which is not a file inside {folder}; the file was edited or damaged. "
+            "Delete it and rerun the stage that writes it."
+        )
+    return path
+
+
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -69,9 +87,24 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+#: Field metadata of a config field naming a file (a model) that matters by its content, which the stage
+#: fingerprints in its `upstream` (sha256): the config records only the file's name, so the same
+#: environment at another path is the same config, and a new file at the same path redoes the shards
+#: (through `upstream`) instead of being refused as a config change.
+OMIT_IF_NONE = {"omit_if_none": True}
+BY_CONTENT = {"by_content": True}
+
+
 def config_dict(config: Any) -> dict:
-    """A JSON-able dict of a config dataclass (paths and tuples become strings and lists)."""
+    """A JSON-able dict of a config dataclass (paths and tuples become strings and lists; fields marked
+    `BY_CONTENT` keep only the file name; fields marked `OMIT_IF_NONE` are left out while None)."""
     raw = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    if dataclasses.is_dataclass(config):
+        for f in dataclasses.fields(config):
+            if f.metadata.get("by_content") and raw.get(f.name):
+                raw[f.name] = os.path.basename(str(raw[f.name]))
+            if f.metadata.get("omit_if_none") and raw.get(f.name) is None:
+                del raw[f.name]  # a field added later: configs recorded before it keep their hash
     return json.loads(json.dumps(raw, default=str, sort_keys=True))
 
 
@@ -104,24 +137,29 @@ def output_record(path: str | Path, rows: int, base: str | Path) -> dict:
     }
 
 
-def _without_timings(obj: Any) -> Any:
+def _is_timing(key: str) -> bool:
+    return "elapsed" in key or key.endswith("_per_s")
+
+
+def without_timings(obj: Any) -> Any:
+    """`obj` without timings (keys containing "elapsed" or ending in "_per_s"), which differ run to run."""
     if isinstance(obj, dict):
-        return {k: _without_timings(v) for k, v in obj.items() if "elapsed" not in k}
+        return {k: without_timings(v) for k, v in obj.items() if not _is_timing(k)}
     if isinstance(obj, list):
-        return [_without_timings(v) for v in obj]
+        return [without_timings(v) for v in obj]
     return obj
 
 
 def manifest_hash(stage_dir: str | Path) -> str | None:
     """A content fingerprint of a finished stage's manifest, or None if the stage has not finished.
 
-    Timings (any key containing "elapsed") are left out: a rerun that skips every shard rewrites the
+    Timings (see `without_timings`) are left out: a rerun that skips every shard rewrites the
     manifest with new timings, and that must not make downstream stages redo their work.
     """
     p = Path(stage_dir) / MANIFEST_NAME
     if not p.exists():
         return None
-    blob = json.dumps(_without_timings(read_json(p)), sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(without_timings(read_json(p)), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -18,8 +18,9 @@ dialogue-heavy fiction lower), so a strict threshold would cost good pages of ot
 
 Outputs, in DATA/quality/: `model.bin` (fastText) and `manifest.json`, written last and atomically,
 holding the config, the reference files' sha256, the raw inputs' manifest hash, the example counts, the
-held-out figures and the model's sha256. A rerun with the same config, reference and raw inputs skips
-training; other inputs retrain; another config is refused without `force`.
+held-out figures and the model's sha256. It is a stage of one task under `pipeline.stage.run_stage`:
+a rerun with the same config, reference and raw inputs skips training; other inputs retrain; another
+config is refused without `force`.
 
 Training is deterministic for a given seed: sampling uses `random.Random(seed)`, fastText runs on one
 thread (its multi-threaded training is not reproducible) and starts from vectors drawn with the seed
@@ -43,19 +44,12 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from pipeline.documents import Document
-from pipeline.errors import ConfigError, InputError, StageConfigChanged
+from pipeline.download import load_raw_files, raw_dir
+from pipeline.errors import ConfigError, InputError
 from pipeline.filters.classifier import HQ_LABEL, LQ_LABEL, normalize_text
-from pipeline.manifest import (
-    FORMAT_VERSION,
-    MANIFEST_NAME,
-    atomic_path,
-    config_dict,
-    config_hash,
-    manifest_hash,
-    read_json,
-    sha256_file,
-    write_json_atomic,
-)
+from pipeline.manifest import MANIFEST_NAME, atomic_path, manifest_hash, output_record, read_json, sha256_file
+from pipeline.readers import ReaderConfig, Unreadable, read_file
+from pipeline.stage import Executor, Progress, ShardStats, ShardTask, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -108,45 +102,59 @@ def quality_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / QUALITY_DIR
 
 
+STAGE = "quality"
+
+
 def train_quality_model(
     data_dir: str | Path,
     config: QualityTrainConfig,
     force: bool = False,
-    on_progress: Callable[[str], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    executor: Executor | None = None,
 ) -> dict:
-    """Train (or reuse) DATA/quality/model.bin and return the manifest."""
-    from pipeline.download import load_raw_files, raw_dir
+    """Train (or reuse) DATA/quality/model.bin and return the manifest.
 
+    A stage of one task under `pipeline.stage.run_stage`: its inputs are the reference files and the
+    raw files, its upstream the raw manifest, so a changed reference or crawl retrains, a changed
+    config is refused without `force`, and a rerun with nothing changed skips training.
+    """
     out = quality_dir(data_dir)
-    cfg = config_dict(config)
-    cfg_hash = config_hash({"stage": "quality", "format": FORMAT_VERSION, **cfg})
     raw_files = load_raw_files(data_dir)
     if not raw_files:
         raise InputError(f"{raw_dir(data_dir)}/manifest.json lists no files; run `make download` first")
-    reference = [_reference_entry(p) for p in config.reference]
-    raw_hash = manifest_hash(raw_dir(data_dir))
+    for path in config.reference:
+        _check_reference(path)
+    task = ShardTask(MODEL_NAME.split(".")[0], tuple(config.reference) + tuple(str(p) for p in raw_files))
 
-    previous = read_json(out / MANIFEST_NAME) if (out / MANIFEST_NAME).exists() else None
-    if previous is not None:
-        if previous.get("config_hash") != cfg_hash:
-            if not force:
-                raise StageConfigChanged(
-                    f"{out} holds a quality model trained with another config ({_diff(previous.get('config', {}), cfg)}). "
-                    "Rerun with --force (make ... FORCE=1) to replace it, or use another DATA folder."
-                )
-            log.warning("quality: config changed, --force given: retraining")
-        elif _still_valid(previous, out, reference, raw_hash):
-            log.info("quality: model in %s is up to date, skipping training", out)
-            return previous
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_NAME).unlink(missing_ok=True)  # the model is being replaced: not finished
+    def finalize(stage_dir: Path, manifest: dict) -> dict:
+        facts = manifest["shards"][0]["extra"]
+        manifest.update({k: facts[k] for k in _MANIFEST_FACTS})
+        manifest["raw_manifest_sha256"] = manifest["upstream"]["raw"]
+        return manifest
 
+    return run_stage(STAGE, out, config, [task], train_model_shard, force=force,
+                     upstream={"raw": manifest_hash(raw_dir(data_dir))}, on_progress=on_progress,
+                     finalize=finalize, executor=executor)
+
+
+#: Facts of the trained model that the manifest carries at its top level (the filter reads them).
+_MANIFEST_FACTS = ("reference", "raw_docs_seen", "label", "negative_label", "normalization", "max_chars",
+                   "threshold", "counts", "metrics", "model")
+
+
+def train_model_shard(task: ShardTask, stage_dir: Path, config: QualityTrainConfig) -> ShardStats:
+    """Stage function: reference files + raw files (`task.inputs`) -> stage_dir/model.bin.
+
+    Accounting: documents in = reference documents read + negatives sampled from the crawl; kept =
+    those trained or measured on; dropped `empty` = reference documents with no text.
+    """
+    raw_files = [Path(p) for p in task.inputs[len(config.reference):]]
     start = time.monotonic()
-    note = on_progress or (lambda msg: None)
     rng = random.Random(config.seed)
+    reference = [_reference_entry(p) for p in config.reference]
 
-    note("reading reference documents")
-    positives, ref_unreadable = _read_texts(config.reference, config)
+    log.info("quality: reading reference documents")
+    positives, ref_unreadable, ref_empty = _read_texts(config.reference, config)
     for entry, n_docs, n_bad in zip(reference, *_per_file_counts(positives, ref_unreadable, config.reference)):
         entry["docs"], entry["unreadable"] = n_docs, n_bad
     pos_texts = [t for _, t in positives]
@@ -156,7 +164,7 @@ def train_quality_model(
             "needed to train and measure a classifier (thousands for a useful one)"
         )
     n_neg = max(1, round(config.negatives_per_positive * len(pos_texts)))
-    note(f"sampling {n_neg:,} negatives from {len(raw_files)} raw files")
+    log.info("quality: sampling %s negatives from %d raw files", f"{n_neg:,}", len(raw_files))
     neg_texts, crawl_docs = _reservoir_sample(_raw_texts(raw_files), n_neg, rng)
     if len(neg_texts) < 10:
         raise InputError(f"the raw crawl holds {crawl_docs} readable documents; too few negatives to train on")
@@ -166,30 +174,30 @@ def train_quality_model(
     pos_train, pos_test = _split(pos_texts, config.holdout)
     neg_train, neg_test = _split(neg_texts, config.holdout)
 
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".train-", dir=out))
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".train-", dir=stage_dir))
     try:
         examples = [(HQ_LABEL, normalize_text(t, NORMALIZATION, config.max_chars)) for t in pos_train]
         examples += [(LQ_LABEL, normalize_text(t, NORMALIZATION, config.max_chars)) for t in neg_train]
         rng.shuffle(examples)
-        note(f"training fastText on {len(examples):,} documents")
+        log.info("quality: training fastText on %s documents", f"{len(examples):,}")
         model = train_fasttext(examples, tmp_dir, config)
-        note("measuring on held-out documents")
         pos_scores = _scores(model, pos_test, config.max_chars)
         neg_scores = _scores(model, neg_test, config.max_chars)
         metrics = evaluate(pos_scores, neg_scores, config.target_recall)
-        with atomic_path(out / MODEL_NAME) as tmp_model:
+        with atomic_path(stage_dir / MODEL_NAME) as tmp_model:
             model.save_model(str(tmp_model))
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
-    model_path = out / MODEL_NAME
-    manifest = {
-        "stage": "quality",
-        "format_version": FORMAT_VERSION,
-        "config": cfg,
-        "config_hash": cfg_hash,
+    record = output_record(stage_dir / MODEL_NAME, len(pos_train) + len(neg_train), stage_dir)
+    stats = ShardStats(docs_in=len(pos_texts) + ref_empty + len(ref_unreadable) + len(neg_texts),
+                       kept=len(pos_texts) + len(neg_texts), outputs=[record])
+    if ref_empty:
+        stats.dropped["empty"] = ref_empty
+    if ref_unreadable:
+        stats.unreadable["reference"] = len(ref_unreadable)
+    stats.extra = {
         "reference": reference,
-        "raw_manifest_sha256": raw_hash,
         "raw_docs_seen": crawl_docs,
         "label": HQ_LABEL,
         "negative_label": LQ_LABEL,
@@ -203,15 +211,14 @@ def train_quality_model(
             "holdout_negative": len(neg_test),
         },
         "metrics": metrics,
-        "model": {"path": MODEL_NAME, "bytes": model_path.stat().st_size, "sha256": sha256_file(model_path)},
-        "elapsed_s": round(time.monotonic() - start, 3),
+        "model": {"path": MODEL_NAME, "bytes": record["bytes"], "sha256": record["sha256"]},
+        "train_elapsed_s": round(time.monotonic() - start, 3),
     }
-    write_json_atomic(out / MANIFEST_NAME, manifest)
     log.info(
         "quality: trained on %d+%d documents; held-out ROC AUC %.3f, threshold %.3f (recall %.3f, precision %.3f)",
         len(pos_train), len(neg_train), metrics["roc_auc"], metrics["threshold"], metrics["recall"], metrics["precision"],
     )
-    return manifest
+    return stats
 
 
 def model_manifest(model_path: str | Path) -> dict | None:
@@ -344,29 +351,36 @@ def _split(items: list, holdout: float) -> tuple[list, list]:
     return items[k:], items[:k]
 
 
+def _check_reference(path: str) -> None:
+    if not Path(path).is_file():
+        raise InputError(f"--reference: {path} does not exist. Give files of good text (see docs/filter.md, "
+                         "section 'The quality classifier').")
+
+
 def _reference_entry(path: str) -> dict:
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"--reference: {p} does not exist. Give files of good text (see docs/filter.md, section 'The quality classifier').")
+    _check_reference(path)
     return {"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
 
 
-def _read_texts(paths: Iterable[str], config: QualityTrainConfig) -> tuple[list[tuple[str, str]], list[str]]:
-    """(path, text) of every readable document in `paths`, and the paths of unreadable items."""
-    from pipeline.readers import ReaderConfig, Unreadable, read_file
-
+def _read_texts(paths: Iterable[str], config: QualityTrainConfig) -> tuple[list[tuple[str, str]], list[str], int]:
+    """(path, text) of every readable document in `paths`, the paths of unreadable items, and the
+    number of documents with no text."""
     reader = ReaderConfig(text_field=config.text_field)
     texts: list[tuple[str, str]] = []
     bad: list[str] = []
+    empty = 0
     for path in paths:
         for item in read_file(path, reader):
             if isinstance(item, Unreadable):
                 bad.append(path)
             elif item.text.strip():
                 texts.append((path, item.text))
+            else:
+                empty += 1
     if bad:
         log.warning("quality: %d unreadable items in the reference files (skipped)", len(bad))
-    return texts, bad
+    return texts, bad, empty
 
 
 def _per_file_counts(positives, unreadable, paths) -> tuple[list[int], list[int]]:
@@ -376,8 +390,6 @@ def _per_file_counts(positives, unreadable, paths) -> tuple[list[int], list[int]
 
 
 def _raw_texts(raw_files: list[Path]) -> Iterator[str]:
-    from pipeline.readers import read_file
-
     for path in raw_files:
         for item in read_file(path):
             if isinstance(item, Document) and item.text.strip():
@@ -396,23 +408,3 @@ def _reservoir_sample(items: Iterable[str], k: int, rng: random.Random) -> tuple
             if j < k:
                 sample[j] = item
     return sample, n
-
-
-def _still_valid(previous: dict, out: Path, reference: list[dict], raw_hash: str | None) -> bool:
-    model = out / previous.get("model", {}).get("path", MODEL_NAME)
-    if not model.exists() or model.stat().st_size != previous["model"].get("bytes"):
-        return False
-    old_ref = [(r["path"], r["sha256"]) for r in previous.get("reference", [])]
-    new_ref = [(r["path"], r["sha256"]) for r in reference]
-    if old_ref != new_ref:
-        log.info("quality: reference files changed, retraining")
-        return False
-    if previous.get("raw_manifest_sha256") != raw_hash:
-        log.info("quality: raw inputs changed, retraining")
-        return False
-    return True
-
-
-def _diff(old: dict, new: dict) -> str:
-    keys = sorted(set(old) | set(new))
-    return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)) or "format changed"

@@ -67,6 +67,8 @@ REASONS: dict[str, str] = {
     "truncated_record": "an uncompressed WARC file ends inside a record",
     "corrupt_gzip": "bytes that do not decompress (damaged or foreign data between gzip members)",
     "not_warc": "bytes that are not a WARC record where one was expected",
+    "bad_content_length": "a WARC record whose Content-Length is larger than its body (it would swallow the "
+                          "records after it); reading resumes at the next record",
     "invalid_utf8": "the text is not valid UTF-8",
     "nul_bytes": "the text contains NUL bytes (binary data, not text)",
     "empty_record": "the record holds no text (only whitespace, or HTML without text)",
@@ -82,9 +84,13 @@ REASONS: dict[str, str] = {
 }
 
 GZIP_MAGIC = b"\x1f\x8b"
+_UTF8_BOM = b"\xef\xbb\xbf"
 _GZIP_MEMBER_MAGIC = b"\x1f\x8b\x08"  # magic + deflate method: where a gzip member can start
 _WARC_MAGIC = b"WARC/1."
+_WARC_BOUNDARY = b"\r\n\r\nWARC/1."  # the end of one record and the start of the next
 _CHUNK_BYTES = 1 << 20
+#: Parquet rows decoded at a time: small, so a damaged page costs few rows before it is noticed.
+_PARQUET_BATCH_ROWS = 128
 
 # metadata is kept only to recognise WAT records; warcinfo/request/revisit are filtered out in C.
 _RECORD_TYPES = (
@@ -141,8 +147,11 @@ def is_wat(path: str | Path) -> bool:
     return ".warc.wat" in Path(path).name.lower()
 
 
-def read_file(path: str | Path, config: ReaderConfig = ReaderConfig()) -> Iterator[Item]:
+def read_file(path: str | Path, config: ReaderConfig = ReaderConfig(), name: str | None = None) -> Iterator[Item]:
     """Yield the documents of one file, and an `Unreadable` for each bad region or record.
+
+    `name` is how the file is called in document ids, sources and locations (default: its file name);
+    the filter stage passes a longer one for files that share a name, so their ids stay apart.
 
     Raises `InputError` (before yielding anything) when the path does not exist or the file type is not
     supported; never raises for damaged content.
@@ -156,16 +165,17 @@ def read_file(path: str | Path, config: ReaderConfig = ReaderConfig()) -> Iterat
         raise InputError(
             f"cannot read {path}: unsupported file type; supported suffixes: {', '.join(SUPPORTED_SUFFIXES)}"
         )
+    name = name or path.name
     if path.stat().st_size == 0:
-        return iter([Unreadable(path.name, "empty_file")])
+        return iter([Unreadable(name, "empty_file")])
     reader = {"warc": _read_warc, "jsonl": _read_jsonl, "parquet": _read_parquet, "text": _read_text}[kind]
-    return reader(path, config)
+    return reader(path, config, name)
 
 
 # --- WARC / WET / WAT ------------------------------------------------------------------------------
 
 
-def _read_warc(path: Path, config: ReaderConfig) -> Iterator[Item]:
+def _read_warc(path: Path, config: ReaderConfig, name: str) -> Iterator[Item]:
     """Iterate WARC records with FastWARC, resynchronising after damage.
 
     FastWARC stops at the first error, so after one we find the next place a record can start (a gzip
@@ -175,8 +185,14 @@ def _read_warc(path: Path, config: ReaderConfig) -> Iterator[Item]:
     clean end, a check that the last gzip members decompress to their end (FastWARC ends silently when
     a member's end is missing). The last item is held back until that check has run, so a record from
     a cut member is reported as `truncated_gzip`, not yielded as a short document.
+
+    A record whose Content-Length overstates its body (in an intact file) would swallow the records
+    after it: FastWARC reads on into them. It shows as a payload holding the next record's header, a
+    payload shorter than announced, or an error right after the record; each time `_overstated_length`
+    checks the record against its gzip member (or, uncompressed, its closing CRLFCRLF), and a record
+    that does not fit is `bad_content_length` and reading resumes at the record after it.
     """
-    name = path.name
+    check_limit = config.max_record_bytes + (1 << 20)  # a record's payload plus room for its headers
     with open(path, "rb") as f:
         gz = f.read(2) == GZIP_MAGIC
         start = 0  # where the current FastWARC iterator started
@@ -186,6 +202,8 @@ def _read_warc(path: Path, config: ReaderConfig) -> Iterator[Item]:
         while True:
             f.seek(start)
             last_start = None
+            resume_at: int | None = -1  # >= 0 (or None: nothing after) when a record had a bad length
+            bad_length: Unreadable | None = None
             try:
                 for rec in ArchiveIterator(f, record_types=_RECORD_TYPES, parse_http=True):
                     offset = rec.stream_pos
@@ -194,7 +212,23 @@ def _read_warc(path: Path, config: ReaderConfig) -> Iterator[Item]:
                         item = _warc_too_large(rec, name, offset, length, config)
                     else:
                         payload = rec.reader.read()
-                        if len(payload) < length:
+                        short = len(payload) < length
+                        if short or _WARC_BOUNDARY in payload or (not gz and payload.endswith((b"\r", b"\r\n"))):
+                            # signs of a body that runs into the next record (or, uncompressed, into the
+                            # closing CRLFCRLF: a quarter of real WET bodies end in CRLF, so for gzip,
+                            # where the check decompresses the member again, a body 1-4 bytes too long
+                            # is let through: it only gains trailing whitespace): check it
+                            here = f.tell()
+                            overstated, nxt = _overstated_length(f, offset, gz, check_limit)
+                            f.seek(here)  # FastWARC reads on from where it was
+                            if overstated:
+                                bad_length = Unreadable(
+                                    f"{name}@offset {offset}", "bad_content_length",
+                                    f"Content-Length {length} runs past the end of the record",
+                                )
+                                resume_at = nxt
+                                break
+                        if short:
                             # the data ends inside this record: the file was cut short
                             item = Unreadable(
                                 f"{name}@offset {offset}",
@@ -221,26 +255,50 @@ def _read_warc(path: Path, config: ReaderConfig) -> Iterator[Item]:
                 reason = "corrupt_gzip" if "compress" in str(exc).lower() else "not_warc"
                 bad_at = start
                 if last_start is not None:
-                    end = _record_end(f, last_start, gz)
-                    if end is None:
-                        # the last record's own member fails its CRC check (FastWARC notices only when it
-                        # moves on): its payload cannot be trusted, so it is not yielded
-                        bad_at, reason = last_start, "corrupt_gzip"
+                    overstated, nxt = _overstated_length(f, last_start, gz, check_limit)
+                    if overstated:
+                        # the error is the next record read from inside this one: only this one is bad
                         if held is not None and held[0] == last_start:
                             held = None
-                    else:
-                        bad_at = end
-                if pending is None:
-                    pending = Unreadable(f"{name}@offset {bad_at}", reason, str(exc))
-                nxt = _find_next_start(f, bad_at + 1, gz)
-                if nxt is not None:
-                    start = nxt
-                    continue
-                # the bad region runs to the end of the file: nothing left to check
+                        bad_length = Unreadable(
+                            f"{name}@offset {last_start}", "bad_content_length",
+                            "Content-Length runs past the end of the record",
+                        )
+                        resume_at = nxt
+                if bad_length is None:
+                    if last_start is not None:
+                        end = _record_end(f, last_start, gz)
+                        if end is None:
+                            # the last record's own member fails its CRC check (FastWARC notices only when
+                            # it moves on): its payload cannot be trusted, so it is not yielded
+                            bad_at, reason = last_start, "corrupt_gzip"
+                            if held is not None and held[0] == last_start:
+                                held = None
+                        else:
+                            bad_at = end
+                    if pending is None:
+                        pending = Unreadable(f"{name}@offset {bad_at}", reason, str(exc))
+                    nxt = _find_next_start(f, bad_at + 1, gz)
+                    if nxt is not None:
+                        start = nxt
+                        continue
+                    # the bad region runs to the end of the file: nothing left to check
+                    if held is not None:
+                        yield held[1]
+                    yield pending
+                    return
+            if bad_length is not None:
                 if held is not None:
                     yield held[1]
-                yield pending
-                return
+                    held = None
+                if pending is not None:
+                    yield pending
+                    pending = None
+                yield bad_length
+                if resume_at is None:
+                    return
+                start = resume_at
+                continue
             break
         if gz:
             # FastWARC's offsets are member starts in multi-member files (Common Crawl: one member per
@@ -263,6 +321,74 @@ def _read_warc(path: Path, config: ReaderConfig) -> Iterator[Item]:
             yield held[1]
         if pending is not None:
             yield pending
+
+
+def _overstated_length(f: BinaryIO, record_start: int, gz: bool, limit: int) -> tuple[bool, int | None]:
+    """Whether the record at `record_start` announces more bytes than it holds, and if so where the
+    record after it really starts (None: nowhere, the file ends).
+
+    gzip (one member per record, as Common Crawl writes): the header plus Content-Length plus the closing
+    CRLFCRLF must fit in the record's own member; the next record starts at the next member. A member
+    that does not decode is not judged here (that is `corrupt_gzip` or `truncated_gzip`), nor is a file
+    that is one gzip member. Uncompressed: the record must end in CRLFCRLF where its Content-Length
+    says; the next record is the next `WARC/1.` after the record's start. `limit`: the most bytes a
+    member may decompress to (a record is at most ReaderConfig.max_record_bytes).
+    """
+    f.seek(record_start)
+    if gz:
+        if f.read(3) != _GZIP_MEMBER_MAGIC:
+            return False, None
+        f.seek(record_start)
+        d = zlib.decompressobj(31)
+        head = b""  # the first 64 KiB of the member: the record's header is in there
+        size = consumed = 0
+        while not d.eof:
+            chunk = f.read(1 << 16)
+            if not chunk:
+                return False, None
+            try:
+                out = d.decompress(chunk)
+            except zlib.error:
+                return False, None
+            consumed += len(chunk)
+            size += len(out)
+            if len(head) < 1 << 16:
+                head += out[: (1 << 16) - len(head)]
+            if size > limit:
+                return False, None  # not one record per member (a single-member file): not judged here
+        claimed = _claimed_record_bytes(head)
+        if claimed is None or claimed <= size:
+            return False, None
+        end = record_start + consumed - len(d.unused_data)
+        f.seek(end)
+        return True, (end if f.read(1) else None)
+    head = f.read(1 << 16)
+    claimed = _claimed_record_bytes(head)
+    if claimed is None:
+        return False, None
+    f.seek(record_start + claimed - 4)
+    tail = f.read(4)
+    if tail == b"\r\n\r\n":
+        return False, None
+    nxt = _find_next_start(f, record_start + 1, gz)
+    if len(tail) < 4 and nxt is None:
+        return False, None  # the file ends inside the record: cut short (`truncated_record`), not a bad length
+    return True, nxt
+
+
+def _claimed_record_bytes(head: bytes) -> int | None:
+    """Header, block and closing CRLFCRLF of the record whose start is `head`, by its Content-Length."""
+    end = head.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    for line in head[:end].split(b"\r\n"):
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == b"content-length":
+            try:
+                return end + 4 + int(value.strip()) + 4
+            except ValueError:
+                return None
+    return None
 
 
 def _warc_too_large(rec, name: str, offset: int, length: int, config: ReaderConfig) -> Item | None:
@@ -508,10 +634,9 @@ def _open_text_stream(path: Path, raw: BinaryIO) -> BinaryIO:
     return raw
 
 
-def _read_jsonl(path: Path, config: ReaderConfig) -> Iterator[Item]:
-    name = path.name
+def _read_jsonl(path: Path, config: ReaderConfig, name: str) -> Iterator[Item]:
     limit = config.max_record_bytes
-    compression = "truncated_zstd" if name.lower().endswith(".zst") else "truncated_gzip"
+    compression = "truncated_zstd" if path.name.lower().endswith(".zst") else "truncated_gzip"
     line_no = 0
     seen_content = False
     with open(path, "rb") as raw:
@@ -522,6 +647,8 @@ def _read_jsonl(path: Path, config: ReaderConfig) -> Iterator[Item]:
                 if not line:
                     break
                 line_no += 1
+                if line_no == 1 and line.startswith(_UTF8_BOM):
+                    line = line[len(_UTF8_BOM):]  # a byte-order mark some editors write: not content
                 where = f"{name}@line {line_no}"
                 if len(line) > limit and not line.endswith(b"\n"):
                     while line and not line.endswith(b"\n"):  # skip the rest of the oversized line
@@ -553,6 +680,8 @@ def _jsonl_item(line: bytes, name: str, line_no: int, where: str, config: Reader
         obj = json.loads(s)
     except ValueError as exc:
         return Unreadable(where, "bad_json", str(exc))
+    except RecursionError:  # e.g. 200,000 nested arrays: deeper than the parser's stack allows
+        return Unreadable(where, "bad_json", "nested too deeply to parse")
     if not isinstance(obj, dict):
         return Unreadable(where, "bad_json", f"a JSON {type(obj).__name__}, not an object")
     text = obj.pop(config.text_field, None)
@@ -585,8 +714,7 @@ def _make_document(text: str, fields: dict, name: str, default_id: str, where: s
 # --- Parquet ---------------------------------------------------------------------------------------
 
 
-def _read_parquet(path: Path, config: ReaderConfig) -> Iterator[Item]:
-    name = path.name
+def _read_parquet(path: Path, config: ReaderConfig, name: str) -> Iterator[Item]:
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # noqa: BLE001 - arrow raises several types for a damaged file
@@ -601,35 +729,49 @@ def _read_parquet(path: Path, config: ReaderConfig) -> Iterator[Item]:
     if pf.metadata.num_rows == 0:
         yield Unreadable(name, "empty_file", "no rows")
         return
-    row = 0
-    try:
-        for batch in pf.iter_batches(batch_size=1024):
-            cols = batch.to_pydict()
-            texts = cols.pop(config.text_field)
-            for i, text in enumerate(texts):
-                where = f"{name}@row {row}"
-                if isinstance(text, bytes):
-                    try:
-                        text = text.decode("utf-8")
-                    except UnicodeDecodeError as exc:
-                        yield Unreadable(where, "invalid_utf8", str(exc))
-                        row += 1
-                        continue
-                if not isinstance(text, str):
-                    yield Unreadable(where, "missing_text", f"null {config.text_field!r}")
-                else:
-                    fields = {k: v[i] for k, v in cols.items()}
-                    yield _make_document(text, fields, name, f"{name}:{row}", where, config)
-                row += 1
-    except Exception as exc:  # noqa: BLE001 - a damaged page: the rows after it cannot be located
-        yield Unreadable(f"{name}@row {row}", "bad_parquet", str(exc))
+    # Row group by row group, in small batches: pyarrow decodes pages as a batch needs them, so a
+    # damaged page costs the rows from its batch to the end of its row group, never the whole file.
+    # The footer gives every group's row count, so each lost row is counted, with its location.
+    row = 0  # first row of the current group
+    for group in range(pf.num_row_groups):
+        group_rows = pf.metadata.row_group(group).num_rows
+        done = 0  # rows of this group already yielded
+        try:
+            for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, row_groups=[group]):
+                items = list(_parquet_batch(batch, name, row + done, config))
+                done += len(items)
+                yield from items
+        except Exception as exc:  # noqa: BLE001 - arrow raises several types for a damaged page
+            first, last = row + done, row + group_rows - 1
+            detail = f"row group {group}, rows {first}-{last} cannot be decoded: {exc}"
+            for r in range(first, last + 1):
+                yield Unreadable(f"{name}@row {r}", "bad_parquet", detail)
+        row += group_rows
+
+
+def _parquet_batch(batch, name: str, first_row: int, config: ReaderConfig) -> Iterator[Item]:
+    cols = batch.to_pydict()
+    texts = cols.pop(config.text_field)
+    for i, text in enumerate(texts):
+        row = first_row + i
+        where = f"{name}@row {row}"
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield Unreadable(where, "invalid_utf8", str(exc))
+                continue
+        if not isinstance(text, str):
+            yield Unreadable(where, "missing_text", f"null {config.text_field!r}")
+        else:
+            fields = {k: v[i] for k, v in cols.items()}
+            yield _make_document(text, fields, name, f"{name}:{row}", where, config)
 
 
 # --- plain text ------------------------------------------------------------------------------------
 
 
-def _read_text(path: Path, config: ReaderConfig) -> Iterator[Item]:
-    name = path.name
+def _read_text(path: Path, config: ReaderConfig, name: str) -> Iterator[Item]:
     size = path.stat().st_size
     if size > config.max_record_bytes:
         yield Unreadable(name, "too_large", f"{size} bytes > {config.max_record_bytes}")
@@ -639,7 +781,7 @@ def _read_text(path: Path, config: ReaderConfig) -> Iterator[Item]:
         yield Unreadable(name, "nul_bytes")
         return
     try:
-        text = data.decode("utf-8")
+        text = data.removeprefix(_UTF8_BOM).decode("utf-8")
     except UnicodeDecodeError as exc:
         yield Unreadable(name, "invalid_utf8", str(exc))
         return

@@ -23,7 +23,8 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.manifest import sha256_file
+from pipeline.manifest import atomic_path, listed_path, sha256_file
+from pipeline.stage import format_table
 from pipeline.token_shards import MANIFEST_NAME, ShardFile, open_shard
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ class StatsConfig:
     top_tokens: int = 20
     #: At most this many characters of the sample document are shown.
     sample_chars: int = 600
+    #: Check every shard's size and sha256 against the manifest first (as pretrain does); off for speed.
+    verify_checksums: bool = True
 
 
 def find_shard_files(shards_dir: str | Path) -> list[tuple[str, Path]]:
@@ -46,11 +49,39 @@ def find_shard_files(shards_dir: str | Path) -> list[tuple[str, Path]]:
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         if "splits" in manifest:
-            return [(split, shards_dir / rec["path"]) for split, recs in manifest["splits"].items() for rec in recs]
+            try:
+                return [(split, listed_path(shards_dir, rec["path"], manifest_path))
+                        for split, recs in manifest["splits"].items() for rec in recs]
+            except ValueError as exc:
+                raise InputError(str(exc)) from exc
     files = sorted(shards_dir.rglob("*.arrow"))
     if not files:
         raise InputError(f"{shards_dir} holds no token shards (*.arrow); run `make shards` or point at a shards folder")
     return [(p.parent.name if p.parent != shards_dir else "", p) for p in files]
+
+
+def verify_shard_files(shards_dir: Path) -> None:
+    """InputError for the first shard whose size or sha256 differs from the manifest's record: a report on
+    altered bytes would describe data that no longer matches what `make shards` wrote."""
+    manifest_path = shards_dir / MANIFEST_NAME
+    if not manifest_path.exists():
+        log.warning("%s has no %s: shard checksums cannot be checked", shards_dir, MANIFEST_NAME)
+        return
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    for recs in manifest.get("splits", {}).values():
+        for rec in recs:
+            try:
+                path = listed_path(shards_dir, rec["path"], manifest_path)
+            except ValueError as exc:
+                raise InputError(str(exc)) from exc
+            if not path.is_file():
+                raise InputError(f"token shard {path} listed in {manifest_path} is missing; run `make shards`")
+            if path.stat().st_size != rec.get("bytes") or sha256_file(path) != rec.get("sha256"):
+                raise InputError(
+                    f"token shard {path} does not match its size and sha256 in {manifest_path}: its bytes were "
+                    "altered or damaged since `make shards` wrote it. Run `make shards FORCE=1` to remake it "
+                    "(--no-verify-shards skips this check)."
+                )
 
 
 def find_tokenizer(shards_dir: Path, tokenizer_hash: str, explicit: str | Path | None = None) -> tuple[Path | None, str]:
@@ -95,6 +126,8 @@ def compute_stats(shards_dir: str | Path, tokenizer: str | Path | None = None,
     """The report as a JSON-able dict, and the document lengths per split (for the histogram)."""
     shards_dir = Path(shards_dir)
     files = find_shard_files(shards_dir)
+    if config.verify_checksums:
+        verify_shard_files(shards_dir)
     shards: list[dict] = []
     lengths_by_split: dict[str, list[np.ndarray]] = {}
     total_counts: np.ndarray | None = None
@@ -181,7 +214,6 @@ def compute_stats(shards_dir: str | Path, tokenizer: str | Path | None = None,
 
 def format_report(report: dict) -> str:
     """The human-readable report: a table per shard and in total, top tokens, a sample document."""
-    from pipeline.stage import format_table
 
     def row(name: str, s: dict) -> list:
         t = s["tokens_per_document"]
@@ -235,7 +267,6 @@ def plot_length_histogram(lengths_by_split: dict[str, np.ndarray], path: str | P
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    from pipeline.manifest import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import zstandard
 
-from pipeline.download import DownloadConfig, fetch_bytes
+from pipeline.http import DownloadConfig, fetch_bytes
 from pipeline.errors import ConfigError, InputError
 from pipeline.readers import SUPPORTED_SUFFIXES, ReaderConfig, file_kind, is_wat
 
@@ -60,9 +60,13 @@ class Source:
     """The NUM_FILES limit that applied (crawl ids only), else None."""
 
 
-def resolve_source(source: str, num_files: int, config: DownloadConfig | None = None) -> Source:
+def resolve_source(
+    source: str, num_files: int, config: DownloadConfig | None = None, text_field: str = DEFAULT_TEXT_FIELD
+) -> Source:
     """The files SOURCE names (see the module docstring). `config` is a `DownloadConfig` (base URL,
     retries and timeouts used to fetch a crawl's listing); the defaults fetch from Common Crawl.
+    `text_field` is the JSONL key holding the text: a JSONL file in a folder or glob whose first record
+    lacks it is skipped as not a document file.
 
     Raises ConfigError for a bad NUM_FILES, InputError naming SOURCE when it is none of the accepted
     forms or matches no file, and DownloadError when a crawl's listing cannot be fetched.
@@ -78,14 +82,14 @@ def resolve_source(source: str, num_files: int, config: DownloadConfig | None = 
         return Source(spec, "url", urls=(spec,))
     path = Path(spec).expanduser()
     if path.is_dir():
-        return Source(spec, "directory", paths=tuple(_supported_files(sorted(path.rglob("*")), spec)))
+        return Source(spec, "directory", paths=tuple(_supported_files(sorted(path.rglob("*")), spec, text_field)))
     if path.is_file():
         if _is_listing(path):
             return Source(spec, "url_list", urls=tuple(_read_url_list(path, config.base_url)))
         return Source(spec, "file", paths=(path,))
     if any(c in spec for c in "*?["):
         matches = [Path(p) for p in sorted(globlib.glob(spec, recursive=True))]
-        return Source(spec, "glob", paths=tuple(_supported_files(matches, spec)))
+        return Source(spec, "glob", paths=tuple(_supported_files(matches, spec, text_field)))
     hint = ""
     if spec.upper().startswith("CC-MAIN"):
         hint = " A crawl id looks like CC-MAIN-2024-51 (year and week, two digits)."
@@ -182,31 +186,36 @@ def _check_url_suffix(url: str, where: str) -> None:
         )
 
 
-def _supported_files(candidates: list[Path], spec: str) -> list[Path]:
+def _supported_files(candidates: list[Path], spec: str, text_field: str = DEFAULT_TEXT_FIELD) -> list[Path]:
     """The document files among `candidates`, skipping (with a warning) the ones that hold no text."""
-    files, wat = [], 0
+    files, wat, no_field = [], 0, 0
     for p in candidates:
         if p.name.startswith(".") or not p.is_file() or file_kind(p) is None:
             continue
         if is_wat(p):
             wat += 1  # WAT files hold metadata, no text: reading them would only count wat_metadata
             continue
-        if file_kind(p) == "jsonl" and not _jsonl_has_text(p):
+        if file_kind(p) == "jsonl" and not _jsonl_has_text(p, text_field):
             # e.g. crawl-dev/labels.jsonl beside the WET files: metadata, not documents
             log.warning("SOURCE %s: skipping %s: its first record has no %r field (not a document file)",
-                        spec, p, DEFAULT_TEXT_FIELD)
+                        spec, p, text_field)
+            no_field += 1
             continue
         files.append(p)
     if wat:
         log.warning("SOURCE %s: skipping %d WAT file(s): page metadata only, no text", spec, wat)
     if not files:
+        hint = ""
+        if no_field:
+            hint = (f" ({no_field} JSONL file(s) skipped because their first record has no {text_field!r} field; "
+                    "name the field holding the text with --text-field)")
         raise InputError(
-            f"SOURCE {spec!r} matches no readable file; supported file types: {', '.join(SUPPORTED_SUFFIXES)}"
+            f"SOURCE {spec!r} matches no readable file{hint}; supported file types: {', '.join(SUPPORTED_SUFFIXES)}"
         )
     return files
 
 
-def _jsonl_has_text(path: Path) -> bool:
+def _jsonl_has_text(path: Path, text_field: str = DEFAULT_TEXT_FIELD) -> bool:
     """Whether the first non-blank line of a JSONL file is an object with a text field.
 
     Only a file whose first record parses and lacks the field is judged not to be documents; anything
@@ -227,7 +236,7 @@ def _jsonl_has_text(path: Path) -> bool:
         if line.strip():
             try:
                 obj = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 return True
-            return not isinstance(obj, dict) or DEFAULT_TEXT_FIELD in obj
+            return not isinstance(obj, dict) or text_field in obj
     return True

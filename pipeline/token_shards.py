@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import PipelineError
-from pipeline.manifest import atomic_path, sha256_file, write_json_atomic
+from pipeline.manifest import atomic_path, listed_path, sha256_file, write_json_atomic
 
 TOKEN_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -374,7 +374,10 @@ class TokenShards:
             raise TokenShardError(f"{self.shards_dir}: split '{split}' has no shards; run `{REMAKE}` (is the corpus empty?)")
         self.files: list[ShardFile] = []
         for rec in files:
-            path = self.shards_dir / rec["path"]
+            try:
+                path = listed_path(self.shards_dir, rec["path"], manifest_path)
+            except ValueError as exc:
+                raise TokenShardError(f"{exc} Or run `{REMAKE}`") from exc
             if not path.exists():
                 raise TokenShardError(f"token shard {path} listed in {manifest_path} is missing; run `{REMAKE}`")
             size = path.stat().st_size

@@ -34,7 +34,7 @@ import numpy as np
 
 from pipeline.errors import ConfigError, InputError
 from pipeline.manifest import atomic_path, manifest_hash, sha256_file
-from pipeline.stage import Progress, ShardStats, ShardTask, report_progress, run_stage, stage_documents
+from pipeline.stage import Executor, Progress, ShardStats, ShardTask, report_progress, run_stage, stage_documents
 from pipeline.token_shards import SPLITS, ShardPacker, dtype_for_vocab, shard_manifest_fields, split_of
 from pipeline.tokenizer_train import TOKENIZER_FILE, TextCodec, iter_text_batches
 
@@ -161,6 +161,7 @@ def make_shards(
     workers: int = 1,
     force: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
+    executor: Executor | None = None,
 ) -> dict:
     """Tokenize every corpus shard into `out_dir`; return the manifest (see the module docstring)."""
     config.validate()
@@ -188,7 +189,7 @@ def make_shards(
 
     with _threads_per_worker(workers, len(tasks)):
         manifest = run_stage(STAGE, out_dir, config, tasks, tokenize_shard, workers=workers, force=force,
-                             upstream=upstream, on_progress=on_progress, finalize=finalize)
+                             upstream=upstream, on_progress=on_progress, finalize=finalize, executor=executor)
     if manifest["totals"]["kept"] == 0:
         raise InputError(f"the corpus in {corpus_dir} produced no tokens (every document is empty); check `make corpus`")
     return manifest

@@ -33,21 +33,12 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from pipeline.errors import ConfigError, InputError, StageConfigChanged
-from pipeline.manifest import (
-    FORMAT_VERSION,
-    atomic_path,
-    config_dict,
-    config_hash,
-    load_manifest,
-    manifest_hash,
-    sha256_file,
-    write_json_atomic,
-)
-from pipeline.stage import stage_documents
+from pipeline.documents import iter_document_batches, text_bytes
+from pipeline.errors import ConfigError, InputError
+from pipeline.manifest import atomic_path, manifest_hash, output_record, sha256_file
+from pipeline.stage import Executor, ShardStats, ShardTask, run_stage, stage_documents
 from pipeline.token_shards import hash_unit, split_of
 
 log = logging.getLogger(__name__)
@@ -207,23 +198,12 @@ class TextCodec:
 # --- streaming the corpus -------------------------------------------------------------------------
 
 
-def estimate_text_bytes(paths: Sequence[Path]) -> int:
-    """Uncompressed size of the `text` column from the Parquet footers (no data read)."""
-    total = 0
-    for p in paths:
-        md = pq.ParquetFile(p).metadata
-        col = md.schema.names.index("text")
-        total += sum(md.row_group(i).column(col).total_uncompressed_size for i in range(md.num_row_groups))
-    return total
-
-
 def iter_text_batches(
     paths: Sequence[Path], batch_docs: int = READ_BATCH_DOCS
 ) -> Iterator[tuple[list[str], list[str], list[int]]]:
     """(ids, texts, utf-8 byte lengths) per Parquet batch, shard after shard: memory holds one batch."""
     for path in paths:
-        pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(batch_size=batch_docs, columns=["id", "text"]):
+        for batch in iter_document_batches(path, ["id", "text"], batch_docs):
             lengths = pc.binary_length(batch.column("text")).to_pylist()
             yield batch.column("id").to_pylist(), batch.column("text").to_pylist(), lengths
 
@@ -236,6 +216,7 @@ class _Feed:
     bytes: int = 0
     heldout: list = field(default_factory=list)
     heldout_bytes: int = 0
+    heldout_docs: int = 0
     sampled_out: int = 0
     sha: "hashlib._Hash" = field(default_factory=hashlib.sha256)
 
@@ -243,13 +224,14 @@ class _Feed:
 def _training_stream(paths: Sequence[Path], config: TokenizerConfig, feed: _Feed) -> Iterator[list[str]]:
     rate = 1.0
     if config.sample_bytes:
-        total = estimate_text_bytes(paths)
+        total = text_bytes(paths)
         rate = min(1.0, config.sample_bytes / max(total, 1))
         log.info("tokenizer: sampling about %.1f%% of %.1f MB of text", 100 * rate, total / 1e6)
     for ids, texts, lengths in iter_text_batches(paths):
         out = []
         for doc_id, text, n in zip(ids, texts, lengths):
             if split_of(doc_id, config.heldout_fraction) == "val":
+                feed.heldout_docs += 1
                 if feed.heldout_bytes < config.max_heldout_bytes:
                     feed.heldout.append(text)
                     feed.heldout_bytes += n
@@ -288,58 +270,67 @@ def measure_compression(codec_or_tok: TextCodec | Tokenizer, texts: Sequence[str
 # --- the stage ------------------------------------------------------------------------------------
 
 
+STAGE = "tokenizer"
+#: Facts of the trained tokenizer that the manifest carries at its top level.
+_MANIFEST_FACTS = ("tokenizer_file", "tokenizer_sha256", "vocab_size", "eot_token", "eot_id", "special_tokens",
+                   "padding_tokens", "training", "heldout")
+
+
 def train_tokenizer(
     corpus_dir: str | Path,
     out_dir: str | Path,
     config: TokenizerConfig = TokenizerConfig(),
     force: bool = False,
+    executor: Executor | None = None,
 ) -> dict:
     """Train on the corpus stage in `corpus_dir`; write `out_dir/tokenizer.json` and its manifest.
 
-    Skips when the manifest already matches this config and corpus (and tokenizer.json is intact);
-    refuses a changed config unless `force`; retrains when the corpus changed. Returns the manifest.
+    A stage of one task under `pipeline.stage.run_stage`: skips when the receipt matches this config
+    and corpus (and tokenizer.json is intact); refuses a changed config unless `force`; retrains when
+    the corpus changed. Returns the manifest.
     """
     config.validate()
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     paths = stage_documents(corpus_dir, "corpus")
-    cfg = config_dict(config)
-    cfg_hash = config_hash({"stage": "tokenizer", "format": FORMAT_VERSION, **cfg})
-    upstream = {"corpus": manifest_hash(corpus_dir)}
-    tok_path = out_dir / TOKENIZER_FILE
+    task = ShardTask(STAGE, tuple(str(p) for p in paths))
 
-    previous = load_manifest(out_dir)
-    if previous is not None:
-        if previous.get("config_hash") != cfg_hash and not force:
-            changed = [k for k in sorted(cfg) if previous.get("config", {}).get(k) != cfg[k]]
-            raise StageConfigChanged(
-                f"{out_dir} holds a tokenizer trained with another config (changed: {changed}). Rerun with "
-                "--force (FORCE=1) to retrain it; the token shards will then be remade too."
-            )
-        if (previous.get("config_hash") == cfg_hash and previous.get("upstream") == upstream
-                and tok_path.exists() and sha256_file(tok_path) == previous.get("tokenizer_sha256")):
-            log.info("tokenizer: %s is up to date (same config and corpus), not retraining", tok_path)
-            return previous
-        (out_dir / "manifest.json").unlink(missing_ok=True)  # unfinished until rewritten
+    def finalize(stage_dir: Path, manifest: dict) -> dict:
+        facts = manifest["shards"][0]["extra"]
+        manifest.update({k: facts[k] for k in _MANIFEST_FACTS})
+        return manifest
 
+    return run_stage(STAGE, out_dir, config, [task], train_tokenizer_shard, force=force,
+                     upstream={"corpus": manifest_hash(corpus_dir)}, finalize=finalize, executor=executor,
+                     refusal_hint="The token shards are remade after a retrained tokenizer.")
+
+
+def train_tokenizer_shard(task: ShardTask, stage_dir: Path, config: TokenizerConfig) -> ShardStats:
+    """Stage function: the corpus shards (`task.inputs`) -> stage_dir/tokenizer.json.
+
+    Accounting: documents in = documents trained on (kept) + held out for the compression report
+    (dropped `heldout`) + left out by the byte budget (dropped `sampled_out`).
+    """
+    paths = [Path(p) for p in task.inputs]
+    tok_path = stage_dir / TOKENIZER_FILE
     start = time.monotonic()
     tok = build_tokenizer(config.pattern)
     feed = _Feed()
     tok.train_from_iterator(_training_stream(paths, config, feed), trainer=make_trainer(config))
     train_s = time.monotonic() - start
     if feed.docs == 0:
-        raise InputError(f"the corpus in {corpus_dir} has no training text (all documents held out or empty); "
-                         "check `make corpus` output or lower heldout_fraction")
+        raise InputError(f"the corpus ({len(paths)} shards) has no training text (all documents held out or "
+                         "empty); check `make corpus` output or lower heldout_fraction")
     padded = pad_vocab(tok, config.vocab_size, config.reserved_tokens)
     with atomic_path(tok_path) as tmp:
         tok.save(str(tmp))
     codec = TextCodec(tok_path)
     heldout = measure_compression(codec, feed.heldout)
-    manifest = {
-        "stage": "tokenizer",
-        "format_version": FORMAT_VERSION,
-        "config": cfg,
-        "config_hash": cfg_hash,
-        "upstream": upstream,
+    stats = ShardStats(docs_in=feed.docs + feed.heldout_docs + feed.sampled_out, kept=feed.docs,
+                       outputs=[output_record(tok_path, codec.vocab_size, stage_dir)])
+    for reason, n in (("heldout", feed.heldout_docs), ("sampled_out", feed.sampled_out)):
+        if n:
+            stats.dropped[reason] = n
+    stats.extra = {
         "tokenizer_file": TOKENIZER_FILE,
         "tokenizer_sha256": codec.hash,
         "vocab_size": codec.vocab_size,
@@ -352,15 +343,13 @@ def train_tokenizer(
             "bytes": feed.bytes,
             "text_sha256": feed.sha.hexdigest(),
             "sampled_out_documents": feed.sampled_out,
-            "seconds": round(train_s, 3),
+            "elapsed_s": round(train_s, 3),
             "mb_per_s": round(feed.bytes / 1e6 / train_s, 3) if train_s > 0 else None,
         },
         "heldout": heldout,
-        "elapsed_s": round(time.monotonic() - start, 3),
     }
-    write_json_atomic(out_dir / "manifest.json", manifest)
     log.info(
         "tokenizer: %d tokens trained on %.1f MB (%d docs) in %.1fs; held out: %s bytes/token, %s tokens/word",
         codec.vocab_size, feed.bytes / 1e6, feed.docs, train_s, heldout["bytes_per_token"], heldout["tokens_per_word"],
     )
-    return manifest
+    return stats

@@ -50,3 +50,30 @@ def server():
     yield state
     srv.shutdown()
     srv.server_close()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A Ray cluster of two nodes on this machine (one CPU each, small object stores), started once per
+    test session and shared by every Ray test; skipped when the `ray` extra is not installed.
+
+    Workers inherit this environment, so PYTHONPATH is extended first: they must import `pipeline` and
+    the test helper stages (tests/cluster_stages.py) by name, as nodes of a real cluster import the
+    installed package.
+    """
+    pytest.importorskip("ray")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report, no prompt
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token to set up for a local cluster
+    paths = [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    import ray
+    from ray.cluster_utils import Cluster
+
+    node = {"num_cpus": 1, "object_store_memory": 80 << 20, "memory": 2 << 30}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    cluster.add_node(**node)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()

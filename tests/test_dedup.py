@@ -328,3 +328,30 @@ def test_labelled_copies_in_a_real_crawl_file_join_their_originals(shared_data, 
     assert len(pairs) == 100
     caught = sum(a in members and members[a] == members.get(b) for a, b in pairs)
     assert caught >= 0.97 * len(pairs)
+
+
+def test_an_id_twice_in_one_shard_names_the_raw_file_and_what_to_do(tmp_path):
+    docs = corpus()[:5]
+    make_filtered(tmp_path, [docs + [Document(docs[0].id, "other text " * 30, source="users.jsonl")]])
+    with pytest.raises(InputError) as err:
+        run_dedup(tmp_path, CONFIG)
+    msg = str(err.value)
+    assert f"{docs[0].id!r} appears twice" in msg and "users.jsonl" in msg
+    assert "unique ids" in msg and "upstream stage" not in msg
+
+
+def test_an_id_in_two_shards_says_the_same_file_is_probably_listed_twice(tmp_path):
+    docs = corpus()[:5]
+    make_filtered(tmp_path, [docs, docs[:1]])
+    with pytest.raises(InputError) as err:
+        run_dedup(tmp_path, CONFIG)
+    msg = str(err.value)
+    assert "shard-00 and shard-01" in msg and "SOURCE twice" in msg and "upstream stage" not in msg
+
+
+@pytest.mark.parametrize("command", ["dedup", "shards"])
+def test_negative_workers_are_refused_naming_the_option(tmp_path, command):
+    from pipeline.cli import main
+
+    result = CliRunner().invoke(main, [command, "--data", str(tmp_path), "--workers", "-2"])
+    assert result.exit_code == 2 and "Invalid value for '--workers'" in result.output

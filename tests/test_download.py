@@ -291,3 +291,68 @@ def test_one_failing_file_stops_the_others_and_keeps_finished_ones(server, tmp_p
     with pytest.raises(DownloadError, match="gone.warc.wet.gz"):
         download([good, missing], tmp_path, fast(server, workers=1))
     assert local_path_for(good, tmp_path, server.url).exists()
+
+
+# --- outside input never chooses a path outside the download folder -----------------------------
+
+ESCAPES = [
+    "%2e%2e/%2e%2e/%2e%2e/escape/evil.warc.wet.gz",  # encoded
+    ".%2e/.%2e/escape/evil.warc.wet.gz",  # mixed
+    "%2E%2e/escape/evil.warc.wet.gz",  # upper and lower case
+    "%252e%252e/%252e%252e/escape/evil.warc.wet.gz",  # double-encoded
+    "a/..%2f..%2f..%2fescape/evil.warc.wet.gz",  # encoded slash
+    "a/..%5c..%5c..%5cescape/evil.warc.wet.gz",  # encoded backslash
+    "a/..\\..\\escape/evil.warc.wet.gz",  # raw backslash
+    "C:%5cescape/evil.warc.wet.gz",  # drive letter
+    "%2fetc/escape/evil.warc.wet.gz",  # encoded absolute path
+    "x%00/evil.warc.wet.gz",  # NUL
+    "..%2e/.../evil.warc.wet.gz",  # dots only
+]
+
+
+@pytest.mark.parametrize("tail", ESCAPES)
+@pytest.mark.parametrize("base", ["http://h.example", "https://data.commoncrawl.org"])
+def test_local_name_of_a_hostile_url_stays_inside_the_folder(tmp_path, tail, base):
+    out = tmp_path / "raw" / "files"
+    p = local_path_for(f"{base}/{tail}", out)
+    assert out.resolve() in p.resolve().parents
+    assert all(part not in ("", ".", "..") and "\\" not in part and "\0" not in part and ":" not in part
+               for part in p.relative_to(out).parts)
+    assert p.name == "evil.warc.wet.gz"
+
+
+def test_url_naming_only_dots_is_refused(tmp_path):
+    with pytest.raises(InputError, match="cannot make a file name"):
+        local_path_for("https://data.commoncrawl.org/%2e%2e/.%2e/", tmp_path)
+
+
+def test_a_symlink_inside_the_folder_cannot_lead_outside(tmp_path):
+    out, outside = tmp_path / "files", tmp_path / "outside"
+    (out / "h.example").mkdir(parents=True)
+    outside.mkdir()
+    (out / "h.example" / "link").symlink_to(outside)
+    with pytest.raises(InputError, match="outside"):
+        local_path_for("http://h.example/link/evil.warc.wet.gz", out)
+
+
+def test_traversal_url_is_downloaded_inside_and_an_outside_file_is_not_taken_as_done(server, tmp_path):
+    data = gzip_members(1)
+    server.add("../../escape/evil.warc.wet.gz", data)  # what requests sends for the encoded form
+    out = tmp_path / "deep" / "raw" / "files"
+    outside = tmp_path / "deep" / "escape" / "evil.warc.wet.gz"  # where the old naming wrote it
+    outside.parent.mkdir(parents=True)
+    outside.write_bytes(b"not this")
+    [res] = download([server.url + "/%2e%2e/%2e%2e/escape/evil.warc.wet.gz"], out, fast(server))
+    assert not res.skipped and out.resolve() in res.path.resolve().parents
+    assert res.path.read_bytes() == data
+    assert outside.read_bytes() == b"not this"
+
+
+def test_lid_model_url_download_stays_in_the_models_folder(server, tmp_path):
+    from pipeline.filters.models import fetch_model
+
+    server.add("../../escape/lid.bin", b"model bytes")
+    models = tmp_path / "data" / "models"
+    path = fetch_model(server.url + "/.%2e/%2e%2e/escape/lid.bin", models, "--lid-model")
+    assert models.resolve() in path.resolve().parents
+    assert not (tmp_path / "escape").exists()

@@ -254,3 +254,44 @@ def test_cli_reports_a_bad_model_without_a_traceback(tmp_path, crawl_small, lid_
     ok = CliRunner().invoke(main, ["filter", "--data", str(data), "--workers", "1", "--lid-model", str(lid_model_path)])
     assert ok.exit_code == 0, ok.output
     assert "dropped: lang_not_kept" in ok.output
+
+
+def test_shard_names_stay_unique_when_files_share_a_name():
+    from pipeline.filter_stage import shard_names
+
+    paths = [Path("/d/a/x.jsonl"), Path("/d/b/x.jsonl"), Path("/d/a.warc"), Path("/d/a.warc.gz"), Path("/d/y.txt")]
+    names = shard_names(paths)
+    assert names == ["a_x_jsonl", "b_x_jsonl", "a_warc", "a_warc_gz", "y"]
+    assert shard_names(paths) == names  # stable across runs
+
+
+def test_two_input_files_with_the_same_name_in_different_folders_are_both_filtered(tmp_path, config):
+    src = tmp_path / "src"
+    for folder, words in (("one", "alpha"), ("two", "beta")):
+        (src / folder).mkdir(parents=True)
+        text = " ".join(f"The {words} river flows past the old mill and the quiet town." for _ in range(20))
+        (src / folder / "docs.jsonl").write_text(json.dumps({"text": text, "id": folder}) + "\n")
+        (src / folder / "noid.jsonl").write_text(json.dumps({"text": text}) + "\n")  # id: <file>:<line>
+    (src / "docs.txt").write_text("A third file whose shard name is docs as well. " * 20)
+    data = make_data(tmp_path, src)
+    manifest = run_filter(data, config, workers=1)
+    assert sorted(s["shard"] for s in manifest["shards"]) == [
+        "docs_txt", "one_docs_jsonl", "one_noid_jsonl", "two_docs_jsonl", "two_noid_jsonl"]
+    assert manifest["totals"]["docs_in"] == 5
+    ids = [d.id for p in sorted(filter_dir(data).rglob("*.parquet")) for d in read_documents(p)]
+    assert len(ids) == 5 and len(set(ids)) == 5  # documents named after their line stay apart
+
+
+def test_the_same_models_at_another_path_are_the_same_config(tmp_path, crawl_small, lid_model_path):
+    data = make_data(tmp_path, crawl_small)
+    first = tmp_path / "env1" / "lid.176.ftz"
+    first.parent.mkdir()
+    shutil.copy(lid_model_path, first)
+    run_filter(data, FilterConfig(lid_model=str(first)), workers=1)
+    moved = tmp_path / "env2" / "lid.176.ftz"
+    moved.parent.mkdir()
+    shutil.move(first, moved)  # the environment moved: same bytes, another path
+    manifest = run_filter(data, FilterConfig(lid_model=str(moved)), workers=1)  # resumes, no refusal
+    assert manifest["config"]["lid_model"] == "lid.176.ftz"
+    assert manifest["upstream"]["lid_model"] == sha256_file(moved)  # the model is fingerprinted by content
+    assert str(tmp_path) not in json.dumps(manifest["config"])

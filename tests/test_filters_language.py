@@ -133,3 +133,27 @@ def test_a_model_url_is_downloaded_once_into_the_cache(tmp_path, lid_model_path)
             resolve_model(state.url + "/models/missing.bin", tmp_path / "models", "--lid-model")
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("code, nearest", [("xx", None), ("eng", "en"), ("english", "en"), ("zh-cn", "zh")])
+def test_a_language_code_the_model_lacks_is_refused_with_the_nearest_ones(lid_model_path, code, nearest):
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"invalid --langs: .*no label '{code}'") as err:
+        LanguageFilter(lid_model_path, ("de", code))
+    if nearest:
+        assert f"nearest: {nearest}" in str(err.value)
+    assert "'de'" not in str(err.value)  # valid codes are not listed as unknown
+
+
+def test_the_filter_cli_refuses_an_unknown_language_before_any_work(tmp_path, lid_model_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.txt").write_text("Some English text. " * 30)
+    assert CliRunner().invoke(main, ["download", "--source", str(tmp_path / "src"), "--data", str(tmp_path / "d")]).exit_code == 0
+    result = CliRunner().invoke(main, ["filter", "--data", str(tmp_path / "d"), "--langs", "en,xx", "--workers", "1"])
+    assert result.exit_code == 1 and "invalid --langs" in result.output and "'xx'" in result.output
+    assert not (tmp_path / "d" / "filtered" / "manifest.json").exists()

@@ -267,6 +267,49 @@ def test_single_member_gzip_warc_reads_and_detects_a_cut_trailer(tmp_path):
     assert sequence(read_all(whole))[-1] == "truncated_gzip"
 
 
+def overstated_records(n: int, bad: int, extra: int) -> tuple[list[bytes], list[str]]:
+    """WARCINFO + n WET records whose record `bad` announces `extra` bytes more than its body holds."""
+    ids = [str(uuid.UUID(int=i + 1)) for i in range(n)]
+    recs = [WARCINFO]
+    for i, rid in enumerate(ids):
+        r = wet_record(good_text(i), f"http://example.org/{i}", rid)
+        if i == bad:
+            n_bytes = len(good_text(i))
+            r = r.replace(f"Content-Length: {n_bytes}".encode(), f"Content-Length: {n_bytes + extra}".encode())
+        recs.append(r)
+    return recs, ids
+
+
+@pytest.mark.parametrize("extra", [1, 3, 4, 5, 10, 300, 5_000, 50_000])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_overstated_content_length_costs_only_its_own_record(tmp_path, extra, compressed):
+    recs, ids = overstated_records(6, bad=2, extra=extra)
+    p = tmp_path / ("x.warc.wet.gz" if compressed else "x.warc.wet")
+    p.write_bytes(b"".join(gzip.compress(r) for r in recs) if compressed else b"".join(recs))
+    items = read_all(p)
+    if compressed and extra <= 4:
+        # read into its own closing CRLFCRLF only: kept, with at most that whitespace added, nothing lost
+        assert sequence(items) == ids
+        assert items[2].text.rstrip() == good_text(2).decode() and len(items[2].text) <= len(good_text(2)) + 4
+        return
+    assert sequence(items) == ids[:2] + ["bad_content_length"] + ids[3:]
+    name, _, offset = items[2].location.partition("@offset ")
+    assert name == p.name
+    offset = int(offset)
+    if compressed:
+        assert offset == _member_offsets(p.read_bytes())[3]  # warcinfo is member 0
+    else:
+        assert offset == len(b"".join(recs[:3]))
+    assert not any("WARC/1.0" in d.text for d in split(items)[0])
+
+
+def test_overstated_length_of_the_last_gzip_record_is_not_called_truncated(tmp_path):
+    recs, ids = overstated_records(3, bad=2, extra=10)
+    p = tmp_path / "x.warc.wet.gz"
+    p.write_bytes(b"".join(gzip.compress(r) for r in recs))
+    assert sequence(read_all(p)) == ids[:2] + ["bad_content_length"]
+
+
 def _member_offsets(data: bytes) -> list[int]:
     """Start offsets of the gzip members of `data`."""
     import zlib
@@ -418,3 +461,47 @@ def test_every_reason_code_is_documented():
     assert used == set(REASONS)  # no documented code is dead
     assert set(SUPPORTED_SUFFIXES) >= {".warc.gz", ".warc.wet.gz", ".warc.wat.gz", ".warc", ".jsonl", ".jsonl.gz",
                                        ".jsonl.zst", ".parquet", ".txt"}
+
+
+def test_a_damaged_parquet_page_costs_only_its_row_group_and_every_row_is_counted(tmp_path):
+    p = tmp_path / "t.parquet"
+    rng = random.Random(0)
+    texts = [" ".join(f"w{rng.randint(0, 99999)}" for _ in range(50)) for _ in range(300)]
+    pq.write_table(pa.table({"text": texts, "id": [f"d{i}" for i in range(300)]}), p, row_group_size=50)
+    col = pq.ParquetFile(p).metadata.row_group(2).column(0)  # the text column of rows 100-149
+    start = col.dictionary_page_offset or col.data_page_offset
+    data = bytearray(p.read_bytes())
+    for k in range(start + col.total_compressed_size // 2, start + col.total_compressed_size // 2 + 40):
+        data[k] ^= 0x5A
+    p.write_bytes(bytes(data))
+    items = read_all(p)
+    docs, bad = split(items)
+    assert len(items) == 300  # every row is accounted for
+    assert [d.id for d in docs] == [f"d{i}" for i in range(300) if not 100 <= i < 150]
+    assert [b.location for b in bad] == [f"t.parquet@row {i}" for i in range(100, 150)]
+    assert {b.reason for b in bad} == {"bad_parquet"} and "row group 2" in bad[0].detail
+
+
+def test_a_deeply_nested_json_line_is_bad_json_and_the_next_line_kept(tmp_path):
+    p = tmp_path / "deep.jsonl"
+    deep = b'{"text": "x", "m": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    p.write_bytes(deep + b"\n" + json.dumps({"text": "after", "id": "ok"}).encode() + b"\n")
+    items = read_all(p)
+    assert sequence(items) == ["bad_json", "ok"]
+    assert items[0].location == "deep.jsonl@line 1" and "nested too deeply" in items[0].detail
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_a_utf8_byte_order_mark_before_the_first_jsonl_line_is_accepted(tmp_path, suffix):
+    p = tmp_path / f"bom{suffix}"
+    data = b"\xef\xbb\xbf" + json.dumps({"text": "first", "id": "a"}).encode() + b"\n" + json.dumps({"text": "second", "id": "b"}).encode()
+    p.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    items = read_all(p)
+    assert sequence(items) == ["a", "b"] and items[0].text == "first"
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_a_text_file(tmp_path):
+    p = tmp_path / "bom.txt"
+    p.write_bytes(b"\xef\xbb\xbfHello there.")
+    [doc] = read_all(p)
+    assert doc.text == "Hello there."

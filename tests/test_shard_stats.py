@@ -125,3 +125,22 @@ def test_cli_stats_json_and_text(stage_shards, tmp_path):
     assert "most frequent tokens" in r.output and "sample document" in r.output
     r = runner.invoke(main, ["stats", str(tmp_path)])
     assert r.exit_code != 0 and "make shards" in r.output
+
+
+def test_a_shard_whose_bytes_were_altered_is_refused_unless_the_check_is_skipped(known):
+    from pipeline.shard_stats import StatsConfig
+
+    path = known / "val" / "val-00000.arrow"
+    data = path.read_bytes()
+    run = b"\x04\x00" * 7  # the seven 4s of the val document, as uint16
+    assert data.count(run) == 1
+    path.write_bytes(data.replace(run, b"\x05\x00" + run[2:]))  # same size, one token changed
+    with pytest.raises(InputError, match=r"val-00000.arrow does not match its size and sha256.*--no-verify-shards"):
+        compute_stats(known)
+    report, _ = compute_stats(known, config=StatsConfig(verify_checksums=False))
+    assert report["total"]["tokens"] == 18
+    from pipeline.cli.tokens import stats_cmd
+
+    result = CliRunner().invoke(stats_cmd, [str(known), "--no-histogram"])
+    assert result.exit_code == 1 and "sha256" in result.output
+    assert CliRunner().invoke(stats_cmd, [str(known), "--no-histogram", "--no-verify-shards"]).exit_code == 0

@@ -151,3 +151,33 @@ def test_folder_or_glob_without_readable_files_is_an_error_naming_it(tmp_path):
 def test_crawl_dev_folder_resolves_to_its_six_wet_files(shared_data):
     src = resolve_source(str(shared_data / "crawl-dev"), 2)
     assert [p.name for p in src.paths] == [f"crawl-{i:05d}.warc.wet.gz" for i in range(6)]
+
+
+def test_a_jsonl_folder_with_another_text_field_is_listed_when_the_field_is_named(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.jsonl").write_text(json.dumps({"body": "some text"}) + "\n")
+    with pytest.raises(InputError, match=r"1 JSONL file\(s\) skipped.*no 'text' field.*--text-field"):
+        resolve_source(str(tmp_path / "docs"), 1)
+    src = resolve_source(str(tmp_path / "docs"), 1, text_field="body")
+    assert [p.name for p in src.paths] == ["a.jsonl"]
+    assert [p.name for p in resolve_source(str(tmp_path / "docs" / "*.jsonl"), 1, text_field="body").paths] == ["a.jsonl"]
+
+
+def test_download_cli_passes_text_field_to_the_skip_check(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main as cli
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.jsonl").write_text(json.dumps({"body": "some text"}) + "\n")
+    args = ["download", "--source", str(tmp_path / "docs"), "--data", str(tmp_path / "data")]
+    assert CliRunner().invoke(cli, args).exit_code == 1
+    result = CliRunner().invoke(cli, [*args, "--text-field", "body"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "data" / "raw" / "manifest.json").read_text())["config"]["text_field"] == "body"
+
+
+def test_a_deeply_nested_first_jsonl_record_does_not_crash_source_listing(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "deep.jsonl").write_bytes(b'{"m": ' + b"[" * 200_000 + b"]" * 200_000 + b"}\n")
+    assert [p.name for p in resolve_source(str(tmp_path / "docs"), 1).paths] == ["deep.jsonl"]

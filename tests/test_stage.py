@@ -211,3 +211,47 @@ def test_manifest_hash_ignores_timings_so_a_no_op_rerun_does_not_invalidate_down
     write_documents(tasks[0].inputs[0], [Document(id="changed", text="different content")])
     run_stage("toy", tmp_path / "out", KeepLongConfig(), tasks, keep_long)
     assert manifest_hash(tmp_path / "out") != first
+
+
+def test_a_stale_receipt_listing_a_path_outside_the_stage_deletes_nothing_there(tmp_path):
+    tasks = make_inputs(tmp_path)
+    out = tmp_path / "out"
+    run_stage("toy", out, KeepLongConfig(), tasks, keep_long)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    receipt_path = out / "_receipts" / "s2.json"
+    receipt = json.loads(receipt_path.read_text())
+    receipt["outputs"][0]["path"] = "../victim.txt"
+    receipt_path.write_text(json.dumps(receipt))
+    run_stage("toy", out, KeepLongConfig(), tasks[:2], keep_long)  # s2 is stale now: its outputs are removed
+    assert victim.read_text() == "keep me"
+
+
+def test_a_manifest_listing_a_path_outside_its_folder_is_refused(tmp_path):
+    tasks = make_inputs(tmp_path)
+    out = tmp_path / "out"
+    run_stage("toy", out, KeepLongConfig(), tasks, keep_long)
+    m = json.loads((out / "manifest.json").read_text())
+    m["shards"][0]["outputs"][0]["path"] = "../in/s0.parquet"
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(InputError, match=r"manifest.json lists '../in/s0.parquet'.*not a file inside"):
+        stage_documents(out)
+def test_an_object_store_uri_is_refused_with_what_to_do(tmp_path):
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="object stores are not supported yet.*Mount the bucket"):
+        run_stage("toy", "s3://bucket/data/out", KeepLongConfig(), make_inputs(tmp_path), keep_long)
+
+
+def test_asking_for_ray_without_ray_installed_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from pipeline.errors import ConfigError
+    from pipeline.stage import make_executor
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails, as without the extra
+    monkeypatch.delitem(sys.modules, "pipeline.ray_executor", raising=False)
+    with pytest.raises(ConfigError, match=r"pip install 'crawlgpt\[ray\]'"):
+        make_executor("ray")
+    with pytest.raises(ConfigError, match="choose one of local, ray"):
+        make_executor("spark")

@@ -218,3 +218,15 @@ def test_memory_stays_flat_over_many_window_reads(tmp_path):
     read_many(100_000)
     grown = proc.memory_info().rss - before
     assert grown < 8 << 20, f"RSS grew by {grown / 2**20:.1f} MiB over 100k window reads"
+
+
+def test_a_manifest_listing_a_shard_outside_the_folder_is_refused(shard_dir, tmp_path_factory):
+    d, _ = shard_dir
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    m = json.loads((d / "manifest.json").read_text())
+    first = m["splits"]["train"][0]["path"]
+    os.replace(d / first, elsewhere / "x.arrow")
+    m["splits"]["train"][0]["path"] = os.path.relpath(elsewhere / "x.arrow", d)
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(TokenShardError, match="not a file inside"):
+        TokenShards(d, "train", verify_checksums=False)

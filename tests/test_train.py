@@ -239,8 +239,26 @@ class Payload:  # any class: weights_only=True refuses to build it when loading
 def test_a_checkpoint_is_loaded_without_unpickling_arbitrary_objects(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": 1, "step": 1, "model": {}, "model_config": {}, "x": Payload()}, path)
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="not a checkpoint this tool wrote"):
         load_checkpoint(path)
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('RAN').write_text('x')",))
+
+
+def test_an_unsafe_checkpoint_is_refused_without_suggesting_weights_only_false(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    torch.save({"format": 1, "step": 1, "model": {}, "model_config": {}, "x": RunsCode()}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert not (tmp_path / "RAN").exists()  # its code never ran
+    msg = str(err.value)
+    assert "not a checkpoint this tool wrote" in msg and "would run code" in msg
+    assert "weights_only" not in msg and "likely succeed" not in msg
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # torch's hint is not chained in
 
 
 def test_a_truncated_checkpoint_is_a_clear_error(tmp_path):

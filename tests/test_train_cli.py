@@ -171,3 +171,44 @@ def test_every_option_has_help_text(cli):
         for param in command.params:
             if isinstance(param, click.Option):
                 assert param.help, f"{command.name} {param.opts} has no help"
+
+
+@pytest.mark.parametrize("run", ["../escape", "a/b", "..", ".", "c:x", ""])
+def test_a_run_name_that_is_not_one_folder_name_is_refused(cli, tmp_path, run):
+    result = CliRunner().invoke(cli, ["sample", "--data", str(tmp_path), "--run", run])
+    assert result.exit_code == 2
+    assert "not a plain folder name" in result.output and "--run" in result.output
+
+
+def test_evaluate_on_a_text_file_that_is_not_utf8_names_the_byte_offset(cli, data, trained, tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("The café was closed.".encode("latin-1"))
+    result = CliRunner().invoke(cli, ["evaluate", "--data", str(data), "--run", "cli", "--device", "cpu",
+                                      "--text", str(bad)])
+    assert result.exit_code == 1  # a message, not a traceback
+    assert "not UTF-8 text: byte offset 7 (0xe9)" in result.output and "iconv" in result.output
+
+
+@pytest.mark.parametrize("args, option", [
+    (["pretrain", "--steps", "-5"], "--steps"),
+    (["pretrain", "--tokens", "-1"], "--tokens"),
+    (["pretrain", "--micro-batch", "-2"], "--micro-batch"),
+    (["pretrain", "--keep-last", "0"], "--keep-last"),
+    (["sample", "--temperature", "-1"], "--temperature"),
+    (["sample", "--max-new-tokens", "-3"], "--max-new-tokens"),
+    (["sample", "--num-samples", "0"], "--num-samples"),
+    (["sample", "--top-p", "0"], "--top-p"),
+    (["evaluate", "--batch", "0"], "--batch"),
+])
+def test_negative_or_zero_values_are_refused_naming_the_option(cli, tmp_path, args, option):
+    result = CliRunner().invoke(cli, [*args, "--data", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+
+
+def test_sample_text_refuses_a_negative_temperature_before_loading_anything(tmp_path):
+    from train.errors import TrainConfigError
+    from train.evaluate import sample_text
+
+    with pytest.raises(TrainConfigError, match="--temperature: must be >= 0, got -0.5"):
+        sample_text(tmp_path / "none", "The", tmp_path / "tok.json", temperature=-0.5)

@@ -193,9 +193,18 @@ def load_checkpoint(path: str | Path, weights: bool = True) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, not a torch file, or a pickle that needs arbitrary code
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}; it is corrupt or not written by "
-                              f"this trainer: delete it to resume from the previous one") from err
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False: for a file from elsewhere that means running
+        # its code. We never say so; `from None` keeps that hint out of any traceback too.
+        raise CheckpointError(
+            f"{path} is not a checkpoint this tool wrote: it asks to build Python objects other than tensors "
+            "and plain values, which would run code from the file, so it was not loaded. Use a checkpoint "
+            "written by `crawlgpt pretrain`; if this was your newest one, delete it to resume from the previous one."
+        ) from None
+    except Exception as err:  # noqa: BLE001 - truncated zip, not a torch file, ...
+        detail = str(err).splitlines()[0] if "weights_only" not in str(err) else type(err).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {detail}; it is corrupt or not written by "
+                              f"this trainer: delete it to resume from the previous one") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"{path} is not a crawlgpt checkpoint of format {CHECKPOINT_FORMAT} (got {got})")

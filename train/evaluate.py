@@ -22,7 +22,7 @@ from model.gpt import GPT
 from train.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from train.data import eval_windows, open_split
 from train.distributed import DistContext, all_reduce_sum
-from train.errors import SeqLenError, TrainError, VocabMismatchError
+from train.errors import SeqLenError, TrainConfigError, TrainError, VocabMismatchError
 from train.metrics import perplexity
 
 log = logging.getLogger(__name__)
@@ -172,13 +172,20 @@ def evaluate_checkpoint_on_text(checkpoint: str | Path, text_path: str | Path, t
                                 seq_len: int | None = None, batch_size: int = 8,
                                 device: torch.device = torch.device("cpu")) -> EvalResult:
     """Perplexity of a text file: tokenized as one document (end-of-text first, as in training)."""
+    if not Path(text_path).is_file():
+        raise TrainError(f"text file {text_path} does not exist")
+    data = Path(text_path).read_bytes()
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is not text
+    except UnicodeDecodeError as exc:
+        raise TrainError(
+            f"{text_path} is not UTF-8 text: byte offset {exc.start} (0x{data[exc.start]:02x}) cannot be decoded "
+            f"({exc.reason}). Convert it first, e.g. `iconv -f latin1 -t utf-8`, or pass a UTF-8 file."
+        ) from exc
     model, payload, _ = load_for_inference(checkpoint, device)
     seq_len = _check_seq_len(seq_len, model)
     tokenizer = load_tokenizer(tokenizer_path)
     check_tokenizer(tokenizer_path, tokenizer, payload)
-    if not Path(text_path).is_file():
-        raise TrainError(f"text file {text_path} does not exist")
-    text = Path(text_path).read_text(encoding="utf-8")
     ids = tokenizer.encode(text).ids
     eot = payload.get("data", {}).get("eot_id")
     tokens = np.asarray(([eot] if eot is not None else []) + ids, dtype=np.int64)
@@ -218,6 +225,12 @@ def sample_text(checkpoint: str | Path, prompt: str, tokenizer_path: str | Path,
                 seed: int | None = 0, num_samples: int = 1,
                 device: torch.device = torch.device("cpu")) -> list[str]:
     """num_samples continuations of prompt (seeds seed, seed + 1, ...); the new text only, cut at end-of-text."""
+    for option, value, low in (("--max-new-tokens", max_new_tokens, 1), ("--num-samples", num_samples, 1),
+                               ("--temperature", temperature, 0), ("--top-k", top_k or 0, 0)):
+        if value < low:
+            raise TrainConfigError(option, f"must be >= {low}, got {value}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise TrainConfigError("--top-p", f"must be in (0, 1], got {top_p}")
     model, payload, _ = load_for_inference(checkpoint, device)
     tokenizer = load_tokenizer(tokenizer_path)
     check_tokenizer(tokenizer_path, tokenizer, payload)

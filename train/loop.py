@@ -160,8 +160,9 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
     if bf16 and device.type != "cuda":
         raise TrainConfigError("--precision", f"bf16 autocast is for CUDA devices; use fp32 on {device.type}")
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls outside autocast use TF32
-        torch.backends.cudnn.allow_tf32 = True
+        # float32 matmuls outside autocast use TF32. (Not the allow_tf32 flags: torch >= 2.9 deprecates them,
+        # and reading them once the newer fp32_precision API was used raises, inside torch.compile too.)
+        torch.set_float32_matmul_precision("high")
     torch.manual_seed(config.seed)  # the same on every rank: FSDP2 does not broadcast the initial weights
 
     # ---- layout: tensor / pipeline / data parallel mesh (train/parallel.py); checked before any work
@@ -268,7 +269,7 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
         elif layout.model_parallel:
             parallel.restore_full(model, optimizer, payload, layout)
         else:
-            load_model_state(model, payload["model"])
+            load_model_state(model, objective.resume_model_state(payload))
             load_optimizer_state(model, optimizer, payload["optimizer"])
         loader.load_state_dict(payload["loader"])
         restore_rng_state(payload["rng"])
@@ -318,7 +319,8 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
             model_state = gather_model_state(model)  # collective under FSDP
             optim_state = gather_optimizer_state(model, optimizer)
             if ctx.is_main:
-                save_checkpoint(path, {**meta, "model": model_state, "optimizer": optim_state})
+                save_checkpoint(path, {**meta, **objective.checkpoint_model_state(model_state),
+                                       "optimizer": optim_state})
         if ctx.is_main:
             for old in prune_checkpoints(run_dir, config.checkpoint.keep_last):
                 log.debug("deleted old checkpoint %s", old)
@@ -326,6 +328,9 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
         barrier(ctx)
         result.checkpoint = path
         return path
+
+    if start_step == 0 and objective.evaluate_at_start:  # the "before" figures of a fine-tuning run
+        run_eval(0)
 
     # ---- the loop -----------------------------------------------------------------------------
     stop = StopSignal()

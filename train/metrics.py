@@ -23,14 +23,18 @@ METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "loss.png"
 
 # Peak dense bf16 tensor-core throughput, FLOP/s, by a substring of torch.cuda.get_device_name().
-# First match wins, so more specific names come first. (Vendor datasheets, without sparsity.)
+# First match wins, so more specific names come first ("H200 NVL" before "H200", "H200" before "H20").
+# (Vendor datasheets, without sparsity.)
 PEAK_BF16_FLOPS: list[tuple[str, float]] = [
     ("GB200", 2.5e15),
     ("B200", 2.25e15),
-    ("H200", 989e12),
+    ("H200 NVL", 835e12),  # the PCIe card: lower clocks and power than the SXM module
+    ("H200", 989e12),  # SXM, and GH200
     ("H100 PCIe", 756e12),
-    ("H100", 989e12),  # SXM and NVL
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),  # SXM
     ("H800", 989e12),
+    ("H20", 148e12),
     ("A100", 312e12),
     ("A800", 312e12),
     ("L40S", 362e12),
@@ -52,10 +56,17 @@ def peak_flops(device: torch.device, override_tflops: float | None = None) -> fl
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
+    flops = peak_flops_for_name(name)
+    if flops is None:
+        log.warning("no peak FLOP/s known for %r: MFU not reported (pass --peak-tflops)", name)
+    return flops
+
+
+def peak_flops_for_name(device_name: str) -> float | None:
+    """Peak dense bf16 FLOP/s of a GPU by its name (e.g. "NVIDIA H200"); None when not in the table."""
     for key, flops in PEAK_BF16_FLOPS:
-        if key in name:
+        if key in device_name:
             return flops
-    log.warning("no peak FLOP/s known for %r: MFU not reported (pass --peak-tflops)", name)
     return None
 
 

@@ -143,6 +143,19 @@ class Objective:
         """Extra plain values stored in every checkpoint (a prompt template, class names, ...)."""
         return {}
 
+    #: Evaluate once before the first step of a fresh run (step 0): the "before" of before/after figures.
+    evaluate_at_start: bool = False
+
+    def checkpoint_model_state(self, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The checkpoint entries that hold the trained module's full state. Default: all of it under
+        "model". A policy with a value model stores its plain GPT weights under "model" (so `sample`,
+        `evaluate` and export read it like any GPT) and the rest under other keys."""
+        return {"model": state}
+
+    def resume_model_state(self, payload: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The trained module's full state from a checkpoint: the inverse of checkpoint_model_state."""
+        return payload["model"]
+
     def close(self) -> None:
         """Release what setup opened."""
 

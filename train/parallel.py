@@ -120,6 +120,9 @@ def make_layout(config: ParallelConfig, ctx: DistContext, parallelism: str, kind
     if (tp > 1 or pp > 1) and kind != "pretrain":
         raise TrainConfigError("--tp / --pp", f"tensor and pipeline parallelism are supported for pretraining "
                                f"only, not for {kind} runs; use --parallelism fsdp to fit a large model")
+    if config.checkpoint_format == "dcp" and kind != "pretrain":
+        raise TrainConfigError("--checkpoint-format", f"dcp folders are written for pretraining runs only; {kind} "
+                               f"checkpoints keep their own layout in one file (use file or auto)")
     if config.sequence_parallel and tp == 1:
         raise TrainConfigError("--sequence-parallel", "needs --tp > 1 (it splits what tensor parallelism replicates)")
     if config.sequence_parallel and pp > 1:

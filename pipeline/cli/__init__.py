@@ -16,7 +16,7 @@ from pipeline.cli.common import setup_logging
 log = logging.getLogger(__name__)
 
 #: Modules under pipeline/cli/ that define `register(group)`.
-COMMAND_MODULES = ("download", "filter", "dedup", "tokens", "training")
+COMMAND_MODULES = ("download", "filter", "dedup", "tokens", "training", "finetune", "align")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

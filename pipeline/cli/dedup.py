@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import click
 
-from pipeline.cli.common import DEFAULT_WORKERS, fail, run_with_progress
+from pipeline.cli.common import (
+    DEFAULT_WORKERS,
+    build_executor,
+    executor_options,
+    fail,
+    recorded_config,
+    remembered,
+    run_with_progress,
+)
+from pipeline.dedup.clusters import histogram_rows
 from pipeline.dedup.config import DedupConfig
+from pipeline.dedup.show import cluster_overview, find_cluster, format_cluster
+from pipeline.dedup.stage import run_dedup
 from pipeline.errors import PipelineError
 from pipeline.stage import format_table
 
@@ -17,7 +29,7 @@ def register(group: click.Group) -> None:
     @group.command("dedup")
     @click.option("--data", "data_dir", default="data", show_default=True, type=click.Path(file_okay=False),
                   help="Data folder: reads DATA/filtered, writes DATA/dedup (work files) and DATA/corpus.")
-    @click.option("--workers", default=DEFAULT_WORKERS, show_default=True, type=int,
+    @click.option("--workers", default=DEFAULT_WORKERS, show_default=True, type=click.IntRange(min=1),
                   help="Worker processes for the per-shard and per-partition phases.")
     @click.option("--ngram", default=d.ngram, show_default=True, type=int,
                   help="Words per shingle (3: edited copies keep a high Jaccard similarity).")
@@ -34,22 +46,25 @@ def register(group: click.Group) -> None:
     @click.option("--bucket-window", default=d.bucket_window, show_default=True, type=int,
                   help="Pairs per bucket member in large buckets (all pairs in buckets up to this size + 1).")
     @click.option("--force", is_flag=True, help="Discard outputs made with another config and start over.")
-    def dedup(data_dir, workers, ngram, num_perm, bands, rows, threshold, seed, partitions, bucket_window, force):
+    @executor_options
+    @click.pass_context
+    def dedup(ctx, data_dir, workers, ngram, num_perm, bands, rows, threshold, seed, partitions, bucket_window, force,
+              executor, ray_address):
         """Remove exact and near-duplicate documents: DATA/filtered -> DATA/corpus.
 
         One document per cluster is kept (the one with the most words, ties by smallest id); removed
         copies go to DATA/corpus/rejected with their cluster and representative. Rerunning resumes.
+        Options not given are taken as the last run in DATA recorded them (then the defaults shown).
         """
-        from pipeline.dedup.stage import run_dedup  # imported here: datasketch takes ~0.3 s to import
-
         try:
-            config = DedupConfig(
-                ngram=ngram, num_perm=num_perm, bands=bands, rows=rows, threshold=threshold, seed=seed,
-                partitions=partitions, bucket_window=bucket_window,
-            )
+            recorded = recorded_config(Path(data_dir) / "corpus")
+            names = ("ngram", "num_perm", "bands", "rows", "threshold", "seed", "partitions", "bucket_window")
+            config = DedupConfig(**remembered(ctx, recorded, **{n: n for n in names}))
+            runner = build_executor(executor, workers, ray_address)
             manifest = run_with_progress(
                 "dedup",
-                lambda on_progress: run_dedup(data_dir, config, workers=workers, force=force, on_progress=on_progress),
+                lambda on_progress: run_dedup(data_dir, config, workers=workers, force=force, on_progress=on_progress,
+                                              executor=runner),
             )
         except PipelineError as err:
             fail(err)
@@ -67,8 +82,6 @@ def register(group: click.Group) -> None:
 
         Without IDENT, list the cluster-size histogram and the largest clusters.
         """
-        from pipeline.dedup.show import cluster_overview, find_cluster, format_cluster
-
         try:
             if ident is None:
                 click.echo(cluster_overview(data_dir))
@@ -84,8 +97,6 @@ def _print_dedup_summary(manifest: dict) -> None:
     if not d:
         return
     click.echo("")
-    from pipeline.dedup.clusters import histogram_rows
-
     click.echo(format_table(histogram_rows(d["cluster_size_histogram"]), ["cluster size", "clusters"]))
     pairs = d.get("pairs", {})
     click.echo("")

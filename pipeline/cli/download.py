@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-import threading
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
-from pipeline.cli.common import fail
-from pipeline.download import (
-    DEFAULT_BASE_URL,
-    DEFAULT_NUM_FILES,
-    DEFAULT_SOURCE,
-    DownloadConfig,
-    DownloadResult,
-    run_download,
-)
+from pipeline.cli.common import build_executor, executor_options, fail, run_with_progress
+from pipeline.download import DEFAULT_BASE_URL, DEFAULT_NUM_FILES, DEFAULT_SOURCE, DownloadConfig, run_download
 from pipeline.errors import PipelineError
 from pipeline.stage import format_table
 
@@ -45,57 +35,28 @@ def register(group: click.Group) -> None:
               help="Retries per file, with exponential backoff, for 429/5xx, dropped connections, bad gzip.")
 @click.option("--base-url", default=DEFAULT_BASE_URL, show_default=True,
               help="Where crawl-data/ paths are fetched from (a mirror, or a local server for tests).")
+@click.option("--text-field", default="text", show_default=True,
+              help="JSONL key holding the text (as for filter): a JSONL file of a folder or glob SOURCE whose "
+                   "first record lacks it is skipped as not a document file.")
 @click.option("--force", is_flag=True,
               help="Replace a file list made for another SOURCE/NUM_FILES (downloaded files are kept).")
+@executor_options
 def download_command(
-    source: str | None, num_files: int | None, data: Path, workers: int, retries: int, base_url: str, force: bool
+    source: str | None, num_files: int | None, data: Path, workers: int, retries: int, base_url: str,
+    text_field: str, force: bool, executor: str, ray_address: str | None,
 ) -> None:
     """Download the raw input files (resumable, verified), or list local ones, into DATA/raw."""
     try:
         config = DownloadConfig(workers=workers, retries=retries, base_url=base_url)
-        with _TransferProgress() as progress:
-            manifest = run_download(
-                source, num_files, data, config, force=force,
-                on_bytes=progress.add_bytes, on_file=progress.file_done, on_plan=progress.plan,
-            )
+        runner = build_executor(executor, workers, ray_address)
+        manifest = run_with_progress("download", lambda on_progress: run_download(
+            source, num_files, data, config, force=force, on_progress=on_progress, executor=runner,
+            text_field=text_field),
+            summary=False, unit="bytes")
     except PipelineError as err:
         fail(err)
         return
     _print_summary(manifest)
-
-
-class _TransferProgress:
-    """A tqdm bar of bytes received (with bytes/s) and files done; shown only when there is a download."""
-
-    def __init__(self) -> None:
-        self.bar: tqdm | None = None
-        self.files_total = 0
-        self.files_done = 0
-        self._lock = threading.Lock()
-
-    def plan(self, n_urls: int) -> None:
-        self.files_total = n_urls
-        if n_urls:
-            self.bar = tqdm(desc="download", unit="B", unit_scale=True, unit_divisor=1024,
-                            dynamic_ncols=True, file=sys.stderr)
-            self.bar.set_postfix_str(f"0/{n_urls} files")
-
-    def add_bytes(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def file_done(self, result: DownloadResult) -> None:
-        with self._lock:
-            self.files_done += 1
-            if self.bar is not None:
-                self.bar.set_postfix_str(f"{self.files_done}/{self.files_total} files")
-
-    def __enter__(self) -> "_TransferProgress":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _print_summary(manifest: dict) -> None:

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.common import DEFAULT_WORKERS, fail, run_with_progress
+from pipeline.cli.common import (
+    DEFAULT_WORKERS,
+    build_executor,
+    executor_options,
+    fail,
+    recorded_config,
+    remembered,
+    run_with_progress,
+)
 from pipeline.errors import PipelineError
 from pipeline.shard_stats import StatsConfig, format_json, format_report, shard_stats
 from pipeline.stage import format_table
@@ -38,21 +46,33 @@ force_option = click.option("--force", is_flag=True, help="Discard outputs made 
 @click.option("--heldout-fraction", type=float, default=_TOK.heldout_fraction, show_default=True,
               help="Share of documents held out (as the shards' validation split) to measure compression.")
 @force_option
-def tokenizer_cmd(data: Path, vocab_size: int, pattern: str, reserved_tokens: int, min_frequency: int,
-                  sample_mb: float, heldout_fraction: float, force: bool) -> None:
-    """Train the byte-level BPE tokenizer on DATA/corpus; write DATA/tokenizer/tokenizer.json."""
-    config = TokenizerConfig(vocab_size=vocab_size, min_frequency=min_frequency, pattern=pattern,
-                             reserved_tokens=reserved_tokens, sample_bytes=int(sample_mb * 1e6),
-                             heldout_fraction=heldout_fraction)
+@executor_options
+@click.pass_context
+def tokenizer_cmd(ctx: click.Context, data: Path, vocab_size: int, pattern: str, reserved_tokens: int,
+                  min_frequency: int, sample_mb: float, heldout_fraction: float, force: bool, executor: str,
+                  ray_address: str | None) -> None:
+    """Train the byte-level BPE tokenizer on DATA/corpus; write DATA/tokenizer/tokenizer.json.
+
+    Options not given are taken as the last run in DATA recorded them (then the defaults shown)."""
+    recorded = recorded_config(data / "tokenizer")
+    if "sample_bytes" in recorded:
+        recorded = {**recorded, "sample_mb": recorded["sample_bytes"] / 1e6}
+    opts = remembered(ctx, recorded, vocab_size="vocab_size", pattern="pattern", reserved_tokens="reserved_tokens",
+                      min_frequency="min_frequency", sample_mb="sample_mb", heldout_fraction="heldout_fraction")
+    config = TokenizerConfig(vocab_size=opts["vocab_size"], min_frequency=opts["min_frequency"],
+                             pattern=opts["pattern"], reserved_tokens=opts["reserved_tokens"],
+                             sample_bytes=int(round(opts["sample_mb"] * 1e6)),
+                             heldout_fraction=opts["heldout_fraction"])
     try:
-        m = train_tokenizer(data / "corpus", data / "tokenizer", config, force=force)
+        runner = build_executor(executor, 1, ray_address)
+        m = train_tokenizer(data / "corpus", data / "tokenizer", config, force=force, executor=runner)
     except PipelineError as err:
         fail(err)
     h, t = m["heldout"], m["training"]
     rows = [
         ("tokenizer", str(data / "tokenizer" / TOKENIZER_FILE)),
         ("vocab size", f"{m['vocab_size']:,} (end-of-text id {m['eot_id']}, {len(m['special_tokens'])} special)"),
-        ("trained on", f"{t['documents']:,} documents, {t['bytes'] / 1e6:.1f} MB in {t['seconds']:.1f}s"),
+        ("trained on", f"{t['documents']:,} documents, {t['bytes'] / 1e6:.1f} MB in {t['elapsed_s']:.1f}s"),
         ("held out", f"{h['documents']:,} documents, {h['bytes'] / 1e6:.2f} MB"),
         ("bytes per token", f"{h['bytes_per_token']}"),
         ("tokens per word", f"{h['tokens_per_word']}"),
@@ -62,7 +82,7 @@ def tokenizer_cmd(data: Path, vocab_size: int, pattern: str, reserved_tokens: in
 
 @click.command("shards")
 @data_option
-@click.option("--workers", type=int, default=DEFAULT_WORKERS, show_default=True,
+@click.option("--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS, show_default=True,
               help="Processes, one corpus shard each (the tokenizer also uses threads within a batch).")
 @click.option("--val-fraction", type=float, default=_SH.val_fraction, show_default=True,
               help="Share of documents in the validation split (chosen by a hash of the document id).")
@@ -71,14 +91,24 @@ def tokenizer_cmd(data: Path, vocab_size: int, pattern: str, reserved_tokens: in
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="tokenizer.json to use [default: DATA/tokenizer/tokenizer.json].")
 @force_option
-def shards_cmd(data: Path, workers: int, val_fraction: float, max_shard_mb: float,
-               tokenizer_path: Path | None, force: bool) -> None:
-    """Tokenize DATA/corpus into packed Arrow token shards under DATA/shards/{train,val}."""
-    config = ShardsConfig(val_fraction=val_fraction, max_shard_bytes=int(max_shard_mb * 2**20))
+@executor_options
+@click.pass_context
+def shards_cmd(ctx: click.Context, data: Path, workers: int, val_fraction: float, max_shard_mb: float,
+               tokenizer_path: Path | None, force: bool, executor: str, ray_address: str | None) -> None:
+    """Tokenize DATA/corpus into packed Arrow token shards under DATA/shards/{train,val}.
+
+    Options not given are taken as the last run in DATA recorded them (then the defaults shown)."""
+    recorded = recorded_config(data / "shards")
+    if "max_shard_bytes" in recorded:
+        recorded = {**recorded, "max_shard_mb": recorded["max_shard_bytes"] / 2**20}
+    opts = remembered(ctx, recorded, val_fraction="val_fraction", max_shard_mb="max_shard_mb")
+    config = ShardsConfig(val_fraction=opts["val_fraction"], max_shard_bytes=int(round(opts["max_shard_mb"] * 2**20)))
     tok = tokenizer_path or data / "tokenizer" / TOKENIZER_FILE
     try:
+        runner = build_executor(executor, workers, ray_address)
         m = run_with_progress("shards", lambda on_progress: make_shards(
-            data / "corpus", tok, data / "shards", config, workers=workers, force=force, on_progress=on_progress))
+            data / "corpus", tok, data / "shards", config, workers=workers, force=force, on_progress=on_progress,
+            executor=runner))
     except PipelineError as err:
         fail(err)
     rows = [(split, s["files"], s["documents"], s["tokens"], f"{s['bytes'] / 2**20:.1f} MiB")
@@ -97,15 +127,19 @@ def shards_cmd(data: Path, workers: int, val_fraction: float, max_shard_mb: floa
 @click.option("--histogram", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the PNG histogram of document lengths [default: SHARDS_DIR/doc_lengths.png].")
 @click.option("--no-histogram", is_flag=True, help="Do not write the histogram.")
-@click.option("--top", type=int, default=_ST.top_tokens, show_default=True, help="How many frequent tokens to list.")
-@click.option("--sample-chars", type=int, default=_ST.sample_chars, show_default=True,
+@click.option("--top", type=click.IntRange(min=0), default=_ST.top_tokens, show_default=True,
+              help="How many frequent tokens to list.")
+@click.option("--sample-chars", type=click.IntRange(min=0), default=_ST.sample_chars, show_default=True,
               help="Characters of the sample document to show.")
+@click.option("--verify-shards/--no-verify-shards", default=_ST.verify_checksums, show_default=True,
+              help="Check every shard's sha256 against the manifest first (slow for many GB).")
 def stats_cmd(shards_dir: Path, as_json: bool, tokenizer_path: Path | None, histogram: Path | None,
-              no_histogram: bool, top: int, sample_chars: int) -> None:
+              no_histogram: bool, top: int, sample_chars: int, verify_shards: bool) -> None:
     """Report documents, tokens and lengths per token shard and in total, and plot document lengths."""
     hist = None if no_histogram else (histogram or shards_dir / "doc_lengths.png")
     try:
-        report = shard_stats(shards_dir, tokenizer_path, hist, StatsConfig(top_tokens=top, sample_chars=sample_chars))
+        report = shard_stats(shards_dir, tokenizer_path, hist, StatsConfig(top_tokens=top, sample_chars=sample_chars,
+                                                                       verify_checksums=verify_shards))
     except (PipelineError, TokenShardError) as err:
         fail(err)
     except OSError as err:

@@ -11,21 +11,17 @@ from __future__ import annotations
 import math
 import os
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-#: Steps of `pretrain --steps 0` on a CPU: the `small` preset at 2,048 tokens per step runs at about
-#: 1,000 tokens/s on 2 idle cores (torch 2.13), so 200 steps plus five evaluations take 8 to 10 minutes.
+# The auto defaults live in train/defaults.py (click-free, so a bare GPU machine resolves the same
+# values); these copies feed the help text without importing torch, and a test checks they agree.
 CPU_AUTO_STEPS = 200
-#: Steps of `pretrain --steps 0` on a GPU (gpt2-124m, 2^18-token batches: about 52M tokens).
-GPU_AUTO_STEPS = 200
-#: Peak learning rate per preset (smaller models tolerate larger rates).
 PRESET_LR = {"tiny": 3e-3, "small": 1e-3, "gpt2-124m": 6e-4, "350m": 3e-4, "1b": 3e-4}
-#: Windows per GPU per micro-step per preset (fits an 80 GB GPU with bf16 autocast at its context).
-GPU_MICRO_BATCH = {"tiny": 64, "small": 64, "gpt2-124m": 32, "350m": 16, "1b": 8}
-GPU_BATCH_TOKENS = 1 << 18
+GPU_BATCH_TOKENS = 1 << 19
+GPU_MIN_STEPS = 300
+TOKENS_PER_PARAM = 20
 CPU_MICRO_BATCH = 8
 
 #: The presets of model/gpt.py, spelled out so that `crawlgpt --help` does not import torch (a test
@@ -35,7 +31,18 @@ PRESET_CHOICES = ["auto", *PRESET_NAMES]
 
 data_option = click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=Path("data"),
                            show_default=True, help="Data folder (shards/ and tokenizer/ in, runs/ out).")
-run_option = click.option("--run", default="default", show_default=True,
+
+
+def _run_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A run name is one folder name under DATA/runs/: never a path that leads elsewhere."""
+    if not value or value.strip(".") == "" or any(c in value for c in "/\\\0:"):
+        raise click.BadParameter(
+            f"{value!r} is not a plain folder name (no /, \\, :, NUL; not . or ..); a run always lives in "
+            "DATA/runs/RUN/. To read a checkpoint elsewhere, pass --checkpoint PATH.", ctx, param)
+    return value
+
+
+run_option = click.option("--run", default="default", show_default=True, callback=_run_name,
                           help="Run name: its files go to DATA/runs/RUN/.")
 device_option = click.option("--device", default="auto", show_default=True,
                              help="cpu, cuda, cuda:N, mps or auto (CUDA when available). Under torchrun: cuda:LOCAL_RANK.")
@@ -54,54 +61,14 @@ def _fail(err: Exception) -> None:
     raise click.ClickException(str(err)) from err
 
 
-@dataclass(frozen=True)
-class Resolved:
-    preset: str
-    steps: int
-    batch_tokens: int
-    micro_batch: int
-    lr: float
-    compile: bool
-    eval_every: int
-    eval_tokens: int
-    log_every: int
-
-
 def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens: int, micro_batch: int,
                  seq_len: int, lr: float | None, compile_: bool | None, eval_every: int | None,
-                 eval_tokens: int, log_every: int, model_parallel: int = 1) -> Resolved:
-    """Fill in every "auto" option from the hardware and the preset (model_parallel = tp x pp ranks
-    share one batch)."""
-    import torch
+                 eval_tokens: int, log_every: int, corpus=None, world_size: int | None = None):
+    """Fill in every "auto" option from the hardware, the preset and the corpus (`train.defaults`)."""
+    from train.defaults import resolve_auto as resolve
 
-    from model.gpt import PRESETS
-    from train.errors import TrainConfigError
-
-    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if preset == "auto":
-        preset = "gpt2-124m" if on_gpu else "small"
-    context = seq_len or PRESETS[preset].get("max_seq_len", 1024)
-    world = max(1, int(os.environ.get("WORLD_SIZE", "1")) // max(1, model_parallel))  # data-parallel ranks
-    if micro_batch <= 0:
-        micro_batch = GPU_MICRO_BATCH.get(preset, 8) if on_gpu else CPU_MICRO_BATCH
-    if batch_tokens <= 0:
-        batch_tokens = GPU_BATCH_TOKENS if on_gpu else micro_batch * context * world
-    if steps > 0 and tokens > 0:
-        raise TrainConfigError("--tokens", "give either --steps or --tokens, not both")
-    if tokens > 0:
-        steps = math.ceil(tokens / batch_tokens)
-    elif steps <= 0:
-        steps = GPU_AUTO_STEPS if on_gpu else CPU_AUTO_STEPS
-    if eval_every is None:
-        eval_every = max(1, steps // 5)
-    if eval_tokens <= 0:
-        eval_tokens = 1 << 21 if on_gpu else 1 << 14
-    if log_every <= 0:
-        log_every = 10 if on_gpu else 1
-    return Resolved(preset=preset, steps=steps, batch_tokens=batch_tokens, micro_batch=micro_batch,
-                    lr=lr if lr is not None else PRESET_LR.get(preset, 6e-4),
-                    compile=on_gpu if compile_ is None else compile_, eval_every=eval_every,
-                    eval_tokens=eval_tokens, log_every=log_every)
+    return resolve(preset, device, steps, tokens, batch_tokens, micro_batch, seq_len, lr, compile_, eval_every,
+                   eval_tokens, log_every, corpus=corpus, world_size=world_size)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -114,22 +81,23 @@ def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens
 @run_option
 @click.option("--preset", type=click.Choice(PRESET_CHOICES), default="auto", show_default=True,
               help="Model size; auto = small on CPU, gpt2-124m on GPU.")
-@click.option("--steps", type=int, default=0, show_default=True,
+@click.option("--steps", type=click.IntRange(min=0), default=0, show_default=True,
               help=f"Optimizer steps; 0 = auto ({CPU_AUTO_STEPS} on CPU, about ten minutes for `small` on 2 cores; "
-                   f"{GPU_AUTO_STEPS} on GPU).")
-@click.option("--tokens", type=int, default=0, show_default=True,
+                   f"on GPU one epoch of the train split, at most {TOKENS_PER_PARAM} tokens per parameter).")
+@click.option("--tokens", type=click.IntRange(min=0), default=0, show_default=True,
               help="Train on this many tokens instead of giving --steps (steps = tokens / batch tokens).")
-@click.option("--batch-tokens", type=int, default=0, show_default=True,
+@click.option("--batch-tokens", type=click.IntRange(min=0), default=0, show_default=True,
               help=f"Global batch in tokens per step, reached by gradient accumulation; 0 = auto "
-                   f"(one micro-batch per rank on CPU, {GPU_BATCH_TOKENS:,} on GPU).")
-@click.option("--micro-batch", type=int, default=0, show_default=True,
+                   f"(one micro-batch per rank on CPU; {GPU_BATCH_TOKENS:,} on GPU, halved while that gives "
+                   f"fewer than {GPU_MIN_STEPS} steps).")
+@click.option("--micro-batch", type=click.IntRange(min=0), default=0, show_default=True,
               help=f"Windows per device per forward pass; 0 = auto ({CPU_MICRO_BATCH} on CPU, by preset on GPU).")
-@click.option("--seq-len", type=int, default=0, show_default=True,
+@click.option("--seq-len", type=click.IntRange(min=0), default=0, show_default=True,
               help="Tokens per training window; 0 = the preset's context.")
 @click.option("--lr", type=float, default=None,
               help="Peak learning rate [default: by preset: " + ", ".join(f"{k} {v:g}" for k, v in PRESET_LR.items()) + "].")
 @click.option("--min-lr", type=float, default=None, help="Final learning rate of the cosine [default: lr / 10].")
-@click.option("--warmup-steps", type=int, default=None, help="Linear warmup steps [default: 5% of steps, at most 1000].")
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=None, help="Linear warmup steps [default: 5% of steps, at most 1000].")
 @click.option("--weight-decay", type=float, default=0.1, show_default=True, help="AdamW weight decay (matrices only).")
 @click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Clip the gradient norm to this (0 = off).")
 @click.option("--resume", is_flag=True, default=False, show_default=True,
@@ -159,17 +127,17 @@ def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens
 @click.option("--checkpoint-format", type=click.Choice(["auto", "file", "dcp"]), default="auto", show_default=True,
               help="Checkpoints as one .pt file (file) or as a torch.distributed.checkpoint folder that every "
                    "rank writes its part of (dcp); auto = dcp under --tp/--pp, file otherwise.")
-@click.option("--eval-every", type=int, default=None,
+@click.option("--eval-every", type=click.IntRange(min=0), default=None,
               help="Validation loss (and a sample) every N steps, and at the end [default: a fifth of the steps].")
-@click.option("--eval-tokens", type=int, default=0, show_default=True,
+@click.option("--eval-tokens", type=click.IntRange(min=0), default=0, show_default=True,
               help="Validation tokens per evaluation; 0 = auto (16,384 on CPU, 2,097,152 on GPU).")
-@click.option("--sample-every", type=int, default=None, help="Sample every N steps [default: --eval-every; 0 = never].")
+@click.option("--sample-every", type=click.IntRange(min=0), default=None, help="Sample every N steps [default: --eval-every; 0 = never].")
 @click.option("--prompt", default="The", show_default=True, help="Fixed prompt of the training samples.")
-@click.option("--sample-tokens", type=int, default=48, show_default=True, help="Tokens per training sample.")
-@click.option("--ckpt-every", type=int, default=None,
+@click.option("--sample-tokens", type=click.IntRange(min=0), default=48, show_default=True, help="Tokens per training sample.")
+@click.option("--ckpt-every", type=click.IntRange(min=0), default=None,
               help="Checkpoint every N steps, at the end, and on SIGTERM/SIGINT [default: --eval-every].")
-@click.option("--keep-last", type=int, default=3, show_default=True, help="Checkpoints to keep.")
-@click.option("--log-every", type=int, default=0, show_default=True,
+@click.option("--keep-last", type=click.IntRange(min=1), default=3, show_default=True, help="Checkpoints to keep.")
+@click.option("--log-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Progress line and metrics record every N steps; 0 = auto (1 on CPU, 10 on GPU).")
 @click.option("--seed", type=int, default=1337, show_default=True, help="Seed of initialisation and data order.")
 @tokenizer_option
@@ -190,33 +158,28 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
                  ckpt_every: int | None, keep_last: int, log_every: int, seed: int, tokenizer_path: Path | None,
                  tensorboard: bool, verify_shards: bool, peak_tflops: float | None) -> None:
     """Pretrain a GPT on DATA/shards; write DATA/runs/RUN/ (metrics.jsonl, loss.png, checkpoints/)."""
-    from train import (CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig,
-                       TrainError, train)
+    from train import TrainError, train
+    from train.defaults import pretrain_config, read_corpus
     from train.config import ParallelConfig
 
+    shards_dir = shards or data / "shards"
     try:
         r = resolve_auto(preset, device, steps, tokens, batch_tokens, micro_batch, seq_len, lr, compile_,
-                         eval_every, eval_tokens, log_every, model_parallel=tp * pp)
-        tokenizer = tokenizer_path or data / "tokenizer" / "tokenizer.json"
-        config = TrainConfig(
-            run_dir=str(data / "runs" / run), max_steps=r.steps, preset=r.preset,
-            global_batch_tokens=r.batch_tokens, device=device, precision=precision, compile=r.compile,
-            parallelism=parallelism, resume=resume, seed=seed, peak_tflops=peak_tflops,
-            data=DataConfig(shards_dir=str(shards or data / "shards"), seq_len=seq_len or None,
-                            micro_batch_size=r.micro_batch, seed=seed, verify_checksums=verify_shards),
-            optim=OptimConfig(lr=r.lr, min_lr=min_lr if min_lr is not None else r.lr / 10,
-                              warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip),
-            eval=EvalConfig(every_steps=r.eval_every, max_tokens=r.eval_tokens,
-                            sample_every_steps=r.eval_every if sample_every is None else sample_every,
-                            sample_prompt=prompt, sample_tokens=sample_tokens,
-                            tokenizer_path=str(tokenizer) if tokenizer.is_file() else None),
-            checkpoint=CheckpointConfig(every_steps=r.eval_every if ckpt_every is None else ckpt_every,
-                                        keep_last=keep_last),
-            log=LogConfig(every_steps=r.log_every, tensorboard=tensorboard),
-            parallel=ParallelConfig(tp=tp, sequence_parallel=sequence_parallel, pp=pp, pp_layers=_int_list(pp_layers), pp_schedule=pp_schedule,
-                                    microbatches=microbatches, activation_checkpointing=activation_checkpointing,
-                                    checkpoint_format=checkpoint_format),
-        )
+                         eval_every, eval_tokens, log_every, corpus=read_corpus(shards_dir),
+                         world_size=max(1, int(os.environ.get("WORLD_SIZE", "1")) // (tp * pp)))
+        if _is_main_process():
+            click.echo(f"pretrain: preset {r.preset}, {r.why_steps}, peak lr {r.lr:g}", err=True)
+        config = pretrain_config(
+            r, run_dir=data / "runs" / run, shards_dir=shards_dir,
+            tokenizer_path=tokenizer_path or data / "tokenizer" / "tokenizer.json", device=device,
+            precision=precision, parallelism=parallelism, resume=resume, seed=seed, seq_len=seq_len,
+            min_lr=min_lr, warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
+            sample_every=sample_every, prompt=prompt, sample_tokens=sample_tokens, ckpt_every=ckpt_every,
+            keep_last=keep_last, tensorboard=tensorboard, verify_shards=verify_shards, peak_tflops=peak_tflops)
+        config = config.replace(parallel=ParallelConfig(  # train/parallel.py, docs/parallelism.md
+            tp=tp, sequence_parallel=sequence_parallel, pp=pp, pp_layers=_int_list(pp_layers), pp_schedule=pp_schedule,
+            microbatches=microbatches, activation_checkpointing=activation_checkpointing,
+            checkpoint_format=checkpoint_format))
         result = train(config)
     except TrainError as err:
         _fail(err)
@@ -258,21 +221,30 @@ def _int_list(text: str | None) -> tuple[int, ...] | None:
               help="Split of the shards to score.")
 @click.option("--text", "text_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Score this UTF-8 text file instead of shards (needs the tokenizer).")
+@click.option("--instructions", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Score the response tokens of this Alpaca/chat instruction file instead (docs/finetuning.md).")
+@click.option("--template", type=click.Choice(["alpaca", "chat"]), default=None,
+              help="With --instructions: the prompt template [default: the checkpoint's; alpaca for a base model].")
 @tokenizer_option
-@click.option("--seq-len", type=int, default=0, show_default=True, help="Window length; 0 = the model's context.")
-@click.option("--batch", type=int, default=8, show_default=True, help="Windows per forward pass.")
-@click.option("--max-tokens", type=int, default=0, show_default=True,
+@click.option("--seq-len", type=click.IntRange(min=0), default=0, show_default=True, help="Window length; 0 = the model's context.")
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Windows per forward pass.")
+@click.option("--max-tokens", type=click.IntRange(min=0), default=0, show_default=True,
               help="Score at most this many tokens from the start of the split; 0 = all.")
 @device_option
 def evaluate_cmd(data: Path, run: str, checkpoint: Path | None, shards: Path | None, split: str,
-                 text_path: Path | None, tokenizer_path: Path | None, seq_len: int, batch: int, max_tokens: int,
-                 device: str) -> None:
-    """Loss and perplexity of a checkpoint on token shards or on a text file."""
+                 text_path: Path | None, instructions: Path | None, template: str | None,
+                 tokenizer_path: Path | None, seq_len: int, batch: int, max_tokens: int, device: str) -> None:
+    """Loss and perplexity of a checkpoint on token shards, a text file, or instruction responses."""
     from train.distributed import resolve_device
     from train.errors import TrainError
     from train.evaluate import evaluate_checkpoint_on_shards, evaluate_checkpoint_on_text
 
     ckpt = checkpoint or data / "runs" / run
+    if instructions is not None:
+        from pipeline.cli.finetune import evaluate_instructions_cmd
+
+        return evaluate_instructions_cmd(ckpt, instructions, tokenizer_path or data / "tokenizer" / "tokenizer.json",
+                                         batch, device, template)
     try:
         dev = resolve_device(device)
         if text_path is not None:
@@ -298,18 +270,21 @@ def evaluate_cmd(data: Path, run: str, checkpoint: Path | None, shards: Path | N
 @run_option
 @checkpoint_option
 @click.option("--prompt", default="The", show_default=True, help="Text to continue.")
-@click.option("--max-new-tokens", type=int, default=200, show_default=True, help="Tokens to generate at most.")
-@click.option("--temperature", type=float, default=0.8, show_default=True, help="Softmax temperature; 0 = greedy.")
-@click.option("--top-k", type=int, default=50, show_default=True, help="Sample among the k most likely tokens; 0 = all.")
-@click.option("--top-p", type=float, default=1.0, show_default=True,
+@click.option("--instruction", default=None,
+              help="Answer this instruction, formatted with the checkpoint's prompt template (instead of --prompt).")
+@click.option("--input", "input_text", default="", help="Input of --instruction (the Alpaca template's ### Input:).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=200, show_default=True, help="Tokens to generate at most.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.8, show_default=True, help="Softmax temperature; 0 = greedy.")
+@click.option("--top-k", type=click.IntRange(min=0), default=50, show_default=True, help="Sample among the k most likely tokens; 0 = all.")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
               help="Sample among the smallest set of tokens whose probability reaches p; 1 = all.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed: the same seed gives the same text.")
-@click.option("--num-samples", type=int, default=1, show_default=True, help="Samples to draw (seeds seed, seed+1, ...).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True, help="Samples to draw (seeds seed, seed+1, ...).")
 @tokenizer_option
 @device_option
-def sample_cmd(data: Path, run: str, checkpoint: Path | None, prompt: str, max_new_tokens: int, temperature: float,
-               top_k: int, top_p: float, seed: int, num_samples: int, tokenizer_path: Path | None,
-               device: str) -> None:
+def sample_cmd(data: Path, run: str, checkpoint: Path | None, prompt: str, instruction: str | None, input_text: str,
+               max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int, num_samples: int,
+               tokenizer_path: Path | None, device: str) -> None:
     """Generate text from a checkpoint (stops at end-of-text)."""
     from train.distributed import resolve_device
     from train.errors import TrainError
@@ -317,6 +292,11 @@ def sample_cmd(data: Path, run: str, checkpoint: Path | None, prompt: str, max_n
 
     ckpt = checkpoint or data / "runs" / run
     tok = tokenizer_path or data / "tokenizer" / "tokenizer.json"
+    if instruction is not None:
+        from pipeline.cli.finetune import sample_instruction_cmd
+
+        return sample_instruction_cmd(ckpt, tok, instruction, input_text, max_new_tokens, temperature, top_k, top_p,
+                                      seed, num_samples, device)
     try:
         dev = resolve_device(device)
         texts = sample_text(ckpt, prompt, tok, max_new_tokens=max_new_tokens, temperature=temperature,

@@ -20,11 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import stage as stage_mod
-from pipeline.documents import DOC_SCHEMA, ROW_GROUP_SIZE, Document, DocumentWriter
+from pipeline.documents import DOC_SCHEMA, Document, DocumentWriter, iter_document_batches
 from pipeline.errors import AccountingError
 from pipeline.manifest import atomic_path, output_record
-from pipeline.stage import ShardStats, ShardTask
+from pipeline.stage import ShardStats, ShardTask, report_progress
 
 from .clusters import REPRESENTATIVE
 
@@ -44,10 +43,10 @@ def apply_shard(task: ShardTask, stage_dir: Path, config) -> ShardStats:
     found = 0
     with atomic_path(kept_path) as tmp, pq.ParquetWriter(tmp, DOC_SCHEMA, compression="zstd") as kept_writer:
         with DocumentWriter(rejected_path, rejected=True) as rejected_writer:
-            for batch in pq.ParquetFile(source).iter_batches(batch_size=ROW_GROUP_SIZE, columns=DOC_SCHEMA.names):
+            for batch in iter_document_batches(source, DOC_SCHEMA.names):
                 table = pa.Table.from_batches([batch]).cast(DOC_SCHEMA)
                 stats.docs_in += table.num_rows
-                stage_mod.report_progress(table.num_rows)
+                report_progress(table.num_rows)
                 in_cluster = pc.is_in(table["id"], value_set=member_ids).to_numpy(zero_copy_only=False)
                 if not in_cluster.any():
                     kept_writer.write_table(table)

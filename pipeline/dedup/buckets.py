@@ -269,7 +269,9 @@ def _check_unique_keys(keys: np.ndarray, files: np.ndarray, paths: tuple[str, ..
         if row["key"] == int(k[i])
     ]
     raise InputError(
-        f"document id {ids[0]['id'] if ids else hex(int(k[i]))!r} appears in more than one shard "
-        f"({Path(f1).stem}, {Path(f2).stem}); the dedup stage identifies documents by id, so ids must be "
-        "unique. Rerun the upstream stage."
+        f"document id {ids[0]['id'] if ids else hex(int(k[i]))!r} appears in two filtered shards "
+        f"({Path(f1).stem} and {Path(f2).stem}; their raw files are listed in DATA/filtered/manifest.json); the "
+        "dedup stage tells documents apart by id. Most often the same raw file is in SOURCE twice (a copy in "
+        "another folder): remove one copy and run `make corpus FORCE=1`. If the two files really differ, give "
+        "their documents unique ids (or remove the id field: each document is then named <file>:<line>)."
     )

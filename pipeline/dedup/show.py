@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.documents import read_document_rows
 from pipeline.errors import InputError
 from pipeline.manifest import load_manifest
 from pipeline.stage import format_table, manifest_outputs, stage_documents
@@ -122,8 +123,7 @@ def _texts(data_dir: Path, shard_of: dict[str, str]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for shard in sorted(set(shard_of.values())):
         ids = [i for i, s in shard_of.items() if s == shard]
-        t = pq.read_table(inputs[shard], columns=["id", "text", "url"], filters=[("id", "in", ids)])
-        out.update({row["id"]: row for row in t.to_pylist()})
+        out.update({row["id"]: row for row in read_document_rows(inputs[shard], ids, ["id", "text", "url"])})
     missing = sorted(set(shard_of) - set(out))
     if missing:
         raise InputError(

@@ -28,11 +28,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasketch import MinHash
 
-from pipeline import stage as stage_mod
-from pipeline.documents import ROW_GROUP_SIZE
+from pipeline.documents import iter_document_batches
 from pipeline.errors import InputError
 from pipeline.manifest import atomic_path, output_record
-from pipeline.stage import ShardStats, ShardTask
+from pipeline.stage import ShardStats, ShardTask, report_progress
 
 from .config import SignatureConfig
 from .normalize import EXACT_HASH_BYTES, WordHashes, exact_hashes, fmix64, id_keys, normalize_texts, word_hashes
@@ -163,19 +162,18 @@ def signature_shard(task: ShardTask, stage_dir: Path, config: SignatureConfig) -
     out_path = stage_dir / f"{task.name}.parquet"
     stats = ShardStats()
     seen: set[str] = set()
-    try:
-        pf = pq.ParquetFile(source)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise InputError(f"{source}: not a readable document shard ({exc}); rerun `make filter`") from exc
+    batches = iter_document_batches(source, ["id", "text"])
     with atomic_path(out_path) as tmp:
         with pq.ParquetWriter(tmp, signature_schema(config.num_perm), compression="zstd") as writer:
-            for batch in pf.iter_batches(batch_size=ROW_GROUP_SIZE, columns=["id", "text"]):
+            for batch in batches:
                 ids = batch.column("id").to_pylist()
                 for doc_id in ids:
                     if doc_id in seen:
                         raise InputError(
-                            f"{source}: document id {doc_id!r} appears twice; the dedup stage identifies "
-                            "documents by id, so ids must be unique. Rerun the upstream stage."
+                            f"{source}: document id {doc_id!r} appears twice (raw input: "
+                            f"{_raw_source(source, doc_id)}); the dedup stage tells documents apart by id. The id "
+                            "field of that file repeats a value: give its documents unique ids, or remove the "
+                            "id field (each document is then named <file>:<line>), then run `make corpus` again."
                         )
                     seen.add(doc_id)
                 table = signature_table(ids, batch.column("text"), config)
@@ -186,7 +184,16 @@ def signature_shard(task: ShardTask, stage_dir: Path, config: SignatureConfig) -
                 stats.extra["docs_without_shingles"] = stats.extra.get("docs_without_shingles", 0) + int(
                     (shingle_counts == 0).sum()
                 )
-                stage_mod.report_progress(table.num_rows)
+                report_progress(table.num_rows)
     stats.kept = stats.docs_in
     stats.outputs = [output_record(out_path, stats.docs_in, stage_dir)]
     return stats
+
+
+def _raw_source(shard: str | Path, doc_id: str) -> str:
+    """The raw file name recorded for `doc_id` in a document shard (for error messages)."""
+    try:
+        rows = pq.read_table(shard, columns=["id", "source"]).to_pylist()
+    except (OSError, KeyError, pa.ArrowInvalid):
+        return "unknown"
+    return ", ".join(sorted({str(r["source"]) for r in rows if r["id"] == doc_id})) or "unknown"

@@ -21,7 +21,7 @@ from typing import Callable
 
 from pipeline.errors import AccountingError
 from pipeline.manifest import load_manifest
-from pipeline.stage import Progress, ShardTask, manifest_outputs, run_stage, stage_documents
+from pipeline.stage import Executor, Progress, ShardTask, manifest_outputs, run_stage, stage_documents
 
 from .apply import apply_shard
 from .buckets import partition_name, partition_shard
@@ -92,8 +92,12 @@ def run_dedup(
     workers: int = 1,
     force: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
+    executor: Executor | None = None,
 ) -> dict:
-    """Deduplicate DATA/filtered into DATA/corpus; return the corpus manifest (also on disk)."""
+    """Deduplicate DATA/filtered into DATA/corpus; return the corpus manifest (also on disk).
+
+    Every phase runs its tasks on `executor` (default: local processes, as many as pay off).
+    """
     data_dir = Path(data_dir)
     upstream_dir = data_dir / UPSTREAM_DIR
     inputs = stage_documents(upstream_dir, make_target="filter")
@@ -109,7 +113,7 @@ def run_dedup(
         "dedup-signatures", work / "signatures", config.signature_config(),
         [ShardTask(n, (str(p),)) for n, p in zip(names, inputs)],
         signature_shard, workers=phase_workers("signatures", workers, len(inputs), n_docs),
-        force=force, upstream=upstream, on_progress=progress.phase(),
+        force=force, upstream=upstream, on_progress=progress.phase(), executor=executor,
     )
     signature_files = tuple(str(work / "signatures" / f"{n}.parquet") for n in names)
     t1 = time.monotonic()
@@ -118,7 +122,7 @@ def run_dedup(
         "dedup-partitions", work / "partitions", config.partition_config(),
         [ShardTask(partition_name(i), signature_files) for i in range(config.partitions)],
         partition_shard, workers=phase_workers("partitions", workers, config.partitions, n_docs, config.partitions),
-        force=force, on_progress=progress.phase(),
+        force=force, on_progress=progress.phase(), executor=executor,
     )
     edge_files = tuple(str(work / "partitions" / p) for p in manifest_outputs(m2, ""))
     t2 = time.monotonic()
@@ -126,7 +130,7 @@ def run_dedup(
     m3 = run_stage(
         "dedup-clusters", work / "clusters", ClusterConfig(len(edge_files), len(signature_files)),
         [ShardTask("clusters", edge_files + signature_files)],
-        cluster_shard, workers=1, force=force, on_progress=progress.phase(),
+        cluster_shard, workers=1, force=force, on_progress=progress.phase(), executor=executor,
     )
     clusters = m3["shards"][0]["extra"]
     t3 = time.monotonic()
@@ -162,6 +166,7 @@ def run_dedup(
         [ShardTask(n, (str(p), str(work / "clusters" / f"{n}.parquet"))) for n, p in zip(names, inputs)],
         apply_shard, workers=phase_workers("apply", workers, len(inputs), n_docs),
         force=force, upstream=upstream, on_progress=progress.phase(), finalize=finalize,
+        executor=executor,
     )
     log.info(
         "dedup: %d documents in, %d kept, %d exact and %d near duplicates removed in %.1fs",

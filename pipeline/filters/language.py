@@ -13,11 +13,12 @@ would replace the fasttext package). We locate the file without importing fast_l
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 from pathlib import Path
 
 from pipeline.documents import Document
-from pipeline.errors import InputError
+from pipeline.errors import ConfigError, InputError
 from pipeline.filters.base import Decision
 from pipeline.filters.models import load_fasttext
 from pipeline.filters.text_stats import TextStats
@@ -42,6 +43,29 @@ def default_lid_model_path() -> Path:
     )
 
 
+def model_labels(model) -> list[str]:
+    """The language codes a fastText language-ID model can answer (its labels without `__label__`)."""
+    return [label[len(_LABEL_PREFIX):] if label.startswith(_LABEL_PREFIX) else label for label in model.get_labels()]
+
+
+def check_langs(langs: tuple[str, ...], known: list[str], model_path: str | Path) -> None:
+    """ConfigError for codes the model never answers (`xx` would silently drop every document),
+    listing the nearest valid codes."""
+    unknown = [code for code in langs if code not in known]
+    if not unknown:
+        return
+    parts = []
+    for code in unknown:
+        near = difflib.get_close_matches(code, known, n=5, cutoff=0.5)
+        near = near or [k for k in known if k.startswith(code[:2])][:5] or [k for k in known if k.startswith(code[:1])][:5]
+        parts.append(f"{code!r} (nearest: {', '.join(near)})" if near else repr(code))
+    raise ConfigError(
+        "--langs",
+        f"the language model {Path(model_path).name} has no label {'; '.join(parts)}. It knows {len(known)} "
+        "codes, mostly ISO 639-1 (en, de, fr, zh, ...); choose among those.",
+    )
+
+
 class LanguageFilter:
     """Keeps documents whose top `lid.176` language is in `langs` with score >= `min_score`.
 
@@ -55,6 +79,7 @@ class LanguageFilter:
         self, model_path: str | Path, langs: tuple[str, ...], min_score: float = 0.65, max_chars: int | None = None
     ):
         self.model = load_fasttext(model_path, LID_OPTION)
+        check_langs(langs, model_labels(self.model), model_path)
         self.langs = frozenset(langs)
         self.min_score = min_score
         self.max_chars = max_chars

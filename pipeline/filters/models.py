@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from pipeline.download import DownloadConfig, DownloadError, download
 from pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,6 @@ def fetch_model(url: str, cache_dir: str | Path, option: str) -> Path:
     Uses the download stage's fetcher (retries, resume of a cut transfer, rename only when complete),
     so an interrupted download never leaves a truncated model that a later run would trust.
     """
-    from pipeline.download import DownloadConfig, DownloadError, download
-
     try:
         (result,) = download([url], Path(cache_dir), DownloadConfig(workers=1, retries=3))
     except DownloadError as exc:
