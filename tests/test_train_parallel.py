@@ -267,6 +267,8 @@ def test_sequence_parallel_without_tensor_parallelism_or_with_pipelining_is_refu
 def test_tp_and_pp_are_refused_for_other_kinds_of_training():
     with pytest.raises(TrainConfigError, match="pretraining only"):
         make_layout(ParallelConfig(pp=2), one_process(), "ddp", "sft")
+    with pytest.raises(TrainConfigError, match="for pretraining runs only"):
+        make_layout(ParallelConfig(checkpoint_format="dcp"), one_process(), "ddp", "sft")
 
 
 @pytest.mark.parametrize("parallel, message", [
