@@ -1,7 +1,8 @@
 """The trainer: `train(TrainConfig) -> TrainResult`. Needs only torch, numpy and pyarrow.
 
 Modules: config (dataclasses), data (stateful loader over token shards), schedule (learning rate),
-checkpoint (atomic save, weights-only load), distributed (torchrun, DDP, FSDP2), metrics (jsonl,
+checkpoint (atomic save, weights-only load, sharded DCP folders), distributed (torchrun, DDP, FSDP2),
+parallel (tensor and pipeline parallel layouts, activation checkpointing), metrics (jsonl,
 TensorBoard, loss plot, MFU), evaluate (validation loss, perplexity, samples), loop (the loop).
 """
 

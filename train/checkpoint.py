@@ -10,15 +10,28 @@ Only tensors and plain Python values are stored, so loading uses `torch.load(wei
 which refuses arbitrary pickled objects. Model and optimizer state go through
 `torch.distributed.checkpoint.state_dict`, which gives the same full, unsharded layout for a plain
 model, a DDP replica or an FSDP2-sharded model, so a checkpoint from any of them resumes in any other.
+
+Under tensor or pipeline parallelism (train/parallel.py) no rank holds the whole model, so a
+checkpoint is a folder `<run>/checkpoints/step-00001234.dcp/` written with
+`torch.distributed.checkpoint` (DCP): every rank writes its own shards, `.metadata` says which
+slice of which tensor is where, and `meta.pt` (rank 0, weights-only) holds everything else. DCP
+reshards on load, so such a folder resumes under any other layout (TP=2 saved, one process
+resumed, and the reverse), and `load_checkpoint` reads it in one process as a full state dict
+(`evaluate`, `sample` and export need nothing else). DCP's own reader unpickles `.metadata` and
+its byte entries; the reader here restricts both to tensors, plain values and DCP's own metadata
+classes, as `weights_only=True` does for files.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
 import random
 import re
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +53,19 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_DIR = "checkpoints"
-_NAME = re.compile(r"^step-(\d{8})\.pt$")
+_NAME = re.compile(r"^step-(\d{8})\.(pt|dcp)$")
+#: The file in a DCP checkpoint folder that holds everything but the model and optimizer tensors.
+DCP_META = "meta.pt"
 
 
-def checkpoint_path(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR / f"step-{step:08d}.pt"
+def checkpoint_path(run_dir: str | Path, step: int, sharded: bool = False) -> Path:
+    """step-N.pt (one file) or step-N.dcp (a torch.distributed.checkpoint folder)."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"step-{step:08d}.{'dcp' if sharded else 'pt'}"
+
+
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """True for a DCP checkpoint folder (it has DCP's .metadata file)."""
+    return (Path(path) / ".metadata").is_file()
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -67,8 +88,10 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder (its newest checkpoint)."""
+    """A checkpoint file or DCP folder, or a run folder (its newest checkpoint)."""
     path = Path(path)
+    if path.is_dir() and is_sharded_checkpoint(path):
+        return path
     if path.is_dir():
         newest = latest_checkpoint(path)
         if newest is None:
@@ -151,7 +174,10 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
     found = list_checkpoints(run_dir)
     doomed = found[:-keep_last] if keep_last > 0 else found
     for path in doomed:
-        path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     return doomed
 
 
@@ -159,9 +185,15 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
 # Loading
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint file (tensors and plain values only: weights_only=True)."""
+def load_checkpoint(path: str | Path, weights: bool = True) -> dict[str, Any]:
+    """Read a checkpoint file (tensors and plain values only: weights_only=True) or a DCP folder.
+
+    For a DCP folder, "model" is the full model state assembled from every rank's shards (skipped
+    with weights=False, when the training loop loads the shards straight into its own layout);
+    "optimizer" is left out (resume reads it with `load_sharded`)."""
     path = Path(path)
+    if is_sharded_checkpoint(path):
+        return _load_dcp_payload(path, weights)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -212,3 +244,140 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+# ------------------------------------------------------------------------------------------------
+# Sharded checkpoints (torch.distributed.checkpoint folders)
+
+
+def save_sharded(path: str | Path, state: dict[str, Any], meta: dict[str, Any], is_main: bool,
+                 barrier) -> Path:
+    """Every rank writes its part of state (model and optimizer, DTensor shards included) into a
+    temporary folder; rank 0 adds meta.pt and renames the folder to path. Collective: every rank calls
+    it, with barrier() a barrier over all of them. On several nodes the run folder must be shared."""
+    import torch.distributed.checkpoint as dcp
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
+        warnings.filterwarnings("ignore", message=".*single process.*")
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(str(tmp)))
+    if is_main:
+        with open(tmp / DCP_META, "wb") as f:
+            torch.save({"format": CHECKPOINT_FORMAT, **meta}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    barrier()
+    return path
+
+
+def load_sharded(path: str | Path, state: dict[str, Any], no_dist: bool = False) -> None:
+    """Fill state (tensors and DTensors of this rank's layout) in place from a DCP folder written under
+    any layout. Collective unless no_dist."""
+    import torch.distributed.checkpoint as dcp
+
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message=".*single process.*")
+            dcp.load(state, storage_reader=_SafeReader(str(path)), planner=_safe_planner(), no_dist=no_dist)
+    except Exception as err:
+        raise CheckpointError(f"cannot read sharded checkpoint {path}: {err}; it is incomplete, corrupt or "
+                              f"from another model: delete it to resume from the previous one") from err
+
+
+def _load_dcp_payload(path: Path, weights: bool) -> dict[str, Any]:
+    meta_path = path / DCP_META
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path} has no {DCP_META}; the checkpoint was not finished: delete it")
+    payload = _load_meta(meta_path)
+    if weights:
+        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+        metadata = _SafeReader(str(path)).read_metadata()
+        state = {key: torch.empty(md.size, dtype=md.properties.dtype)
+                 for key, md in metadata.state_dict_metadata.items()
+                 if key.startswith("model.") and isinstance(md, TensorStorageMetadata)}
+        load_sharded(path, state, no_dist=True)
+        payload["model"] = {key[len("model."):]: value for key, value in state.items()}
+    return payload
+
+
+def _load_meta(meta_path: Path) -> dict[str, Any]:
+    try:
+        payload = torch.load(meta_path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot read {meta_path}: {err}; the checkpoint is corrupt: delete its folder") from err
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{meta_path} is not a crawlgpt checkpoint of format {CHECKPOINT_FORMAT}")
+    for key in ("step", "model_config"):
+        if key not in payload:
+            raise CheckpointError(f"checkpoint {meta_path} has no {key!r} entry; it is incomplete")
+    return payload
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP's .metadata: its own dataclasses, torch sizes, dtypes and layouts, nothing else."""
+
+    _TORCH_NAMES = {"Size", "device", "dtype", "layout", "memory_format"}
+
+    def find_class(self, module: str, name: str):
+        if module.startswith("torch.distributed.checkpoint.") or module == "torch.distributed.checkpoint":
+            return super().find_class(module, name)
+        if module == "torch" and (name in self._TORCH_NAMES
+                                  or isinstance(getattr(torch, name, None), (torch.dtype, torch.layout,
+                                                                             torch.memory_format))):
+            return super().find_class(module, name)
+        if module == "collections" and name == "OrderedDict":
+            return super().find_class(module, name)
+        if module in ("builtins", "__builtin__") and name in {"set", "frozenset", "tuple", "list", "dict",
+                                                             "slice", "range", "complex", "bytearray"}:
+            return super().find_class(module, name)
+        if module == "torch.serialization" and name == "_get_layout":  # a layout by its name
+            return super().find_class(module, name)
+        if module == "pathlib" and name in {"Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"}:
+            return super().find_class(module, name)  # the folder it was written to
+        raise pickle.UnpicklingError(f"refusing {module}.{name} in a checkpoint's .metadata: only DCP metadata, "
+                                     f"sizes and dtypes are allowed")
+
+
+def _safe_reader_class():
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            with open(Path(self.path) / ".metadata", "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader
+
+
+def _SafeReader(path: str):
+    return _safe_reader_class()(path)
+
+
+def _safe_planner():
+    """DCP's default load planner, reading byte entries (optimizer hyperparameters) weights-only."""
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+    from torch.distributed.checkpoint._traverse import set_element
+
+    class SafeLoadPlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item, value: io.BytesIO) -> None:
+            obj = torch.load(value, weights_only=True)
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = obj
+
+    return SafeLoadPlanner()

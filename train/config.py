@@ -133,6 +133,59 @@ class LogConfig:
 
 PRECISIONS = ("auto", "bf16", "fp32")
 PARALLELISMS = ("ddp", "fsdp")
+PP_SCHEDULES = ("gpipe", "1f1b")
+ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
+CHECKPOINT_FORMATS = ("auto", "file", "dcp")
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Model parallelism (train/parallel.py): the world is a (pp, dp, tp) mesh, dp = world / (tp * pp)."""
+
+    tp: int = 1
+    """Tensor-parallel ranks: each block's attention heads and feed-forward width split across them."""
+    pp: int = 1
+    """Pipeline stages: the decoder blocks split into this many consecutive groups, one per rank."""
+    pp_layers: tuple[int, ...] | None = None
+    """Blocks per pipeline stage (sums to n_layer); None = as even a split as possible."""
+    pp_schedule: str = "1f1b"
+    """Pipeline schedule: gpipe (all forwards, then all backwards) or 1f1b (interleaved, less memory)."""
+    microbatches: int = 0
+    """Pipeline micro-batches each micro-batch is cut into (must divide --micro-batch); 0 = pp."""
+    sequence_parallel: bool = False
+    """With tp > 1: the norms (and the residual stream between blocks) split along the sequence across the
+    tp ranks, so their activations take 1/tp of the memory (an all-gather and a reduce-scatter replace each
+    all-reduce)."""
+    activation_checkpointing: str = "none"
+    """Recompute activations in the backward pass: none, full (each block), selective (keep matmul outputs)."""
+    checkpoint_format: str = "auto"
+    """file (one .pt, rank 0 writes), dcp (torch.distributed.checkpoint folder, every rank writes its
+    part); auto = dcp under tensor or pipeline parallelism, file otherwise."""
+
+    def __post_init__(self) -> None:
+        if self.pp_layers is not None:
+            object.__setattr__(self, "pp_layers", tuple(int(n) for n in self.pp_layers))
+        for name, option in (("tp", "--tp"), ("pp", "--pp")):
+            if getattr(self, name) < 1:
+                raise TrainConfigError(option, f"must be >= 1, got {getattr(self, name)}")
+        if self.microbatches < 0:
+            raise TrainConfigError("--microbatches", f"must be >= 0, got {self.microbatches}")
+        if self.pp_schedule not in PP_SCHEDULES:
+            raise TrainConfigError("--pp-schedule", f"must be one of {PP_SCHEDULES}, got {self.pp_schedule!r}")
+        if self.activation_checkpointing not in ACTIVATION_CHECKPOINTING:
+            raise TrainConfigError("--activation-checkpointing", f"must be one of {ACTIVATION_CHECKPOINTING}, "
+                                   f"got {self.activation_checkpointing!r}")
+        if self.checkpoint_format not in CHECKPOINT_FORMATS:
+            raise TrainConfigError("--checkpoint-format", f"must be one of {CHECKPOINT_FORMATS}, "
+                                   f"got {self.checkpoint_format!r}")
+        if self.pp_layers is not None:
+            if len(self.pp_layers) != self.pp or min(self.pp_layers) < 1:
+                raise TrainConfigError("--pp-layers", f"needs {self.pp} positive block counts (one per stage), "
+                                       f"got {','.join(map(str, self.pp_layers))}")
+
+    @property
+    def pipeline_microbatches(self) -> int:
+        return self.microbatches or self.pp
 
 
 @dataclass(frozen=True)
@@ -168,6 +221,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
@@ -187,7 +241,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         parts = {"data": DataConfig, "optim": OptimConfig, "eval": EvalConfig,
-                 "checkpoint": CheckpointConfig, "log": LogConfig}
+                 "checkpoint": CheckpointConfig, "log": LogConfig,
+                 "parallel": ParallelConfig}
         values = dict(values)
         for name, part in parts.items():
             if name in values and isinstance(values[name], dict):

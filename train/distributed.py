@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -31,6 +32,9 @@ class DistContext:
     """Number of processes in the job."""
     device: torch.device
     """Device this process trains on."""
+    group: Any = None
+    """Process group the collectives below run over; None = all processes. Under tensor or pipeline
+    parallelism the objective sees the data-parallel group only (train/parallel.py)."""
 
     @property
     def is_main(self) -> bool:
@@ -86,12 +90,12 @@ def destroy_distributed() -> None:
 
 def barrier(ctx: DistContext) -> None:
     if ctx.is_distributed:
-        dist.barrier()
+        dist.barrier(group=ctx.group)
 
 
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.is_distributed:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=ctx.group)
     return tensor
 
 
@@ -100,7 +104,7 @@ def any_rank(flag: bool, ctx: DistContext) -> bool:
     if not ctx.is_distributed:
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=ctx.group)
     return bool(t.item() > 0)
 
 

@@ -34,6 +34,7 @@ from train.checkpoint import (
     prune_checkpoints,
     restore_rng_state,
     save_checkpoint,
+    save_sharded,
 )
 from train.config import TrainConfig
 from train.distributed import (
@@ -54,6 +55,7 @@ from train.errors import (
 )
 from train.evaluate import autocast_context
 from train.objective import LoopInfo, Objective, PretrainObjective, padded_vocab
+from train import parallel
 from train.metrics import PLOT_NAME, MetricsWriter, format_progress, mfu, peak_flops, plot_losses, truncate_metrics
 from train.schedule import default_warmup_steps, learning_rate
 
@@ -163,8 +165,11 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
         torch.set_float32_matmul_precision("high")
     torch.manual_seed(config.seed)  # the same on every rank: FSDP2 does not broadcast the initial weights
 
+    # ---- layout: tensor / pipeline / data parallel mesh (train/parallel.py); checked before any work
+    layout = parallel.make_layout(config.parallel, ctx, config.parallelism, objective.kind)
+
     # ---- data (the objective opens it; pretraining also checks the tokenizer) -------------------
-    objective.setup(LoopInfo(ctx=ctx, device=device, bf16=bf16, seed=config.data.seed,
+    objective.setup(LoopInfo(ctx=layout.data_ctx, device=device, bf16=bf16, seed=config.data.seed,
                              micro_batch_size=config.data.micro_batch_size, seq_len=config.data.seq_len,
                              prefetch_batches=config.data.prefetch_batches, eval_max_tokens=config.eval.max_tokens,
                              verify_checksums=config.data.verify_checksums))
@@ -195,6 +200,7 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
             f"--seq-len {seq_len} is longer than the context of preset {preset!r} "
             f"({model_config.max_seq_len} tokens); use --seq-len {model_config.max_seq_len} or less, "
             f"or a preset with a longer context")
+    parallel.check_model_layout(layout, model_config, config.data.micro_batch_size, seq_len)
 
     # ---- resume or start fresh ----------------------------------------------------------------
     latest = latest_checkpoint(run_dir)
@@ -203,7 +209,7 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
                           f"continue that run, or choose a new --run name")
     payload = None
     if config.resume and latest is not None:
-        payload = load_checkpoint(latest)
+        payload = load_checkpoint(latest, weights=False)  # a DCP folder's shards load straight into the layout
         if payload.get("kind", "pretrain") != objective.kind:
             raise RunDirError(f"{run_dir} holds a {payload.get('kind', 'pretrain')} run, not a {objective.kind} "
                               f"run; choose another --run name")
@@ -223,11 +229,23 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
                  "vocab %d", preset, f"{sum(p.numel() for p in model.parameters()):,}",
                  f"{sum(p.numel() for p in trainable_parameters(model)):,}",
                  f"{base.num_params(exclude_embedding=True):,}", model_config.max_seq_len, model_vocab)
+    num_params, flops_per_token = base.num_params(), base.flops_per_token(seq_len)
+    # ---- tensor / pipeline parallelism and activation checkpointing (train/parallel.py) ---------
+    model = parallel.apply_layout(model, layout)
+    del base
+    if layout.model_parallel and ctx.is_main and config.eval.sample_every_steps:
+        log.info("samples are off under tensor or pipeline parallelism (use `crawlgpt sample` on a checkpoint)")
+    # ----------------------------------------------------------------------------------------------
     if config.compile:
         for block in decoder_blocks(model):
             block.compile()  # in place: parameter names (and so checkpoints) stay the same
-    wrapped = wrap_model(model, ctx, config.parallelism, bf16)
-    forward_model = wrapped if config.parallelism == "fsdp" and ctx.is_distributed else model
+    if layout.model_parallel:  # data parallel over the mesh's dp dimension; the pipeline schedule
+        wrapped = parallel.wrap_model_parallel(model, layout, config.parallelism, bf16)
+        forward_model = parallel.eval_module(model, wrapped, layout)
+    else:
+        wrapped = wrap_model(model, ctx, config.parallelism, bf16)
+        forward_model = wrapped if config.parallelism == "fsdp" and ctx.is_distributed else model
+    pipeline = layout.pipeline
 
     # ---- optimizer: weight decay on matrices only ---------------------------------------------
     params = trainable_parameters(model)
@@ -242,21 +260,26 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
     # ---- batches: gradient accumulation up to the global batch --------------------------------
     micro = config.data.micro_batch_size
     grad_accum = objective.micro_steps(config.global_batch_tokens, seq_len)
-    global_batch_tokens = grad_accum * micro * seq_len * ctx.world_size
+    global_batch_tokens = grad_accum * micro * seq_len * layout.dp
     if ctx.is_main:
         if objective.kind == "pretrain" and global_batch_tokens != config.global_batch_tokens:
-            log.warning("global batch %s tokens is not a multiple of micro-batch x seq_len x ranks = %s: "
-                        "using %s", f"{config.global_batch_tokens:,}", f"{micro * seq_len * ctx.world_size:,}",
+            log.warning("global batch %s tokens is not a multiple of micro-batch x seq_len x data-parallel ranks "
+                        "= %s: using %s", f"{config.global_batch_tokens:,}", f"{micro * seq_len * layout.dp:,}",
                         f"{global_batch_tokens:,}")
-        log.info("batch: %d ranks x %d micro-batches x %d examples of up to %d tokens per step; %d steps",
-                 ctx.world_size, grad_accum, micro, seq_len, config.max_steps)
+        log.info("batch: %d data-parallel ranks x %d micro-batches x %d examples of up to %d tokens per step; "
+                 "%d steps", layout.dp, grad_accum, micro, seq_len, config.max_steps)
     loader = objective.make_loader(wrapped, seq_len)
 
     # ---- restore ------------------------------------------------------------------------------
     start_step = 0
     if payload is not None:
-        load_model_state(model, objective.resume_model_state(payload))
-        load_optimizer_state(model, optimizer, payload["optimizer"])
+        if latest.suffix == ".dcp":  # sharded: DCP reshards from whatever layout wrote it
+            parallel.restore_sharded(model, optimizer, latest, layout)
+        elif layout.model_parallel:
+            parallel.restore_full(model, optimizer, payload, layout)
+        else:
+            load_model_state(model, objective.resume_model_state(payload))
+            load_optimizer_state(model, optimizer, payload["optimizer"])
         loader.load_state_dict(payload["loader"])
         restore_rng_state(payload["rng"])
         start_step = int(payload["step"])
@@ -268,9 +291,8 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
 
     # ---- logging, evaluation and checkpoint helpers -------------------------------------------
     metrics = MetricsWriter(run_dir, enabled=ctx.is_main, tensorboard=config.log.tensorboard)
-    flops_per_token = base.flops_per_token(seq_len)
     peak = peak_flops(device, config.peak_tflops)
-    result = TrainResult(run_dir=run_dir, final_step=start_step, num_params=base.num_params(),
+    result = TrainResult(run_dir=run_dir, final_step=start_step, num_params=num_params,
                          model_config=model_config)
 
     def run_eval(step: int) -> None:
@@ -288,7 +310,7 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
                 log.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
     def run_sample(step: int) -> None:
-        if not (ctx.is_main or objective.sharded):  # FSDP: every rank takes part in each forward
+        if not (ctx.is_main or objective.sharded) or layout.model_parallel:  # FSDP: every rank takes part
             return
         text = objective.sample(forward_model, step)
         if text is None:
@@ -298,18 +320,23 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
             log.info("step %d sample: %r", step, text)
 
     def write_checkpoint(step: int) -> Path:
-        model_state = gather_model_state(model)  # collective under FSDP
-        optim_state = gather_optimizer_state(model, optimizer)
-        path = checkpoint_path(run_dir, step)
-        if ctx.is_main:
-            save_checkpoint(path, {
-                "step": step, **objective.checkpoint_model_state(model_state), "optimizer": optim_state,
-                "loader": loader.state_dict(),
+        meta = {"step": step, "loader": loader.state_dict(),
                 "rng": capture_rng_state(), "model_config": model_config.to_dict(),
                 "train_config": config.to_dict(), "data": data_info, "kind": objective.kind,
                 **objective.checkpoint_extra(),
-                "val_loss": result.val_losses[-1][1] if result.val_losses else None,
-            })
+                "val_loss": result.val_losses[-1][1] if result.val_losses else None}
+        path = checkpoint_path(run_dir, step, sharded=layout.sharded_checkpoints)
+        if layout.sharded_checkpoints:  # every rank writes its shards (train/parallel.py, DCP)
+            state = {"model": parallel.model_state(model, layout),
+                     "optimizer": parallel.optimizer_state(model, optimizer, layout)}
+            save_sharded(path, state, meta, ctx.is_main, lambda: barrier(ctx))
+        else:
+            model_state = gather_model_state(model)  # collective under FSDP
+            optim_state = gather_optimizer_state(model, optimizer)
+            if ctx.is_main:
+                save_checkpoint(path, {**meta, **objective.checkpoint_model_state(model_state),
+                                       "optimizer": optim_state})
+        if ctx.is_main:
             for old in prune_checkpoints(run_dir, config.checkpoint.keep_last):
                 log.debug("deleted old checkpoint %s", old)
             log.info("checkpoint: %s", path)
@@ -345,15 +372,19 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
                 batch = loader.next_batch()
                 interval_wait += time.perf_counter() - t0
                 with gradient_sync(wrapped, micro_step == grad_accum - 1):
-                    with autocast_context(device, bf16):
-                        loss, extras = objective.loss(wrapped, batch)
-                    (loss / grad_accum).backward()  # the mean over micro-batches, as one big batch
+                    if pipeline is not None:  # forward and backward through every stage (train/parallel.py)
+                        with autocast_context(device, bf16):
+                            loss, extras = pipeline.step(batch, grad_accum), {}
+                    else:
+                        with autocast_context(device, bf16):
+                            loss, extras = objective.loss(wrapped, batch)
+                        (loss / grad_accum).backward()  # the mean over micro-batches, as one big batch
                 interval_loss += loss.detach() / grad_accum
                 for name, value in extras.items():
                     interval_extras[name] = interval_extras.get(name, 0.0) + value.detach().float() / grad_accum
-                interval_tokens += objective.batch_tokens(batch)
+                interval_tokens += objective.batch_tokens(batch) / layout.model_parallel_size  # tp/pp share it
             max_norm = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable_parameters(model), max_norm)
+            grad_norm = parallel.clip_gradients(trainable_parameters(model), max_norm, layout)  # global norm
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1

@@ -64,12 +64,12 @@ def _fail(err: Exception) -> None:
 
 def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens: int, micro_batch: int,
                  seq_len: int, lr: float | None, compile_: bool | None, eval_every: int | None,
-                 eval_tokens: int, log_every: int, corpus=None):
+                 eval_tokens: int, log_every: int, corpus=None, world_size: int | None = None):
     """Fill in every "auto" option from the hardware, the preset and the corpus (`train.defaults`)."""
     from train.defaults import resolve_auto as resolve
 
     return resolve(preset, device, steps, tokens, batch_tokens, micro_batch, seq_len, lr, compile_, eval_every,
-                   eval_tokens, log_every, corpus=corpus)
+                   eval_tokens, log_every, corpus=corpus, world_size=world_size)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,6 +110,24 @@ def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens
               help="bf16 autocast or fp32; auto = bf16 on CUDA, fp32 elsewhere.")
 @click.option("--parallelism", type=click.Choice(["ddp", "fsdp"]), default="ddp", show_default=True,
               help="Under torchrun: ddp replicates the model, fsdp (FSDP2) shards it for models too big for one GPU.")
+@click.option("--tp", type=int, default=1, show_default=True,
+              help="Tensor-parallel ranks (split each block's heads and feed-forward); must divide the heads.")
+@click.option("--sequence-parallel/--no-sequence-parallel", default=False, show_default=True,
+              help="With --tp: split the norms and the residual stream along the sequence too (less memory).")
+@click.option("--pp", type=int, default=1, show_default=True,
+              help="Pipeline stages (split the blocks); the data-parallel size is world size / (tp x pp).")
+@click.option("--pp-layers", default=None,
+              help="Blocks per pipeline stage, comma-separated (e.g. 6,6,5,5) [default: an even split].")
+@click.option("--pp-schedule", type=click.Choice(["gpipe", "1f1b"]), default="1f1b", show_default=True,
+              help="Pipeline schedule: gpipe (all forwards, then all backwards) or 1f1b (less activation memory).")
+@click.option("--microbatches", type=int, default=0, show_default=True,
+              help="Pipeline micro-batches per micro-batch (must divide --micro-batch); 0 = --pp.")
+@click.option("--activation-checkpointing", type=click.Choice(["none", "full", "selective"]), default="none",
+              show_default=True, help="Recompute activations in the backward pass: every block's (full), or all "
+                                      "but matmul and attention outputs (selective).")
+@click.option("--checkpoint-format", type=click.Choice(["auto", "file", "dcp"]), default="auto", show_default=True,
+              help="Checkpoints as one .pt file (file) or as a torch.distributed.checkpoint folder that every "
+                   "rank writes its part of (dcp); auto = dcp under --tp/--pp, file otherwise.")
 @click.option("--eval-every", type=click.IntRange(min=0), default=None,
               help="Validation loss (and a sample) every N steps, and at the end [default: a fifth of the steps].")
 @click.option("--eval-tokens", type=click.IntRange(min=0), default=0, show_default=True,
@@ -140,7 +158,10 @@ def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens
 def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: int, tokens: int,
                  batch_tokens: int, micro_batch: int, seq_len: int, lr: float | None, min_lr: float | None,
                  warmup_steps: int | None, weight_decay: float, grad_clip: float, resume: bool,
-                 compile_: bool | None, device: str, precision: str, parallelism: str, eval_every: int | None,
+                 compile_: bool | None, device: str, precision: str, parallelism: str, tp: int,
+                 sequence_parallel: bool, pp: int,
+                 pp_layers: str | None, pp_schedule: str, microbatches: int, activation_checkpointing: str,
+                 checkpoint_format: str, eval_every: int | None,
                  eval_tokens: int, sample_every: int | None, prompt: str, sample_tokens: int,
                  ckpt_every: int | None, keep_last: int, log_every: int, seed: int, tokenizer_path: Path | None,
                  tensorboard: bool, verify_shards: bool, peak_tflops: float | None, benchmarks: tuple[str, ...],
@@ -148,11 +169,13 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
     """Pretrain a GPT on DATA/shards; write DATA/runs/RUN/ (metrics.jsonl, loss.png, checkpoints/)."""
     from train import TrainError, train
     from train.defaults import pretrain_config, read_corpus
+    from train.config import ParallelConfig
 
     shards_dir = shards or data / "shards"
     try:
         r = resolve_auto(preset, device, steps, tokens, batch_tokens, micro_batch, seq_len, lr, compile_,
-                         eval_every, eval_tokens, log_every, corpus=read_corpus(shards_dir))
+                         eval_every, eval_tokens, log_every, corpus=read_corpus(shards_dir),
+                         world_size=max(1, int(os.environ.get("WORLD_SIZE", "1")) // (tp * pp)))
         if _is_main_process():
             click.echo(f"pretrain: preset {r.preset}, {r.why_steps}, peak lr {r.lr:g}", err=True)
         config = pretrain_config(
@@ -165,6 +188,10 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
         config = config.replace(eval=dataclasses.replace(config.eval, benchmarks=benchmarks,
                                                          benchmark_limit=benchmark_limit or None,
                                                          benchmark_dir=str(benchmark_dir)))
+        config = config.replace(parallel=ParallelConfig(  # train/parallel.py, docs/parallelism.md
+            tp=tp, sequence_parallel=sequence_parallel, pp=pp, pp_layers=_int_list(pp_layers), pp_schedule=pp_schedule,
+            microbatches=microbatches, activation_checkpointing=activation_checkpointing,
+            checkpoint_format=checkpoint_format))
         result = train(config)
     except TrainError as err:
         _fail(err)
@@ -182,6 +209,18 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
         click.echo(f"stopped by a signal at step {result.final_step}; continue with the same command plus --resume",
                    err=True)
         raise SystemExit(128 + int(result.stop_signal or signal.SIGTERM))
+
+
+def _int_list(text: str | None) -> tuple[int, ...] | None:
+    from train.errors import TrainConfigError
+
+    if not text:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError as err:
+        raise TrainConfigError("--pp-layers",
+                               f"expected comma-separated block counts like 6,6,5,5, got {text!r}") from err
 
 
 @click.command("evaluate")
