@@ -181,6 +181,11 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
     if config.eval.benchmarks:
         from evals.scoring import TrainingBenchmark
 
+        if layout.model_parallel:
+            raise TrainConfigError("--benchmark", "scoring during training needs the whole model on each rank, "
+                                   "so it is not available with --tp or --pp; run `crawlgpt benchmark` on a "
+                                   "checkpoint instead")
+
         benchmark = TrainingBenchmark(config.eval.benchmarks, config.eval.benchmark_dir, config.eval.benchmark_limit,
                                       config.eval.tokenizer_path or Path(config.data.shards_dir) / "tokenizer.json",
                                       data_info["tokenizer_hash"], data_info["eot_id"])
@@ -304,7 +309,8 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
                                                       for k, v in figures.items()))
         if benchmark is not None:  # every rank scores (FSDP needs all of them in each forward)
             with autocast_context(device, bf16):
-                scores = benchmark(base, wrapped if config.parallelism == "fsdp" and ctx.is_distributed else None)
+                gpt = model if isinstance(model, GPT) else next(m for m in model.modules() if isinstance(m, GPT))
+                scores = benchmark(gpt, wrapped if config.parallelism == "fsdp" and ctx.is_distributed else None)
             metrics.write({"kind": "benchmark", "step": step, **scores})
             if ctx.is_main:
                 log.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
