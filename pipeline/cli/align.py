@@ -35,8 +35,8 @@ def training_options(default_lr: float, default_steps: int | None):
         steps = [] if default_steps is None else [
             click.option("--steps", type=int, default=default_steps, show_default=True, help="Optimizer steps.")]
         options = [
-            click.option("--run", default="default", show_default=True, callback=_run_name,
-                         help="Run name: reads DATA/runs/RUN-sft, writes DATA/runs/RUN-<command>."),
+            click.option("--run", "--run-name", "run", default="default", show_default=True, callback=_run_name,
+                         help="Run name: reads DATA/runs/RUN-sft, writes DATA/runs/RUN-<command>. Under torchrun spell it --run-name."),
             *steps,
             click.option("--lr", type=float, default=default_lr, show_default=True, help="Peak learning rate."),
             click.option("--min-lr", type=float, default=None, help="Final learning rate [default: --lr, constant]."),
@@ -183,7 +183,7 @@ def _reward_checkpoint(data: Path, run: str, checkpoint: Path | None) -> Path:
 
 @click.command("reward-eval")
 @data_option
-@click.option("--run", default="default", show_default=True, callback=_run_name,
+@click.option("--run", "--run-name", "run", default="default", show_default=True, callback=_run_name,
               help="Run name [checkpoint default: DATA/runs/RUN-reward].")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Reward model checkpoint or run folder.")
 @_pairs_option
@@ -213,7 +213,7 @@ def reward_eval_cmd(data, run, checkpoint, pairs, split, val_fraction, batch, to
 
 @click.command("reward-score")
 @data_option
-@click.option("--run", default="default", show_default=True, callback=_run_name,
+@click.option("--run", "--run-name", "run", default="default", show_default=True, callback=_run_name,
               help="Run name [checkpoint default: DATA/runs/RUN-reward].")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Reward model checkpoint or run folder.")
 @click.option("--input", "input_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
@@ -304,7 +304,7 @@ def ppo_cmd(policy, reward_model, prompts, iterations, rollout_prompts, minibatc
 
 @click.command("align-compare")
 @data_option
-@click.option("--run", default="default", show_default=True, callback=_run_name,
+@click.option("--run", "--run-name", "run", default="default", show_default=True, callback=_run_name,
               help="Run name (for the defaults below).")
 @click.option("--policy", "policies", type=click.Path(path_type=Path), multiple=True,
               help="Policies to judge (repeatable) [default: DATA/runs/RUN-ppo and RUN-dpo, those that exist].")

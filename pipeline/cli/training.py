@@ -43,8 +43,8 @@ def _run_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-run_option = click.option("--run", default="default", show_default=True, callback=_run_name,
-                          help="Run name: its files go to DATA/runs/RUN/.")
+run_option = click.option("--run", "--run-name", "run", default="default", show_default=True, callback=_run_name,
+                          help="Run name: its files go to DATA/runs/RUN/. Under torchrun spell it --run-name (torchrun reads --run as its own --run-path).")
 device_option = click.option("--device", default="auto", show_default=True,
                              help="cpu, cuda, cuda:N, mps or auto (CUDA when available). Under torchrun: cuda:LOCAL_RANK.")
 tokenizer_option = click.option("--tokenizer", "tokenizer_path", type=click.Path(dir_okay=False, path_type=Path),
