@@ -48,7 +48,7 @@ exec_flags   := --executor $(EXECUTOR) $(if $(RAY_ADDRESS),--ray-address '$(RAY_
 # REFERENCE set and empty: no classifier; set: that file; not set: as recorded, else DEFAULT_REFERENCE
 # (offered only before the filter stage has recorded its choice).
 no_reference := $(and $(call user_set,REFERENCE),$(if $(REFERENCE),,1))
-reference_flags = $(if $(call user_set,REFERENCE),--reference '$(REFERENCE)',$$(test -f $(DATA)/filtered/manifest.json || echo "--default-reference '$(DEFAULT_REFERENCE)'"))
+reference_flags = $(if $(call user_set,REFERENCE),--reference '$(REFERENCE)',$(if $(or $(wildcard $(DATA)/filtered/manifest.json),$(if $(DEFAULT_REFERENCE),,1)),,--default-reference '$(DEFAULT_REFERENCE)'))
 quality_flags = $(if $(no_reference),--quality-model none,$(if $(call user_set,REFERENCE),--quality-model $(DATA)/quality/model.bin))
 
 .PHONY: help test test-fast corpus download quality-model filter dedup decontaminate tokenizer shards stats pretrain \
