@@ -59,7 +59,7 @@ help:
 	@echo "         sft align (reward ppo) dpo benchmark export ablation bench bench-eval clean"
 	@echo "vars: SOURCE=$(SOURCE) NUM_FILES=$(NUM_FILES) DATA=$(DATA) LANGS=$(LANGS) REFERENCE=$(REFERENCE)"
 	@echo "      WORKERS=$(WORKERS) VOCAB_SIZE=$(VOCAB_SIZE) PRESET=$(PRESET) STEPS=$(STEPS) RUN=$(RUN) FORCE=$(FORCE)"
-	@echo "      INSTRUCT=$(INSTRUCT) PAIRS=$(PAIRS) ALIGN_ARGS=$(ALIGN_ARGS)"
+	@echo "      INSTRUCT=$(INSTRUCT) PAIRS=$(PAIRS) ALIGN_ARGS=$(ALIGN_ARGS) REWARD_ARGS=$(REWARD_ARGS) PPO_ARGS=$(PPO_ARGS) DPO_ARGS=$(DPO_ARGS)"
 	@echo "      EXECUTOR=$(EXECUTOR) RAY_ADDRESS=$(RAY_ADDRESS)"
 	@echo "      DECONTAMINATE=$(DECONTAMINATE) EVAL_DIR=$(EVAL_DIR) TASKS=$(TASKS) LIMIT=$(LIMIT) EXPORT_DIR=$(EXPORT_DIR)"
 	@echo "      ABLATION_PRESET=$(ABLATION_PRESET) ABLATION_STEPS=$(ABLATION_STEPS) ABLATION_SEEDS=$(ABLATION_SEEDS)"
@@ -136,21 +136,26 @@ sft: $(VENV)
 # Alignment (docs/alignment.md) on the fine-tuned model in $(DATA)/runs/$(RUN)-sft (made by `make sft` when
 # missing): a reward model then PPO (`make align`), or DPO (`make dpo`). Each resumes where it stopped.
 PAIRS      ?= ../shared/data/instruct/instruction-data-with-preference.json
+# Options for every alignment command (e.g. --device cuda --lr 5e-6), then for each one (e.g.
+# REWARD_ARGS="--steps 200", PPO_ARGS="--iterations 50", DPO_ARGS="--steps 200 --beta 0.2").
 ALIGN_ARGS ?=
+REWARD_ARGS ?=
+PPO_ARGS   ?=
+DPO_ARGS   ?=
 sft_done    = test -n "$$(ls $(DATA)/runs/$(RUN)-sft/checkpoints 2>/dev/null)"
 
 reward: $(VENV)
 	@$(sft_done) || $(MAKE) sft
-	$(CLI) reward-train --data $(DATA) --run $(RUN) --pairs '$(PAIRS)' --resume $(ALIGN_ARGS)
+	$(CLI) reward-train --data $(DATA) --run $(RUN) --pairs '$(PAIRS)' --resume $(ALIGN_ARGS) $(REWARD_ARGS)
 
 ppo: reward
-	$(CLI) ppo --data $(DATA) --run $(RUN) --prompts '$(PAIRS)' --resume $(ALIGN_ARGS)
+	$(CLI) ppo --data $(DATA) --run $(RUN) --prompts '$(PAIRS)' --resume $(ALIGN_ARGS) $(PPO_ARGS)
 
 align: ppo
 
 dpo: $(VENV)
 	@$(sft_done) || $(MAKE) sft
-	$(CLI) dpo --data $(DATA) --run $(RUN) --pairs '$(PAIRS)' --resume $(ALIGN_ARGS)
+	$(CLI) dpo --data $(DATA) --run $(RUN) --pairs '$(PAIRS)' --resume $(ALIGN_ARGS) $(DPO_ARGS)
 
 # Peers for the benchmarks (datatrove) live in their own environment, never in .venv.
 BENCH_VENV := .venv-bench
