@@ -73,3 +73,24 @@ def test_make_corpus_with_reference_then_make_shards_without_it_goes_on(shared_d
     filtered = read_json(data / "filtered" / "manifest.json")["config"]
     assert filtered["langs"] == ["en", "de"] and filtered["quality_model"] == "model.bin"  # by name: see BY_CONTENT
     assert read_json(data / "shards" / "manifest.json")["vocab_size"] == 1024
+
+
+@pytest.mark.slow
+def test_make_without_reference_trains_the_classifier_on_the_default_reference(shared_data, tmp_path):
+    """Without REFERENCE, make offers its default reference to quality-train (as a path, not a quoted string)."""
+    cli = Path(sys.prefix) / "bin" / "crawlgpt"
+    if shutil.which("make") is None or not cli.exists():
+        pytest.skip("needs make and the installed crawlgpt command")
+    ref = tmp_path / "default reference.jsonl"  # a space in the name: quoting must survive it
+    ref.write_text("".join(json.dumps({"text": t}) + "\n" for t in read_reference(shared_data)[:200]),
+                   encoding="utf-8")
+    data = tmp_path / "d"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for var in ("SOURCE", "NUM_FILES", "REFERENCE", "LANGS", "VOCAB_SIZE", "EXECUTOR", "RAY_ADDRESS"):
+        env.pop(var, None)
+    crawl = shared_data / "crawl-dev" / "crawl-00005.warc.wet.gz"
+    run = subprocess.run(["make", "-C", str(REPO), f"VENV={sys.prefix}", "-o", f"{sys.prefix}/.installed",
+                          f"DATA={data}", f"SOURCE={crawl}", f"DEFAULT_REFERENCE={ref}", "quality-model"],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert read_json(data / "quality" / "manifest.json")["config"]["reference"] == [str(ref.resolve())]
