@@ -157,13 +157,13 @@ def test_resumed_classification_reaches_bitwise_the_same_weights(data):
 
 def test_a_base_checkpoint_is_not_a_classifier_and_a_classifier_is_not_a_base(data):
     from train.classify import ClassifyObjective, classify_texts
-    from train.sft import KindError
+    from train.errors import CheckpointKindError
 
-    with pytest.raises(KindError, match="not a classifier; train one with `crawlgpt classify-train"):
+    with pytest.raises(CheckpointKindError, match="not a classifier; train one with `crawlgpt classify-train"):
         classify_texts(data / "runs" / "base", ["x"], data / "tokenizer" / "tokenizer.json")
     run = data / "runs" / "cls"
     if latest_checkpoint(run) is None:
         pytest.skip("needs the classifier of the previous test")
     _, config = configs(data, "cls-on-cls")
-    with pytest.raises(KindError, match="it is a classifier"):
+    with pytest.raises(CheckpointKindError, match="it is a classifier"):
         ClassifyObjective(type(config)(**{**config.__dict__, "base_checkpoint": str(run)})).prepare()

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from model.gpt import GPT, GPTConfig
-from train.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint
+from train.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from train.distributed import all_reduce_sum
-from train.errors import CheckpointError, TrainError, VocabMismatchError
+from train.errors import CheckpointError, CheckpointKindError, TrainError, VocabMismatchError
 from train.evaluate import check_tokenizer, load_tokenizer
 from train.objective import LoopInfo, Objective
 from train.preference import PreferenceData, TokenPair, load_preference_data
@@ -31,10 +31,6 @@ log = logging.getLogger(__name__)
 
 #: Checkpoint kinds that hold a policy: a plain GPT state dict under "model".
 POLICY_KINDS = ("sft", "dpo", "ppo", "pretrain")
-
-
-class CheckpointKindError(CheckpointError):
-    """A checkpoint of the wrong kind: a reward model given as a policy, or the reverse."""
 
 
 def load_policy_checkpoint(path: str | Path, option: str = "--policy") -> tuple[dict[str, Any], Path]:
@@ -100,8 +96,7 @@ def open_tokenizer(path: str | Path, payload: dict[str, Any]):
 
 def gpt_from_payload(payload: dict[str, Any], device: torch.device) -> GPT:
     """A frozen GPT (eval mode, no gradients) with a policy checkpoint's weights."""
-    model = GPT(GPTConfig.from_dict(payload["model_config"]))
-    load_model_state(model, payload["model"])
+    model = model_from_checkpoint(payload)
     model.requires_grad_(False)
     return model.to(device).eval()
 

@@ -33,11 +33,11 @@ from train.classify_data import (
 from train.classify_report import ClassReport, class_report, fasttext_baseline, format_report, plot_confusion
 from train.config import TrainConfig
 from train.distributed import DistContext, all_reduce_sum
-from train.errors import TrainConfigError, TrainError
+from train.errors import CheckpointKindError, TrainConfigError, TrainError
 from train.evaluate import autocast_context, check_tokenizer, load_tokenizer, tokenizer_hash
 from train.loop import TrainResult, train
 from train.objective import LoopInfo, Objective
-from train.sft import KindError, eot_id_of, load_lm_checkpoint
+from train.sft import eot_id_of, load_lm_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ def load_classifier(checkpoint: str | Path, device: torch.device) -> tuple[GPTCl
     payload = load_checkpoint(path)
     kind = payload.get("kind", "pretrain")
     if kind != "classify":
-        raise KindError(f"{path} is a {kind!r} checkpoint, not a classifier; train one with "
+        raise CheckpointKindError(f"{path} is a {kind!r} checkpoint, not a classifier; train one with "
                         f"`crawlgpt classify-train --checkpoint {path} --data FILE`")
     model = GPTClassifier(GPTConfig.from_dict(payload["model_config"]), len(payload["classes"]))
     load_model_state(model, payload["model"])

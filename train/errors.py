@@ -38,5 +38,10 @@ class CheckpointMismatchError(CheckpointError):
     """A checkpoint made with a different model config than the one requested."""
 
 
+class CheckpointKindError(CheckpointError):
+    """A checkpoint of the wrong kind for the command: a base model where a fine-tuned one is needed, a
+    reward model given as a policy, a language model given as a classifier, ..."""
+
+
 class RunDirError(TrainError):
     """A run folder already holds checkpoints and neither resume nor a new run name was given."""

@@ -30,7 +30,7 @@ from train.checkpoint import (
 )
 from train.config import TrainConfig
 from train.distributed import DistContext, all_reduce_sum
-from train.errors import CheckpointError, RunDirError, SeqLenError, TrainError
+from train.errors import CheckpointKindError, RunDirError, SeqLenError, TrainError
 from train.evaluate import EvalResult, autocast_context, check_tokenizer, load_tokenizer, sample_tokens, tokenizer_hash
 from train.instruct_data import (
     Example,
@@ -101,10 +101,6 @@ class SFTConfig:
             raise TrainConfigError("--responses/--max-new-tokens/--eval-batch", "must be >= 0, >= 1 and >= 1")
 
 
-class KindError(CheckpointError):
-    """A checkpoint of the wrong kind for the command (a base model where a fine-tuned one is needed, ...)."""
-
-
 def load_lm_checkpoint(checkpoint: str | Path, kinds: tuple[str, ...] = LM_KINDS,
                        need: str = "a pretrained or instruction-tuned model") -> tuple[dict[str, Any], Path]:
     """Read a checkpoint and check its kind."""
@@ -115,7 +111,7 @@ def load_lm_checkpoint(checkpoint: str | Path, kinds: tuple[str, ...] = LM_KINDS
         hints = {"classify": "it is a classifier: use `crawlgpt classify`",
                  "reward": "it is a reward model, which scores answers but does not write them",
                  "pretrain": "it is a base model: fine-tune it first with `crawlgpt sft` (or `make sft`)"}
-        raise KindError(f"{path} is a {kind!r} checkpoint, but this needs {need}; "
+        raise CheckpointKindError(f"{path} is a {kind!r} checkpoint, but this needs {need}; "
                         f"{hints.get(kind, 'pass a checkpoint of kind ' + ' or '.join(kinds))}")
     return payload, path
 
