@@ -36,7 +36,12 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from evals.tasks import TASKS, Item, Request, chance_accuracy, load_task
+from formats.benchmark_tasks import TASKS, Item, Request, chance_accuracy, load_task
+from train.config import EvalConfig
+from train.errors import TrainConfigError, VocabMismatchError
+from train.evaluate import check_tokenizer, load_for_inference, load_tokenizer
+from train.evaluate import tokenizer_hash as file_hash
+from train.export.hf import find_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +137,6 @@ def load_scoring_model(path: str | Path, device: torch.device = torch.device("cp
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         return HFScoring(model, AutoTokenizer.from_pretrained(path), name=str(path))
-    from train.evaluate import check_tokenizer, load_for_inference, load_tokenizer
-    from train.export import find_tokenizer
-
     model, payload, ckpt = load_for_inference(path, device)
     tok_path = find_tokenizer(payload, tokenizer)
     tok = load_tokenizer(tok_path)
@@ -277,7 +279,7 @@ def evaluate_items(model: ScoringModel, task: str, items: list[Item], batch_size
 @dataclass(frozen=True)
 class BenchmarkConfig:
     tasks: tuple[str, ...] = ("piqa", "lambada")
-    """Tasks to run (see evals.tasks.TASKS)."""
+    """Tasks to run (see formats.benchmark_tasks.TASKS)."""
     eval_dir: str = "../shared/data/eval"
     """Folder holding the tasks' files under their release names."""
     files: tuple[tuple[str, str], ...] = ()
@@ -345,10 +347,6 @@ class TrainingBenchmark:
 
     def __init__(self, tasks: Sequence[str], eval_dir: str, limit: int | None, tokenizer_path: str | Path,
                  tokenizer_hash: str, eot_id: int, batch_size: int = 32):
-        from train.errors import TrainConfigError, VocabMismatchError
-        from train.evaluate import load_tokenizer
-        from train.evaluate import tokenizer_hash as file_hash
-
         try:
             self.config = BenchmarkConfig(tasks=tuple(tasks), eval_dir=eval_dir, limit=limit, batch_size=batch_size)
             self.items = load_items(self.config)
@@ -377,3 +375,16 @@ class TrainingBenchmark:
             if forward_model is not None:
                 forward_model.train(was_training)
         return {f"{r.task}_{k}": v for r in results for k, v in r.metrics.items() if not k.endswith("stderr")}
+
+
+def benchmark_hook(eval_config: EvalConfig, shards_dir: str | Path) -> Callable[[dict], TrainingBenchmark] | None:
+    """The loop's `on_eval` hook for `pretrain --benchmark`: given the data's description (tokenizer hash,
+    end-of-text id), the `TrainingBenchmark` scored at every evaluation step; None without benchmarks."""
+    if not eval_config.benchmarks:
+        return None
+    tokenizer_path = eval_config.tokenizer_path or Path(shards_dir) / "tokenizer.json"
+
+    def make(data_info: dict) -> TrainingBenchmark:
+        return TrainingBenchmark(eval_config.benchmarks, eval_config.benchmark_dir, eval_config.benchmark_limit,
+                                 tokenizer_path, data_info["tokenizer_hash"], data_info["eot_id"])
+    return make

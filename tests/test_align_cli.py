@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from align_fixtures import write_byte_tokenizer, write_pairs, write_policy_checkpoint
-from pipeline.cli import main
+from cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from train.align_math import (
+from train.align.functional import (
     bradley_terry_loss,
     dpo_loss,
     gae,

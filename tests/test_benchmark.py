@@ -20,7 +20,7 @@ from evals.scoring import (
     run_benchmarks,
     score_requests,
 )
-from evals.tasks import TASKS, BenchmarkDataError, Request, chance_accuracy, load_task
+from formats.benchmark_tasks import TASKS, BenchmarkDataError, Request, chance_accuracy, load_task
 from lm_fixtures import tiny_config, train_tiny_tokenizer, write_tiny_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
@@ -152,7 +152,7 @@ def test_lambada_perplexity_is_exp_of_the_mean_last_word_loss(scorer):
 
 def test_exported_model_scores_as_its_checkpoint(checkpoint, tokenizer_path, tmp_path):
     pytest.importorskip("transformers")
-    from train.export import export_checkpoint
+    from train.export.hf import export_checkpoint
 
     config = BenchmarkConfig(tasks=tuple(TASKS), eval_dir=str(FIXTURES))
     ours = run_benchmarks(load_scoring_model(checkpoint, tokenizer=tokenizer_path), config)
@@ -169,7 +169,7 @@ def test_exported_model_scores_as_its_checkpoint(checkpoint, tokenizer_path, tmp
 def test_benchmark_command_prints_the_table_and_writes_json(checkpoint, tokenizer_path, tmp_path):
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from cli import main
 
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(main, ["benchmark", "--checkpoint", str(checkpoint), "--tokenizer", str(tokenizer_path),

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from model.gpt import GPT, preset_config
-from train.chat import ChatInputError, ChatSession, GenerationOptions, stream_tokens
-from train.templates import PromptTemplate
+from train.tune.chat import ChatInputError, ChatSession, GenerationOptions, stream_tokens
+from train.tune.templates import PromptTemplate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -14,8 +14,8 @@ import torch
 from finetune_base import FIXTURES, finetune_data  # noqa: F401 (a fixture)
 from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig
 from train.checkpoint import latest_checkpoint, load_checkpoint
-from train.classify_data import ClassifyDataError, read_labelled, split_indices, split_of
-from train.classify_report import class_report, format_report
+from train.tune.classify_data import ClassifyDataError, read_labelled, split_indices, split_of
+from train.tune.classify_report import class_report, format_report
 
 pytest.importorskip("tokenizers")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -27,7 +27,7 @@ def data(finetune_data) -> Path:
 
 
 def configs(data: Path, run: str, steps: int = 8, **changes):
-    from train.classify import ClassifyConfig
+    from train.tune.classify import ClassifyConfig
 
     tconfig = TrainConfig(
         run_dir=str(data / "runs" / run), max_steps=steps, preset="tiny", global_batch_tokens=2 * 8 * 32,
@@ -108,7 +108,7 @@ def test_sms_spam_is_read_with_its_imbalance(shared_data):
 
 
 def test_classification_learns_and_reports_on_the_test_split_beside_fasttext(data):
-    from train.classify import classify_texts, run_classify
+    from train.tune.classify import classify_texts, run_classify
 
     tconfig, config = configs(data, "cls", steps=20)
     result = run_classify(tconfig, config)
@@ -125,7 +125,7 @@ def test_classification_learns_and_reports_on_the_test_split_beside_fasttext(dat
 
 def test_training_only_the_last_blocks_leaves_the_others_unchanged(data):
     from train import train
-    from train.classify import ClassifyObjective
+    from train.tune.classify import ClassifyObjective
 
     tconfig, config = configs(data, "cls-last", steps=2, train_blocks=1)
     train(tconfig, objective=ClassifyObjective(config))
@@ -138,7 +138,7 @@ def test_training_only_the_last_blocks_leaves_the_others_unchanged(data):
 
 def test_resumed_classification_reaches_bitwise_the_same_weights(data):
     from train import train
-    from train.classify import ClassifyObjective
+    from train.tune.classify import ClassifyObjective
 
     full_cfg, config = configs(data, "cls-full", steps=6)
     train(full_cfg, objective=ClassifyObjective(config))
@@ -156,7 +156,7 @@ def test_resumed_classification_reaches_bitwise_the_same_weights(data):
 
 
 def test_a_base_checkpoint_is_not_a_classifier_and_a_classifier_is_not_a_base(data):
-    from train.classify import ClassifyObjective, classify_texts
+    from train.tune.classify import ClassifyObjective, classify_texts
     from train.errors import CheckpointKindError
 
     with pytest.raises(CheckpointKindError, match="not a classifier; train one with `crawlgpt classify-train"):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import main
-from pipeline.cli.common import StageProgress
-from pipeline.manifest import read_json
+from cli import main
+from cli.common import StageProgress
+from formats.manifest import read_json
 from pipeline.stage import Progress
 from test_quality_train import read_reference
 from test_tokenizer import make_corpus, synthetic_docs

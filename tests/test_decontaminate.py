@@ -10,7 +10,7 @@ import pytest
 from pipeline.decontaminate import DecontaminateConfig, NgramIndex, parse_benchmark, run_decontaminate, words
 from pipeline.documents import Document, read_documents, write_documents
 from pipeline.errors import InputError, StageConfigChanged
-from pipeline.manifest import output_record, read_json
+from formats.manifest import output_record, read_json
 from pipeline.stage import ShardStats, ShardTask, run_stage
 
 FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
@@ -101,7 +101,7 @@ def test_benchmark_names_and_missing_files(tmp_path):
 def test_decontaminate_command_prints_the_benchmarks(data):
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from cli import main
 
     result = CliRunner().invoke(main, ["decontaminate", "--data", str(data), "--benchmark", PIQA,
                                        "--benchmark", f"lambada={LAMBADA}", "--workers", "1"])

@@ -15,7 +15,7 @@ from pipeline.dedup import DedupConfig, run_dedup
 from pipeline.dedup.show import find_cluster, format_cluster, jaccard, shingle_set
 from pipeline.documents import Document, read_documents, write_documents
 from pipeline.errors import ConfigError, InputError, StageConfigChanged
-from pipeline.manifest import load_manifest, output_record
+from formats.manifest import load_manifest, output_record
 from pipeline.stage import ShardStats, ShardTask, run_stage
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -292,7 +292,7 @@ def test_small_phases_run_in_process_and_large_ones_get_the_workers():
 
 
 def test_cli_dedup_and_dedup_show(data):
-    from pipeline.cli import main
+    from cli import main
 
     runner = CliRunner()
     result = runner.invoke(main, ["dedup", "--data", str(data), "--workers", "1", "--partitions", "3"])
@@ -351,7 +351,7 @@ def test_an_id_in_two_shards_says_the_same_file_is_probably_listed_twice(tmp_pat
 
 @pytest.mark.parametrize("command", ["dedup", "shards"])
 def test_negative_workers_are_refused_naming_the_option(tmp_path, command):
-    from pipeline.cli import main
+    from cli import main
 
     result = CliRunner().invoke(main, [command, "--data", str(tmp_path), "--workers", "-2"])
     assert result.exit_code == 2 and "Invalid value for '--workers'" in result.output

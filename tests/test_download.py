@@ -269,7 +269,7 @@ def test_load_raw_files_detects_a_file_changed_since(tmp_path):
 
 
 def test_cli_downloads_and_prints_summary(server, tmp_path):
-    from pipeline.cli import main
+    from cli import main
 
     serve_crawl(server, 2)
     args = ["download", "--source", CRAWL, "--num-files", "2", "--data", str(tmp_path), "--base-url", server.url,

@@ -10,9 +10,9 @@ import torch
 
 from align_fixtures import make_config, val_records, write_byte_tokenizer, write_pairs, write_policy_checkpoint
 from train import VocabMismatchError, train
-from train.alignment import CheckpointKindError
+from train.align.common import CheckpointKindError
 from train.checkpoint import load_checkpoint, model_from_checkpoint
-from train.dpo import DPOObjective
+from train.align.dpo import DPOObjective
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -91,7 +91,7 @@ torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[3])
 from align_fixtures import make_config
 from train import train
-from train.dpo import DPOObjective
+from train.align.dpo import DPOObjective
 files = json.load(open(sys.argv[1]))
 result = train(make_config(sys.argv[2], 3, micro=2),
                objective=DPOObjective(files["policy"], files["pairs"], files["tok"], val_fraction=0.25, batch_pairs=4))

@@ -12,7 +12,7 @@ from lm_fixtures import tiny_config, train_tiny_tokenizer, write_tiny_checkpoint
 from model.gpt import apply_rope, rope_tables
 from pipeline.tokenizer_train import TextCodec
 from train.checkpoint import load_checkpoint, model_from_checkpoint
-from train.export import ExportConfig, ExportError, export_checkpoint, permute_interleaved_to_half
+from train.export.hf import ExportConfig, ExportError, export_checkpoint, permute_interleaved_to_half
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -132,7 +132,7 @@ def test_permutation_turns_interleaved_rotary_into_rotate_half():
 def test_export_command_writes_a_loadable_folder(tmp_path, tokenizer_path):
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from cli import main
 
     ckpt = write_tiny_checkpoint(tmp_path / "run", tokenizer_path, tiny_config(tie=False))
     out = tmp_path / "hf"
@@ -149,7 +149,7 @@ def test_export_command_writes_a_loadable_folder(tmp_path, tokenizer_path):
 
 def test_gguf_file_reads_back_with_llama_cpp_names_and_rotary_order(tmp_path, tokenizer_path):
     gguf = pytest.importorskip("gguf")
-    from train.export import export_gguf
+    from train.export.hf import export_gguf
 
     ckpt = write_tiny_checkpoint(tmp_path / "run", tokenizer_path, tiny_config(tie=True, vocab_size=448))
     ours = model_from_checkpoint(load_checkpoint(ckpt))

@@ -25,7 +25,7 @@ from pipeline.filter_stage import (
 )
 from pipeline.filters.c4 import C4Config
 from pipeline.filters.gopher import GopherQualityConfig
-from pipeline.manifest import read_json, sha256_file
+from formats.manifest import read_json, sha256_file
 from pipeline.stage import RECEIPTS_DIR
 
 
@@ -158,7 +158,7 @@ def test_a_killed_process_resumes_to_the_same_outputs(tmp_path, crawl_small, sha
         shutil.copy(shared_data / "crawl-dev" / name, raw / name)
     whole = make_data(tmp_path / "whole", raw)
     killed = make_data(tmp_path / "killed", raw)
-    cmd = [sys.executable, "-m", "pipeline.cli", "filter", "--workers", "1", "--lid-model", str(lid_model_path), "--data"]
+    cmd = [sys.executable, "-m", "cli", "filter", "--workers", "1", "--lid-model", str(lid_model_path), "--data"]
     subprocess.run(cmd + [str(whole)], check=True, capture_output=True)
     proc = subprocess.Popen(cmd + [str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     out = filter_dir(killed)
@@ -243,7 +243,7 @@ def test_shard_names_drop_every_extension():
 
 
 def test_cli_reports_a_bad_model_without_a_traceback(tmp_path, crawl_small, lid_model_path):
-    from pipeline.cli import main
+    from cli import main
 
     data = make_data(tmp_path, crawl_small)
     bad = tmp_path / "m.bin"

@@ -149,7 +149,7 @@ def test_a_language_code_the_model_lacks_is_refused_with_the_nearest_ones(lid_mo
 def test_the_filter_cli_refuses_an_unknown_language_before_any_work(tmp_path, lid_model_path):
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from cli import main
 
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.txt").write_text("Some English text. " * 30)

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def cli() -> click.Group:
-    from pipeline.cli import main
+    from cli import main
 
     return main
 
@@ -106,7 +106,7 @@ def test_chat_answers_each_piped_line_and_handles_reset_and_exit(cli, data, tune
 
 
 def test_chat_runs_as_a_script_on_piped_standard_input(data, tuned):
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "chat", "--data", str(data), "--run", "base",
+    proc = subprocess.run([sys.executable, "-m", "cli", "chat", "--data", str(data), "--run", "base",
                            "--device", "cpu", "--max-new-tokens", "4", "--seed", "1"],
                           input="Repeat bird.\nRepeat tree.\n", capture_output=True, text=True, cwd=REPO,
                           env={**__import__("os").environ, "PYTHONPATH": str(REPO)}, timeout=300)

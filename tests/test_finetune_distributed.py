@@ -27,7 +27,7 @@ def torchrun_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     # (--run is not passed: torchrun's own parser takes it for an abbreviation of its --run-path)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "pipeline.cli", *map(str, args)], cwd=tmp_path, env=env, capture_output=True,
+                           "-m", "cli", *map(str, args)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc

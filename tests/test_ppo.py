@@ -17,10 +17,10 @@ from align_fixtures import (
     write_reward_checkpoint,
 )
 from train import TrainConfigError, VocabMismatchError, train
-from train.alignment import CheckpointKindError, gpt_from_payload
+from train.align.common import CheckpointKindError, gpt_from_payload
 from train.checkpoint import load_checkpoint, model_from_checkpoint
 from train.metrics import read_metrics
-from train.ppo import PPOConfig, PPOObjective, generate_responses
+from train.align.ppo import PPOConfig, PPOObjective, generate_responses
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -129,7 +129,7 @@ def test_a_reward_model_of_another_tokenizer_is_refused(text_files, tmp_path):
 def test_prompts_longer_than_the_context_are_skipped_and_none_left_is_an_error(text_files, tmp_path):
     with pytest.raises(TrainConfigError, match="max-new-tokens"):
         train(make_config(tmp_path / "a", 1), objective=text_objective(text_files, max_new_tokens=256))
-    from train.preference import PreferenceDataError
+    from train.align.preference import PreferenceDataError
     with pytest.raises(PreferenceDataError, match="no training prompt fits.*prompt_too_long"):
         train(make_config(tmp_path / "b", 1), objective=text_objective(text_files, max_new_tokens=200))
 

@@ -8,7 +8,7 @@ import pytest
 
 from align_fixtures import EOT_ID, write_byte_tokenizer, write_pairs
 from train.evaluate import load_tokenizer
-from train.preference import (
+from train.align.preference import (
     PairStats,
     PreferenceDataError,
     is_validation,
@@ -17,7 +17,7 @@ from train.preference import (
     read_prompts,
     tokenize_pairs,
 )
-from train.templates import PromptTemplate
+from train.tune.templates import PromptTemplate
 
 T = PromptTemplate()
 

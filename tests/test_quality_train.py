@@ -15,7 +15,7 @@ from pipeline.documents import Document
 from pipeline.download import run_download
 from pipeline.errors import InputError, StageConfigChanged
 from pipeline.filters.classifier import QualityClassifierFilter, normalize_text, pareto_draw
-from pipeline.manifest import sha256_file
+from formats.manifest import sha256_file
 from pipeline.quality_train import (
     QualityTrainConfig,
     evaluate,

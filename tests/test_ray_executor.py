@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from cluster_stages import DieOnce
-from pipeline.manifest import read_json, sha256_file, without_timings
+from formats.manifest import read_json, sha256_file, without_timings
 from pipeline.stage import RECEIPTS_DIR, LocalExecutor, make_executor, run_stage
 from test_stage import KeepLongConfig, keep_long, make_inputs
 
@@ -77,7 +77,7 @@ def make_all(data: Path, crawl: Path, reference: Path, executor: str) -> None:
         ["tokenizer", "--data", str(data), "--vocab-size", "1024"],
         ["shards", "--data", str(data), "--workers", "2"],
     ]
-    from pipeline.cli import main
+    from cli import main
 
     for args in steps:
         result = CliRunner().invoke(main, args + ex)
@@ -183,7 +183,7 @@ def test_the_default_path_never_imports_ray(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         sys.path[:0] = [{str(REPO)!r}, {str(REPO / "tests")!r}]
-        import pipeline.cli
+        import cli
         from pathlib import Path
         from pipeline.stage import run_stage
         from test_stage import KeepLongConfig, keep_long, make_inputs

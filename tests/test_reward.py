@@ -8,9 +8,9 @@ import torch
 
 from align_fixtures import make_config, val_records, write_byte_tokenizer, write_pairs, write_policy_checkpoint
 from train import train
-from train.alignment import CheckpointKindError
+from train.align.common import CheckpointKindError
 from train.checkpoint import load_checkpoint, model_from_checkpoint
-from train.reward import RewardObjective, evaluate_reward_pairs, reward_model_from_checkpoint, score_texts
+from train.align.reward import RewardObjective, evaluate_reward_pairs, reward_model_from_checkpoint, score_texts
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

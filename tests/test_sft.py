@@ -15,14 +15,14 @@ import torch
 from finetune_base import FIXTURES, finetune_data  # noqa: F401 (a fixture)
 from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig
 from train.checkpoint import latest_checkpoint, load_checkpoint, model_from_checkpoint
-from train.instruct_data import (
+from train.tune.instruct_data import (
     InstructBatchLoader,
     InstructDataError,
     read_instructions,
     split_examples,
     tokenize_examples,
 )
-from train.templates import PromptTemplate, encode_messages, template_from_checkpoint
+from train.tune.templates import PromptTemplate, encode_messages, template_from_checkpoint
 
 tokenizers = pytest.importorskip("tokenizers")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -39,7 +39,7 @@ def tokenizer(data):
 
 
 def sft_configs(data: Path, run: str, instructions: Path = FIXTURES / "alpaca.json", steps: int = 6, **sft):
-    from train.sft import SFTConfig
+    from train.tune.sft import SFTConfig
 
     train_config = TrainConfig(
         run_dir=str(data / "runs" / run), max_steps=steps, preset="tiny", global_batch_tokens=2 * 4 * 128,
@@ -107,7 +107,7 @@ def test_special_token_strings_in_content_stay_plain_text(tokenizer):
 
 def test_the_chat_template_needs_the_reserved_tokens(tmp_path):
     from finetune_base import train_tokenizer
-    from train.templates import TemplateError
+    from train.tune.templates import TemplateError
 
     path = train_tokenizer(tmp_path / "tok.json", ["a b c"] * 10, vocab_size=300, special_tokens=["<|endoftext|>"])
     with pytest.raises(TemplateError, match="reserved"):
@@ -241,7 +241,7 @@ def test_loader_state_round_trip_continues_with_the_same_batches(tokenizer):
 
 
 def test_sft_lowers_the_response_loss_and_writes_checkpoints_metrics_plot_and_responses(data):
-    from train.sft import run_sft
+    from train.tune.sft import run_sft
 
     train_config, sft_config = sft_configs(data, "sft", steps=12)
     result = run_sft(train_config, sft_config)
@@ -261,7 +261,7 @@ def test_sft_lowers_the_response_loss_and_writes_checkpoints_metrics_plot_and_re
 
 
 def test_chat_data_fine_tunes_with_the_chat_template(data):
-    from train.sft import run_sft
+    from train.tune.sft import run_sft
 
     train_config, sft_config = sft_configs(data, "sft-chat", FIXTURES / "chat.jsonl", steps=3, template="chat", val_share=0.3,
                                            num_responses=1)
@@ -271,7 +271,7 @@ def test_chat_data_fine_tunes_with_the_chat_template(data):
 
 def test_resumed_sft_reaches_bitwise_the_same_weights_as_an_uninterrupted_run(data):
     from train import train
-    from train.sft import SFTObjective
+    from train.tune.sft import SFTObjective
 
     full_cfg, sft_cfg = sft_configs(data, "sft-full", steps=8, num_responses=0)
     full = train(full_cfg, objective=SFTObjective(sft_cfg))
@@ -295,7 +295,7 @@ def test_resumed_sft_reaches_bitwise_the_same_weights_as_an_uninterrupted_run(da
 
 def test_resuming_on_other_instruction_data_is_refused(data, tmp_path):
     from train import train
-    from train.sft import SFTObjective
+    from train.tune.sft import SFTObjective
 
     cfg, sft_cfg = sft_configs(data, "sft-other", steps=1, num_responses=0)
     train(cfg, objective=SFTObjective(sft_cfg))
@@ -309,7 +309,7 @@ def test_resuming_on_other_instruction_data_is_refused(data, tmp_path):
 def test_a_tokenizer_other_than_the_base_models_is_a_vocab_mismatch(data, tmp_path):
     from finetune_base import train_tokenizer
     from train import VocabMismatchError
-    from train.sft import SFTObjective
+    from train.tune.sft import SFTObjective
 
     other = train_tokenizer(tmp_path / "other.json", ["x y z"] * 20, vocab_size=300)
     cfg, sft_cfg = sft_configs(data, "sft-vocab", steps=1)
@@ -319,7 +319,7 @@ def test_a_tokenizer_other_than_the_base_models_is_a_vocab_mismatch(data, tmp_pa
 
 
 def test_evaluate_instructions_scores_base_and_tuned_checkpoints_alike(data):
-    from train.sft import evaluate_instructions
+    from train.tune.sft import evaluate_instructions
 
     tok = data / "tokenizer" / "tokenizer.json"
     base = evaluate_instructions(data / "runs" / "base", FIXTURES / "alpaca.json", tok)
@@ -338,7 +338,7 @@ def test_shared_instruction_data_is_read(shared_data):
 
 
 def test_every_rank_gets_the_same_number_of_validation_batches(tokenizer):
-    from train.instruct_data import eval_batches
+    from train.tune.instruct_data import eval_batches
 
     examples, _ = read_instructions(FIXTURES / "alpaca.json")
     eot = tokenizer.token_to_id("<|endoftext|>")

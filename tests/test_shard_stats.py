@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from pipeline.errors import InputError
 from pipeline.shard_stats import compute_stats, format_report, shard_stats
-from pipeline.token_shards import write_token_shards
-from pipeline.token_shards import split_of
+from formats.token_shards import write_token_shards
+from formats.token_shards import split_of
 from pipeline.tokenizer_train import TokenizerConfig, train_tokenizer
 from test_tokenizer import make_corpus, synthetic_docs
 
@@ -111,7 +111,7 @@ def test_tokenizer_with_another_hash_is_not_used(stage_shards, tmp_path):
 
 
 def test_cli_stats_json_and_text(stage_shards, tmp_path):
-    from pipeline.cli import main
+    from cli import main
 
     runner = CliRunner()
     png = tmp_path / "lengths.png"
@@ -139,7 +139,7 @@ def test_a_shard_whose_bytes_were_altered_is_refused_unless_the_check_is_skipped
         compute_stats(known)
     report, _ = compute_stats(known, config=StatsConfig(verify_checksums=False))
     assert report["total"]["tokens"] == 18
-    from pipeline.cli.tokens import stats_cmd
+    from cli.tokens import stats_cmd
 
     result = CliRunner().invoke(stats_cmd, [str(known), "--no-histogram"])
     assert result.exit_code == 1 and "sha256" in result.output

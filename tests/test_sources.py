@@ -166,7 +166,7 @@ def test_a_jsonl_folder_with_another_text_field_is_listed_when_the_field_is_name
 def test_download_cli_passes_text_field_to_the_skip_check(tmp_path):
     from click.testing import CliRunner
 
-    from pipeline.cli import main as cli
+    from cli import main as cli
 
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.jsonl").write_text(json.dumps({"body": "some text"}) + "\n")

@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.documents import Document, DocumentWriter, read_documents, write_documents
 from pipeline.errors import AccountingError, InputError, StageConfigChanged
-from pipeline.manifest import atomic_path, output_record, sha256_file
+from formats.manifest import atomic_path, output_record, sha256_file
 from pipeline.stage import ShardStats, ShardTask, run_stage, stage_documents
 
 
@@ -200,7 +200,7 @@ def test_killing_a_stage_at_any_moment_then_rerunning_equals_an_uninterrupted_ru
 
 
 def test_manifest_hash_ignores_timings_so_a_no_op_rerun_does_not_invalidate_downstream(tmp_path):
-    from pipeline.manifest import manifest_hash
+    from formats.manifest import manifest_hash
 
     tasks = make_inputs(tmp_path)
     run_stage("toy", tmp_path / "out", KeepLongConfig(), tasks, keep_long)

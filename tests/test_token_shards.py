@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.token_shards import (
+from formats.token_shards import (
     TokenShardError,
     TokenShards,
     dtype_for_vocab,

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from pipeline.documents import Document, read_documents
 from pipeline.errors import ConfigError, InputError, StageConfigChanged
-from pipeline.manifest import sha256_file
-from pipeline.token_shards import TokenShardError, TokenShards, split_of
+from formats.manifest import sha256_file
+from formats.token_shards import TokenShardError, TokenShards, split_of
 from pipeline.tokenize_stage import ShardsConfig, make_shards
 from pipeline.tokenizer_train import TextCodec, TokenizerConfig, train_tokenizer
 from test_tokenizer import make_corpus, synthetic_docs
@@ -178,7 +178,7 @@ def test_invalid_config_names_the_option(data, tmp_path):
 
 
 def test_cli_tokenizer_shards_stats_end_to_end(data, tmp_path):
-    from pipeline.cli import main
+    from cli import main
 
     root = tmp_path / "d"
     shutil.copytree(data / "corpus", root / "corpus")

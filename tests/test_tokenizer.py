@@ -14,9 +14,9 @@ from tokenizers import Tokenizer
 
 from pipeline.documents import Document, read_documents, write_documents
 from pipeline.errors import ConfigError, InputError, StageConfigChanged
-from pipeline.manifest import output_record, sha256_file
+from formats.manifest import output_record, sha256_file
 from pipeline.stage import ShardStats, ShardTask, run_stage
-from pipeline.token_shards import split_of
+from formats.token_shards import split_of
 from pipeline.tokenizer_train import (
     EOT_TOKEN,
     TextCodec,

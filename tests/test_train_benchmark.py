@@ -11,6 +11,7 @@ import pytest
 from lm_fixtures import TOKENIZER_VOCAB, train_tiny_tokenizer
 from train import (CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig, TrainConfigError,
                    VocabMismatchError, train)
+from evals.scoring import benchmark_hook
 from train.evaluate import tokenizer_hash
 from train.metrics import read_metrics
 from train.synthetic import write_synthetic_shards
@@ -41,8 +42,18 @@ def config(run_dir: Path, shards: Path, **eval_changes) -> TrainConfig:
     )
 
 
+def run(cfg: TrainConfig, shards: Path):
+    """What `crawlgpt pretrain --benchmark` does: the loop scores through the on_eval hook."""
+    return train(cfg, on_eval=benchmark_hook(cfg.eval, shards))
+
+
+def test_a_benchmark_without_the_hook_is_refused(tmp_path, shards):
+    with pytest.raises(TrainConfigError, match="on_eval"):
+        train(config(tmp_path / "run", shards))
+
+
 def test_benchmarks_are_scored_at_every_evaluation_step(tmp_path, shards):
-    train(config(tmp_path / "run", shards))
+    run(config(tmp_path / "run", shards), shards)
     records = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "benchmark"]
     assert [r["step"] for r in records] == [2, 4]
     for r in records:
@@ -55,18 +66,18 @@ def test_a_tokenizer_other_than_the_shards_is_refused(tmp_path, shards):
     other = train_tiny_tokenizer(tmp_path / "other.json")
     other.write_text(other.read_text().replace("<|reserved_3|>", "<|reserved_x|>"))
     with pytest.raises(VocabMismatchError, match="is not the one the shards"):
-        train(config(tmp_path / "run", shards, tokenizer_path=str(other)))
+        run(config(tmp_path / "run", shards, tokenizer_path=str(other)), shards)
 
 
 def test_an_unknown_benchmark_is_a_config_error(tmp_path, shards):
     with pytest.raises(TrainConfigError, match="--benchmark.*unknown benchmark"):
-        train(config(tmp_path / "run", shards).replace(eval=EvalConfig(benchmarks=("mmlu",))))
+        run(config(tmp_path / "run", shards).replace(eval=EvalConfig(benchmarks=("mmlu",))), shards)
 
 
 def test_pretrain_command_takes_benchmark_options(tmp_path, shards):
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from cli import main
 
     result = CliRunner().invoke(main, [
         "pretrain", "--data", str(tmp_path), "--shards", str(shards), "--run", "bench", "--preset", "tiny",

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import training
-from pipeline.token_shards import write_token_shards
+from cli import training
+from formats.token_shards import write_token_shards
 
 tokenizers = pytest.importorskip("tokenizers")
 
@@ -224,7 +224,7 @@ def test_run_name_passes_through_torchrun_where_run_does_not(tmp_path):
     if not torchrun.exists() and shutil.which("torchrun") is None:
         pytest.skip("torchrun is not installed")
     cmd = [str(torchrun if torchrun.exists() else "torchrun"), "--standalone", "--nproc_per_node=1",
-           "-m", "pipeline.cli", "pretrain", "--data", str(tmp_path / "none"), "--device", "cpu"]
+           "-m", "cli", "pretrain", "--data", str(tmp_path / "none"), "--device", "cpu"]
     ours = subprocess.run(cmd + ["--run-name", "x"], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[1])
     assert "ambiguous option" not in ours.stderr

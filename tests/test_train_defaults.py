@@ -115,7 +115,7 @@ def test_the_corpus_is_read_from_the_shard_manifest(tmp_path):
 
 def test_the_help_text_copies_of_the_defaults_agree_with_train_defaults():
     import train.defaults as defaults
-    from pipeline.cli import training
+    from cli import training
 
     for name in ("CPU_AUTO_STEPS", "PRESET_LR", "GPU_BATCH_TOKENS", "GPU_MIN_STEPS", "TOKENS_PER_PARAM",
                  "CPU_MICRO_BATCH"):

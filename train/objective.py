@@ -78,6 +78,14 @@ class Objective:
     kind: str = "pretrain"
     """Stored in every checkpoint as "kind": later commands use it to check they were given the right model."""
 
+    sharded: bool = False
+    """Set by the loop before `setup`: True under FSDP2, where every rank must take part in each forward
+    (so sampling cannot stop early at end-of-text on one rank only)."""
+
+    fixed_batch_tokens: bool = False
+    """True when a step's tokens are the global batch by construction (windows of the token shards): the
+    loop then warns when the batch is rounded, and counts tokens seen as steps x batch."""
+
     # ---- setup (called once, in this order) -------------------------------------------------------
 
     def setup(self, info: LoopInfo) -> None:
@@ -129,6 +137,11 @@ class Objective:
         """Tokens this rank processed in the micro-batch (for tokens/s)."""
         raise NotImplementedError
 
+    def tokens_seen(self, step: int, global_batch_tokens: int, counted: float) -> int:
+        """Training tokens seen after `step` steps: `counted` (summed over every logged interval) unless
+        each step is exactly one global batch."""
+        return step * global_batch_tokens if self.fixed_batch_tokens else int(counted)
+
     # ---- evaluation, samples, checkpoints -------------------------------------------------------
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
@@ -168,6 +181,7 @@ class PretrainObjective(Objective):
     """Next-token prediction over seeded random windows of memory-mapped token shards."""
 
     kind = "pretrain"
+    fixed_batch_tokens = True
 
     def __init__(self, shards_dir: str, tokenizer_path: str | None = None, sample_prompt: str = "The",
                  sample_tokens: int = 48):
@@ -263,6 +277,3 @@ class PretrainObjective(Objective):
             return self.sample_prompt + self.tokenizer.decode(new_ids)
         return " ".join(map(str, new_ids))
 
-    #: Set by the loop: True under FSDP, where every rank must take part in each forward (so sampling
-    #: cannot stop early at end-of-text on one rank only).
-    sharded: bool = False

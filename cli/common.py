@@ -12,7 +12,7 @@ import click
 from tqdm import tqdm
 
 from pipeline.errors import PipelineError
-from pipeline.manifest import load_manifest
+from formats.manifest import load_manifest
 from pipeline.stage import EXECUTORS, Executor, Progress, format_table, make_executor, summary_rows
 
 DEFAULT_WORKERS = os.cpu_count() or 1

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.common import DEFAULT_WORKERS, build_executor, executor_options, fail, run_with_progress
+from cli.common import DEFAULT_WORKERS, build_executor, executor_options, fail, run_with_progress
 from pipeline.errors import PipelineError
 from pipeline.stage import format_table
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.common import (
+from cli.common import (
     DEFAULT_WORKERS,
     build_executor,
     executor_options,

@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 
 from model.gpt import GPT, GPTConfig
-from train.align_math import bradley_terry_loss
-from train.alignment import (
+from train.align.functional import bradley_terry_loss
+from train.align.common import (
     PairObjective,
     SequenceBatch,
     collate_pairs,
@@ -30,13 +30,13 @@ from train.alignment import (
 )
 from train.checkpoint import load_model_state
 from train.evaluate import autocast_context
-from train.preference import (
+from train.align.preference import (
     PairStats,
     encode_prompt,
     encode_response,
     load_preference_data,
 )
-from train.templates import template_from_checkpoint
+from train.tune.templates import template_from_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -250,8 +250,8 @@ def _count(state: dict[str, torch.Tensor], config: GPTConfig) -> int:
 
 def export_gguf(checkpoint: str | Path, path: str | Path, tokenizer: str | Path | None = None,
                 overwrite: bool = False) -> Path:
-    """Write a checkpoint as one float32 GGUF file for llama.cpp (see train/export_gguf.py)."""
-    from train.export_gguf import write_gguf
+    """Write a checkpoint as one float32 GGUF file for llama.cpp (see train/export/hf/gguf.py)."""
+    from train.export.hf.gguf import write_gguf
 
     path = Path(path)
     if path.exists() and not overwrite:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.common import (
+from cli.common import (
     DEFAULT_WORKERS,
     build_executor,
     executor_options,
@@ -18,7 +18,7 @@ from pipeline.cli.common import (
 from pipeline.errors import PipelineError
 from pipeline.shard_stats import StatsConfig, format_json, format_report, shard_stats
 from pipeline.stage import format_table
-from pipeline.token_shards import TokenShardError
+from formats.token_shards import TokenShardError
 from pipeline.tokenize_stage import ShardsConfig, make_shards
 from pipeline.tokenizer_train import SPLIT_PATTERNS, TOKENIZER_FILE, TokenizerConfig, train_tokenizer
 

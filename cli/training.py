@@ -167,6 +167,7 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
                  tensorboard: bool, verify_shards: bool, peak_tflops: float | None, benchmarks: tuple[str, ...],
                  benchmark_limit: int, benchmark_dir: Path) -> None:
     """Pretrain a GPT on DATA/shards; write DATA/runs/RUN/ (metrics.jsonl, loss.png, checkpoints/)."""
+    from evals.scoring import benchmark_hook
     from train import TrainError, train
     from train.defaults import pretrain_config, read_corpus
     from train.config import ParallelConfig
@@ -192,7 +193,7 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
             tp=tp, sequence_parallel=sequence_parallel, pp=pp, pp_layers=_int_list(pp_layers), pp_schedule=pp_schedule,
             microbatches=microbatches, activation_checkpointing=activation_checkpointing,
             checkpoint_format=checkpoint_format))
-        result = train(config)
+        result = train(config, on_eval=benchmark_hook(config.eval, shards_dir))
     except TrainError as err:
         _fail(err)
     if not _is_main_process():
@@ -253,7 +254,7 @@ def evaluate_cmd(data: Path, run: str, checkpoint: Path | None, shards: Path | N
 
     ckpt = checkpoint or data / "runs" / run
     if instructions is not None:
-        from pipeline.cli.finetune import evaluate_instructions_cmd
+        from cli.finetune import evaluate_instructions_cmd
 
         return evaluate_instructions_cmd(ckpt, instructions, tokenizer_path or data / "tokenizer" / "tokenizer.json",
                                          batch, device, template)
@@ -305,7 +306,7 @@ def sample_cmd(data: Path, run: str, checkpoint: Path | None, prompt: str, instr
     ckpt = checkpoint or data / "runs" / run
     tok = tokenizer_path or data / "tokenizer" / "tokenizer.json"
     if instruction is not None:
-        from pipeline.cli.finetune import sample_instruction_cmd
+        from cli.finetune import sample_instruction_cmd
 
         return sample_instruction_cmd(ckpt, tok, instruction, input_text, max_new_tokens, temperature, top_k, top_p,
                                       seed, num_samples, device)

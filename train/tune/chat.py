@@ -15,7 +15,7 @@ import torch
 
 from model.gpt import GPT, KVCache, sample_next_token
 from train.evaluate import autocast_context
-from train.templates import PromptTemplate, encode_messages
+from train.tune.templates import PromptTemplate, encode_messages
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.training import checkpoint_option, data_option, device_option, run_option, tokenizer_option
+from cli.training import checkpoint_option, data_option, device_option, run_option, tokenizer_option
 
 
 def _fail(err: Exception) -> None:
@@ -31,7 +31,7 @@ def export_cmd(data: Path, run: str, checkpoint: Path | None, out_dir: Path | No
                tokenizer_path: Path | None, dtype: str, overwrite: bool) -> None:
     """Write a checkpoint as a Hugging Face LlamaForCausalLM folder (transformers, lm-eval, vLLM load it)."""
     from train.errors import TrainError
-    from train.export import ExportConfig, export_checkpoint, export_gguf
+    from train.export.hf import ExportConfig, export_checkpoint, export_gguf
 
     if out_dir is None and gguf_path is None:
         raise click.UsageError("give --out DIR (Hugging Face folder), --gguf FILE, or both")
@@ -92,7 +92,7 @@ def benchmark_cmd(data: Path, run: str, checkpoint: Path | None, model_dir: Path
 
     from evals.scoring import RESULTS_HEADER, BenchmarkConfig, load_items, load_scoring_model, results_table_rows, \
         run_benchmarks
-    from evals.tasks import BenchmarkDataError
+    from formats.benchmark_tasks import BenchmarkDataError
     from pipeline.stage import format_table
     from train.distributed import resolve_device
     from train.errors import TrainError

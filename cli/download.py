@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.common import build_executor, executor_options, fail, run_with_progress
+from cli.common import build_executor, executor_options, fail, run_with_progress
 from pipeline.download import DEFAULT_BASE_URL, DEFAULT_NUM_FILES, DEFAULT_SOURCE, DownloadConfig, run_download
 from pipeline.errors import PipelineError
 from pipeline.stage import format_table

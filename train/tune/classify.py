@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from model.gpt import GPT, GPTConfig
 from train.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint
-from train.classify_data import (
+from train.tune.classify_data import (
     EncodedTexts,
     TextBatchLoader,
     encode_texts,
@@ -30,14 +30,14 @@ from train.classify_data import (
     read_labelled,
     split_indices,
 )
-from train.classify_report import ClassReport, class_report, fasttext_baseline, format_report, plot_confusion
+from train.tune.classify_report import ClassReport, class_report, fasttext_baseline, format_report, plot_confusion
 from train.config import TrainConfig
 from train.distributed import DistContext, all_reduce_sum
 from train.errors import CheckpointKindError, TrainConfigError, TrainError
 from train.evaluate import autocast_context, check_tokenizer, load_tokenizer, tokenizer_hash
 from train.loop import TrainResult, train
 from train.objective import LoopInfo, Objective
-from train.sft import eot_id_of, load_lm_checkpoint
+from train.tune.sft import eot_id_of, load_lm_checkpoint
 
 log = logging.getLogger(__name__)
 

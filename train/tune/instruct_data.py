@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from train.errors import TrainError
-from train.templates import ROLES, PromptTemplate, encode_pieces
+from train.tune.templates import ROLES, PromptTemplate, encode_pieces
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import PipelineError
-from pipeline.manifest import atomic_path, listed_path, sha256_file, write_json_atomic
+from formats.manifest import atomic_path, listed_path, sha256_file, write_json_atomic
 
 TOKEN_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"

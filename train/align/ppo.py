@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from model.gpt import GPT, GPTConfig
-from train.align_math import (
+from train.align.functional import (
     entropy,
     gae,
     kl_penalised_rewards,
@@ -45,7 +45,7 @@ from train.align_math import (
     token_logprobs,
     whiten,
 )
-from train.alignment import (
+from train.align.common import (
     check_same_tokenizer,
     collate_sequences,
     data_info,
@@ -57,9 +57,9 @@ from train.checkpoint import load_checkpoint, load_model_state
 from train.errors import TrainConfigError, TrainError
 from train.evaluate import autocast_context
 from train.objective import LoopInfo, Objective
-from train.preference import load_prompt_ids
-from train.reward import RewardModel, RewardScorer, join_reward_state
-from train.templates import PromptTemplate, template_from_checkpoint
+from train.align.preference import load_prompt_ids
+from train.align.reward import RewardModel, RewardScorer, join_reward_state
+from train.tune.templates import PromptTemplate, template_from_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from train.distributed import all_reduce_sum
 from train.errors import CheckpointError, CheckpointKindError, TrainError, VocabMismatchError
 from train.evaluate import check_tokenizer, load_tokenizer
 from train.objective import LoopInfo, Objective
-from train.preference import PreferenceData, TokenPair, load_preference_data
-from train.templates import PromptTemplate, template_from_checkpoint
+from train.align.preference import PreferenceData, TokenPair, load_preference_data
+from train.tune.templates import PromptTemplate, template_from_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ weights under llama.cpp's tensor names.
 Rotary layout: llama.cpp's `llama` architecture rotates adjacent pairs (x[2i], x[2i+1]) while our model
 rotates halves (x[i], x[i + hd/2]), so every q and k projection's rows are permuted per head, the same
 permutation `convert_hf_to_gguf.py` applies to Hugging Face Llama weights (`half_to_interleaved`; the
-inverse of `train.export.permute_interleaved_to_half`). A tied embedding is written once
+inverse of `train.export.hf.permute_interleaved_to_half`). A tied embedding is written once
 (`token_embd.weight`, no `output.weight`: llama.cpp then uses the embedding as the output head).
 
 Needs the `gguf` package (`pip install gguf`, the `gguf` extra), imported when the file is written.

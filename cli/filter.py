@@ -8,7 +8,7 @@ import click
 
 import dataclasses
 
-from pipeline.cli.common import (
+from cli.common import (
     DEFAULT_WORKERS,
     as_tuples,
     build_executor,
@@ -27,7 +27,7 @@ from pipeline.filter_stage import (
     run_filter,
     with_rule_overrides,
 )
-from pipeline.manifest import MANIFEST_NAME
+from formats.manifest import MANIFEST_NAME
 from pipeline.filters.classifier import NORMALIZATIONS
 from pipeline.filters.language import LID_OPTION, default_lid_model_path
 from pipeline.filters.models import resolve_model

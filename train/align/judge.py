@@ -12,17 +12,17 @@ from pathlib import Path
 
 import torch
 
-from train.alignment import (
+from train.align.common import (
     check_same_tokenizer,
     data_info,
     gpt_from_payload,
     load_policy_checkpoint,
     open_tokenizer,
 )
-from train.preference import PreferenceDataError, load_prompt_ids
-from train.ppo import generate_responses, sequence_kl
-from train.reward import RewardScorer
-from train.templates import template_from_checkpoint
+from train.align.preference import PreferenceDataError, load_prompt_ids
+from train.align.ppo import generate_responses, sequence_kl
+from train.align.reward import RewardScorer
+from train.tune.templates import template_from_checkpoint
 
 log = logging.getLogger(__name__)
 

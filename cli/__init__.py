@@ -1,6 +1,6 @@
 """The `crawlgpt` command line: one subcommand per stage.
 
-click is imported only under `pipeline/cli/`. Each area registers its commands from its own module so
+click is imported only under `cli/`. Each area registers its commands from its own module so
 that the library modules stay free of CLI concerns.
 """
 
@@ -11,11 +11,11 @@ import logging
 
 import click
 
-from pipeline.cli.common import setup_logging
+from cli.common import setup_logging
 
 log = logging.getLogger(__name__)
 
-#: Modules under pipeline/cli/ that define `register(group)`.
+#: Modules under cli/ that define `register(group)`.
 COMMAND_MODULES = ("download", "filter", "dedup", "decontaminate", "tokens", "training", "finetune", "align",
                    "evaluation")
 
@@ -28,4 +28,4 @@ def main(verbose: bool) -> None:
 
 
 for _name in COMMAND_MODULES:
-    importlib.import_module(f"pipeline.cli.{_name}").register(main)
+    importlib.import_module(f"cli.{_name}").register(main)

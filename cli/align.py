@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.training import _fail, _is_main_process, _run_name, data_option, device_option, tokenizer_option
+from cli.training import _fail, _is_main_process, _run_name, data_option, device_option, tokenizer_option
 
 PREFERENCE_FILE = "instruction-data-with-preference.json"
 
@@ -90,7 +90,7 @@ def _paths(data: Path, run: str, policy: Path | None, tokenizer: Path | None) ->
 def _run_training(config, objective, title: str, keys: list[tuple[str, str]]) -> None:
     """Train, plot, and print the before/after table of the validation figures in keys."""
     from train import TrainError, train
-    from train.align_plots import plot_alignment
+    from train.align.plots import plot_alignment
     from train.metrics import read_metrics
 
     try:
@@ -136,7 +136,7 @@ def _run_training(config, objective, title: str, keys: list[tuple[str, str]]) ->
 def dpo_cmd(policy, pairs, beta, average_logprobs, reference, batch_pairs, max_len, **o) -> None:
     """Direct Preference Optimization of the fine-tuned model; writes DATA/runs/RUN-dpo/."""
     from train import TrainError
-    from train.dpo import DPOObjective
+    from train.align.dpo import DPOObjective
 
     policy_path, tokenizer = _paths(o["data"], o["run"], policy, o["tokenizer_path"])
     try:
@@ -163,7 +163,7 @@ def dpo_cmd(policy, pairs, beta, average_logprobs, reference, batch_pairs, max_l
 def reward_train_cmd(policy, pairs, center_coef, batch_pairs, max_len, **o) -> None:
     """Train a reward model (the fine-tuned model + a scalar head) on preference pairs; writes DATA/runs/RUN-reward/."""
     from train import TrainError
-    from train.reward import RewardObjective
+    from train.align.reward import RewardObjective
 
     policy_path, tokenizer = _paths(o["data"], o["run"], policy, o["tokenizer_path"])
     try:
@@ -197,7 +197,7 @@ def reward_eval_cmd(data, run, checkpoint, pairs, split, val_fraction, batch, to
     """Pairwise accuracy and mean margin of a reward model on a preference file."""
     from train import TrainError
     from train.distributed import resolve_device
-    from train.reward import evaluate_reward_pairs
+    from train.align.reward import evaluate_reward_pairs
 
     try:
         ev = evaluate_reward_pairs(_reward_checkpoint(data, run, checkpoint), pairs,
@@ -226,8 +226,8 @@ def reward_score_cmd(data, run, checkpoint, input_path, prompt, response, tokeni
     """Score prompt/response lines with a reward model (the prompt is rendered with its template)."""
     from train import TrainError
     from train.distributed import resolve_device
-    from train.preference import PreferenceDataError, iter_records
-    from train.reward import score_texts
+    from train.align.preference import PreferenceDataError, iter_records
+    from train.align.reward import score_texts
 
     try:
         if input_path is not None:
@@ -281,7 +281,7 @@ def ppo_cmd(policy, reward_model, prompts, iterations, rollout_prompts, minibatc
             val_prompts, **o) -> None:
     """PPO against the reward model (RLHF): writes DATA/runs/RUN-ppo/."""
     from train import TrainError
-    from train.ppo import PPOConfig, PPOObjective
+    from train.align.ppo import PPOConfig, PPOObjective
 
     policy_path, tokenizer = _paths(o["data"], o["run"], policy, o["tokenizer_path"])
     try:
@@ -328,7 +328,7 @@ def align_compare_cmd(data, run, policies, baseline, reward_model, prompts, val_
     and the KL each paid."""
     from train import TrainError
     from train.distributed import resolve_device
-    from train.judge import compare_policies
+    from train.align.judge import compare_policies
 
     runs = data / "runs"
     if not policies:

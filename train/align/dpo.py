@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 
 from model.gpt import GPT, GPTConfig
-from train.align_math import dpo_loss, sequence_logprobs
-from train.alignment import PairObjective, SequenceBatch, collate_pairs, gpt_from_payload
+from train.align.functional import dpo_loss, sequence_logprobs
+from train.align.common import PairObjective, SequenceBatch, collate_pairs, gpt_from_payload
 from train.checkpoint import load_model_state
 from train.errors import TrainConfigError
 from train.evaluate import autocast_context, sample_tokens

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from train.errors import TrainError
-from train.templates import PromptTemplate
+from train.tune.templates import PromptTemplate
 
 log = logging.getLogger(__name__)
 

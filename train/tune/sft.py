@@ -3,7 +3,7 @@ with what a person wants to see: response loss before and after, and the model's
 instructions before and after (`responses.jsonl`), beside the reference answers.
 
 The model is the base checkpoint's GPT, unchanged in shape; the loss is the model's own cross-entropy
-over response tokens only (targets of -1 elsewhere; see `train.instruct_data`). Checkpoints are of
+over response tokens only (targets of -1 elsewhere; see `train.tune.instruct_data`). Checkpoints are of
 kind "sft": a plain GPT state dict plus the prompt template and what the data was, so every later
 command (`evaluate --instructions`, `sample --instruction`, `chat`, alignment) formats prompts alike.
 """
@@ -32,7 +32,7 @@ from train.config import TrainConfig
 from train.distributed import DistContext, all_reduce_sum
 from train.errors import CheckpointKindError, RunDirError, SeqLenError, TrainError
 from train.evaluate import EvalResult, autocast_context, check_tokenizer, load_tokenizer, sample_tokens, tokenizer_hash
-from train.instruct_data import (
+from train.tune.instruct_data import (
     Example,
     InstructBatchLoader,
     InstructDataError,
@@ -45,7 +45,7 @@ from train.instruct_data import (
 from train.loop import TrainResult, train
 from train.metrics import perplexity
 from train.objective import LoopInfo, Objective
-from train.templates import PromptTemplate, encode_pieces, template_from_checkpoint
+from train.tune.templates import PromptTemplate, encode_pieces, template_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class SFTConfig:
 
     def __post_init__(self) -> None:
         from train.errors import TrainConfigError
-        from train.instruct_data import BATCHING_MODES, TOO_LONG_POLICIES
+        from train.tune.instruct_data import BATCHING_MODES, TOO_LONG_POLICIES
 
         if not 0.0 < self.val_share < 1.0:
             raise TrainConfigError("--val-share", f"must be between 0 and 1, got {self.val_share}")

@@ -1,8 +1,8 @@
 """CLI: `crawlgpt sft` (instruction fine-tuning), `crawlgpt chat`, `crawlgpt classify-train`, `crawlgpt classify`.
 
 Every command reads a checkpoint of `crawlgpt pretrain` (or of an earlier fine-tuning) and its
-tokenizer; training commands run `train.loop.train` with their own objective (see train/sft.py and
-train/classify.py), so options shared with `pretrain` mean the same here. `evaluate --instructions`
+tokenizer; training commands run `train.loop.train` with their own objective (see train/tune/sft.py and
+train/tune/classify.py), so options shared with `pretrain` mean the same here. `evaluate --instructions`
 and `sample --instruction` (in training.py) call `evaluate_instructions_cmd` and `instruction_prompt`
 from this module.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.training import (
+from cli.training import (
     _fail,
     _is_main_process,
     checkpoint_option,
@@ -109,7 +109,7 @@ def sft_cmd(data: Path, run: str, checkpoint: Path | None, instructions: Path, o
     import os
 
     from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig, TrainError
-    from train.sft import SFTConfig, SFTObjective, run_sft, steps_for_epochs
+    from train.tune.sft import SFTConfig, SFTObjective, run_sft, steps_for_epochs
 
     base = checkpoint or data / "runs" / run
     out_dir = data / "runs" / (out_run or f"{run}-sft")
@@ -173,7 +173,7 @@ def sft_cmd(data: Path, run: str, checkpoint: Path | None, instructions: Path, o
 def evaluate_instructions_cmd(ckpt: Path, instructions: Path, tokenizer: Path, batch: int, device: str,
                               template: str | None = None) -> None:
     from train.errors import TrainError
-    from train.sft import evaluate_instructions
+    from train.tune.sft import evaluate_instructions
 
     try:
         ev = evaluate_instructions(ckpt, instructions, tokenizer, template=template, batch_size=batch,
@@ -194,8 +194,8 @@ def sample_instruction_cmd(ckpt: Path, tokenizer_path: Path, instruction: str, i
     from train.checkpoint import model_from_checkpoint
     from train.errors import TrainError
     from train.evaluate import check_tokenizer, load_tokenizer
-    from train.sft import TUNED_KINDS, eot_id_of, generate_answer, load_lm_checkpoint
-    from train.templates import template_from_checkpoint
+    from train.tune.sft import TUNED_KINDS, eot_id_of, generate_answer, load_lm_checkpoint
+    from train.tune.templates import template_from_checkpoint
 
     try:
         dev = _resolve_device(device)
@@ -247,12 +247,12 @@ def chat_cmd(data: Path, run: str, checkpoint: Path | None, max_new_tokens: int,
     """Talk to a fine-tuned model, one message per line (also from a pipe). /reset forgets the
     conversation, /exit ends it. Answers stream as they are generated; in a pipe each answer is one
     line (line breaks in it written as \\n, backslashes as \\\\)."""
-    from train.chat import ChatInputError, ChatSession, GenerationOptions
+    from train.tune.chat import ChatInputError, ChatSession, GenerationOptions
     from train.checkpoint import model_from_checkpoint
     from train.errors import TrainError
     from train.evaluate import check_tokenizer, load_tokenizer
-    from train.sft import TUNED_KINDS, eot_id_of, load_lm_checkpoint
-    from train.templates import template_from_checkpoint
+    from train.tune.sft import TUNED_KINDS, eot_id_of, load_lm_checkpoint
+    from train.tune.templates import template_from_checkpoint
 
     ckpt = checkpoint or data / "runs" / f"{run}-sft"
     tok_path = tokenizer_path or data / "tokenizer" / "tokenizer.json"
@@ -350,7 +350,7 @@ def classify_train_cmd(data: Path, run: str, checkpoint: Path | None, labelled: 
     """Fine-tune a checkpoint as a text classifier; report accuracy, per-class P/R/F1 and the confusion
     matrix on the test split beside a fastText baseline (DATA/runs/OUT_RUN/)."""
     from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig, TrainError
-    from train.classify import ClassifyConfig, run_classify
+    from train.tune.classify import ClassifyConfig, run_classify
 
     base = checkpoint or data / "runs" / run
     tokenizer = tokenizer_path or data / "tokenizer" / "tokenizer.json"
@@ -361,7 +361,7 @@ def classify_train_cmd(data: Path, run: str, checkpoint: Path | None, labelled: 
                                 text_column=text_column, label_column=label_column, file_format=file_format,
                                 val_share=val_share, test_share=test_share, train_blocks=train_blocks)
         # The loop counts batches in tokens; one "row" per text of up to the model's context.
-        from train.sft import load_lm_checkpoint
+        from train.tune.sft import load_lm_checkpoint
 
         payload, _ = load_lm_checkpoint(base)
         rows_len = seq_len or payload["model_config"]["max_seq_len"]
@@ -405,7 +405,7 @@ def classify_train_cmd(data: Path, run: str, checkpoint: Path | None, labelled: 
 def classify_cmd(data: Path, checkpoint: Path, source: Path, batch: int, tokenizer_path: Path | None,
                  device: str) -> None:
     """Classify each line of SOURCE (a file, or - for standard input): prints label<TAB>probability<TAB>text."""
-    from train.classify import classify_texts
+    from train.tune.classify import classify_texts
     from train.errors import TrainError
 
     if str(source) == "-":
