@@ -13,7 +13,9 @@ from pathlib import Path
 
 import click
 
-from cli.training import _fail, _is_main_process, _run_name, data_option, device_option, tokenizer_option
+from formats import layout
+from formats.layout import run_dir, tokenizer_file
+from cli.common import data_option, device_option, fail, is_main, run_name, tokenizer_option
 
 PREFERENCE_FILE = "instruction-data-with-preference.json"
 
@@ -35,7 +37,7 @@ def training_options(default_lr: float, default_steps: int | None):
         steps = [] if default_steps is None else [
             click.option("--steps", type=int, default=default_steps, show_default=True, help="Optimizer steps.")]
         options = [
-            click.option("--run", "--run-name", "run", default="default", show_default=True, callback=_run_name,
+            click.option("--run", "--run-name", "run", default="default", show_default=True, callback=run_name,
                          help="Run name: reads DATA/runs/RUN-sft, writes DATA/runs/RUN-<command>. Under torchrun spell it --run-name."),
             *steps,
             click.option("--lr", type=float, default=default_lr, show_default=True, help="Peak learning rate."),
@@ -66,7 +68,7 @@ def training_options(default_lr: float, default_steps: int | None):
 
 
 def _train_config(run_dir: Path, o: dict, seq_len: int | None = None, sample_every: int | None = None):
-    from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig
+    from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig  # inside the command: keeps torch out of `crawlgpt --help`
 
     eval_every = o["eval_every"] if o["eval_every"] is not None else max(1, o["steps"] // 5)
     return TrainConfig(
@@ -84,20 +86,20 @@ def _train_config(run_dir: Path, o: dict, seq_len: int | None = None, sample_eve
 
 
 def _paths(data: Path, run: str, policy: Path | None, tokenizer: Path | None) -> tuple[Path, Path]:
-    return (policy or data / "runs" / f"{run}-sft"), (tokenizer or data / "tokenizer" / "tokenizer.json")
+    return (policy or run_dir(data, f"{run}-sft")), (tokenizer or tokenizer_file(data))
 
 
 def _run_training(config, objective, title: str, keys: list[tuple[str, str]]) -> None:
     """Train, plot, and print the before/after table of the validation figures in keys."""
-    from train import TrainError, train
+    from train import TrainError, train  # inside the command: keeps torch out of `crawlgpt --help`
     from train.align.plots import plot_alignment
     from train.metrics import read_metrics
 
     try:
         result = train(config, objective=objective)
     except TrainError as err:
-        _fail(err)
-    if not _is_main_process():
+        fail(err)
+    if not is_main():
         return
     run_dir = Path(config.run_dir)
     png = plot_alignment(run_dir / "metrics.jsonl", run_dir / "alignment.png", objective.kind)
@@ -135,7 +137,7 @@ def _run_training(config, objective, title: str, keys: list[tuple[str, str]]) ->
 @training_options(default_lr=5e-6, default_steps=100)
 def dpo_cmd(policy, pairs, beta, average_logprobs, reference, batch_pairs, max_len, **o) -> None:
     """Direct Preference Optimization of the fine-tuned model; writes DATA/runs/RUN-dpo/."""
-    from train import TrainError
+    from train import TrainError  # inside the command: keeps torch out of `crawlgpt --help`
     from train.align.dpo import DPOObjective
 
     policy_path, tokenizer = _paths(o["data"], o["run"], policy, o["tokenizer_path"])
@@ -143,9 +145,9 @@ def dpo_cmd(policy, pairs, beta, average_logprobs, reference, batch_pairs, max_l
         objective = DPOObjective(policy_path, pairs, tokenizer, val_fraction=o["val_fraction"],
                                  batch_pairs=batch_pairs, beta=beta, average_logprobs=average_logprobs,
                                  reference=reference)
-        config = _train_config(o["data"] / "runs" / f"{o['run']}-dpo", o, seq_len=max_len or None)
+        config = _train_config(run_dir(o["data"], f"{o['run']}-dpo"), o, seq_len=max_len or None)
     except TrainError as err:
-        _fail(err)
+        fail(err)
     _run_training(config, objective, "DPO", [("val_loss", "validation loss"),
                                              ("val_reward_accuracy", "implicit reward accuracy"),
                                              ("val_reward_margin", "implicit reward margin")])
@@ -162,28 +164,28 @@ def dpo_cmd(policy, pairs, beta, average_logprobs, reference, batch_pairs, max_l
 @training_options(default_lr=1e-5, default_steps=100)
 def reward_train_cmd(policy, pairs, center_coef, batch_pairs, max_len, **o) -> None:
     """Train a reward model (the fine-tuned model + a scalar head) on preference pairs; writes DATA/runs/RUN-reward/."""
-    from train import TrainError
+    from train import TrainError  # inside the command: keeps torch out of `crawlgpt --help`
     from train.align.reward import RewardObjective
 
     policy_path, tokenizer = _paths(o["data"], o["run"], policy, o["tokenizer_path"])
     try:
         objective = RewardObjective(policy_path, pairs, tokenizer, val_fraction=o["val_fraction"],
                                     batch_pairs=batch_pairs, center_coef=center_coef)
-        config = _train_config(o["data"] / "runs" / f"{o['run']}-reward", o, seq_len=max_len or None, sample_every=0)
+        config = _train_config(run_dir(o["data"], f"{o['run']}-reward"), o, seq_len=max_len or None, sample_every=0)
     except TrainError as err:
-        _fail(err)
+        fail(err)
     _run_training(config, objective, "reward model", [("val_loss", "validation loss"),
                                                       ("val_accuracy", "pair accuracy"),
                                                       ("val_margin", "mean margin")])
 
 
 def _reward_checkpoint(data: Path, run: str, checkpoint: Path | None) -> Path:
-    return checkpoint or data / "runs" / f"{run}-reward"
+    return checkpoint or run_dir(data, f"{run}-reward")
 
 
 @click.command("reward-eval")
 @data_option
-@click.option("--run", "--run-name", "run", default="default", show_default=True, callback=_run_name,
+@click.option("--run", "--run-name", "run", default="default", show_default=True, callback=run_name,
               help="Run name [checkpoint default: DATA/runs/RUN-reward].")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Reward model checkpoint or run folder.")
 @_pairs_option
@@ -195,16 +197,16 @@ def _reward_checkpoint(data: Path, run: str, checkpoint: Path | None) -> Path:
 @device_option
 def reward_eval_cmd(data, run, checkpoint, pairs, split, val_fraction, batch, tokenizer_path, device) -> None:
     """Pairwise accuracy and mean margin of a reward model on a preference file."""
-    from train import TrainError
+    from train import TrainError  # inside the command: keeps torch out of `crawlgpt --help`
     from train.distributed import resolve_device
     from train.align.reward import evaluate_reward_pairs
 
     try:
         ev = evaluate_reward_pairs(_reward_checkpoint(data, run, checkpoint), pairs,
-                                   tokenizer_path or data / "tokenizer" / "tokenizer.json", resolve_device(device),
+                                   tokenizer_path or tokenizer_file(data), resolve_device(device),
                                    batch_size=batch, split=split, val_fraction=val_fraction)
     except TrainError as err:
-        _fail(err)
+        fail(err)
     click.echo(f"{'pairs':>16}  {ev.pairs:,} ({split})")
     click.echo(f"{'read':>16}  {ev.stats.summary()}")
     click.echo(f"{'accuracy':>16}  {ev.accuracy:.4f}")
@@ -213,7 +215,7 @@ def reward_eval_cmd(data, run, checkpoint, pairs, split, val_fraction, batch, to
 
 @click.command("reward-score")
 @data_option
-@click.option("--run", "--run-name", "run", default="default", show_default=True, callback=_run_name,
+@click.option("--run", "--run-name", "run", default="default", show_default=True, callback=run_name,
               help="Run name [checkpoint default: DATA/runs/RUN-reward].")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Reward model checkpoint or run folder.")
 @click.option("--input", "input_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
@@ -224,7 +226,7 @@ def reward_eval_cmd(data, run, checkpoint, pairs, split, val_fraction, batch, to
 @device_option
 def reward_score_cmd(data, run, checkpoint, input_path, prompt, response, tokenizer_path, device) -> None:
     """Score prompt/response lines with a reward model (the prompt is rendered with its template)."""
-    from train import TrainError
+    from train import TrainError  # inside the command: keeps torch out of `crawlgpt --help`
     from train.distributed import resolve_device
     from train.align.preference import PreferenceDataError, iter_records
     from train.align.reward import score_texts
@@ -242,9 +244,9 @@ def reward_score_cmd(data, run, checkpoint, input_path, prompt, response, tokeni
         else:
             raise click.UsageError("give --input FILE, or --prompt and --response")
         scores = score_texts(_reward_checkpoint(data, run, checkpoint), [r[:3] for r in records],
-                             tokenizer_path or data / "tokenizer" / "tokenizer.json", resolve_device(device))
+                             tokenizer_path or tokenizer_file(data), resolve_device(device))
     except TrainError as err:
-        _fail(err)
+        fail(err)
     for (*_, rec), score in zip(records, scores):
         click.echo(json.dumps({**rec, "reward": round(score, 6)}, ensure_ascii=False))
 
@@ -280,7 +282,7 @@ def ppo_cmd(policy, reward_model, prompts, iterations, rollout_prompts, minibatc
             temperature, top_k, kl_coef, clip, value_clip, gamma, lam, vf_coef, no_eot_penalty, value_init,
             val_prompts, **o) -> None:
     """PPO against the reward model (RLHF): writes DATA/runs/RUN-ppo/."""
-    from train import TrainError
+    from train import TrainError  # inside the command: keeps torch out of `crawlgpt --help`
     from train.align.ppo import PPOConfig, PPOObjective
 
     policy_path, tokenizer = _paths(o["data"], o["run"], policy, o["tokenizer_path"])
@@ -289,14 +291,14 @@ def ppo_cmd(policy, reward_model, prompts, iterations, rollout_prompts, minibatc
                         rollout_prompts=rollout_prompts, minibatch=minibatch, max_new_tokens=max_new_tokens,
                         temperature=temperature, top_k=top_k or None, vf_coef=vf_coef,
                         no_eot_penalty=no_eot_penalty, value_init=value_init, val_prompts=val_prompts)
-        objective = PPOObjective(policy_path, cfg, reward_checkpoint=reward_model or o["data"] / "runs" / f"{o['run']}-reward",
+        objective = PPOObjective(policy_path, cfg, reward_checkpoint=reward_model or run_dir(o["data"], f"{o['run']}-reward"),
                                  prompts_path=prompts, tokenizer_path=tokenizer, val_fraction=o["val_fraction"])
         o = {**o, "steps": iterations * cfg.steps_per_iteration}
         if o["eval_every"] is None:
             o["eval_every"] = cfg.steps_per_iteration * max(1, iterations // 5)
-        config = _train_config(o["data"] / "runs" / f"{o['run']}-ppo", o, sample_every=cfg.steps_per_iteration)
+        config = _train_config(run_dir(o["data"], f"{o['run']}-ppo"), o, sample_every=cfg.steps_per_iteration)
     except TrainError as err:
-        _fail(err)
+        fail(err)
     _run_training(config, objective, "PPO", [("val_reward", "reward-model score"), ("val_kl", "KL to reference"),
                                              ("val_response_len", "response length"),
                                              ("val_no_eot_share", "no end-of-text share")])
@@ -304,7 +306,7 @@ def ppo_cmd(policy, reward_model, prompts, iterations, rollout_prompts, minibatc
 
 @click.command("align-compare")
 @data_option
-@click.option("--run", "--run-name", "run", default="default", show_default=True, callback=_run_name,
+@click.option("--run", "--run-name", "run", default="default", show_default=True, callback=run_name,
               help="Run name (for the defaults below).")
 @click.option("--policy", "policies", type=click.Path(path_type=Path), multiple=True,
               help="Policies to judge (repeatable) [default: DATA/runs/RUN-ppo and RUN-dpo, those that exist].")
@@ -326,22 +328,22 @@ def align_compare_cmd(data, run, policies, baseline, reward_model, prompts, val_
                       max_new_tokens, temperature, seed, show, tokenizer_path, device) -> None:
     """Win rate of aligned policies against the baseline on held-out prompts, judged by the reward model,
     and the KL each paid."""
-    from train import TrainError
+    from train import TrainError  # inside the command: keeps torch out of `crawlgpt --help`
     from train.distributed import resolve_device
     from train.align.judge import compare_policies
 
-    runs = data / "runs"
+    runs = data / layout.RUNS
     if not policies:
         policies = tuple(p for p in (runs / f"{run}-ppo", runs / f"{run}-dpo") if (p / "checkpoints").is_dir())
         if not policies:
             raise click.UsageError(f"no {runs}/{run}-ppo or {run}-dpo run: pass --policy")
     try:
         report = compare_policies(list(policies), baseline or runs / f"{run}-sft", reward_model or runs / f"{run}-reward",
-                                  prompts, tokenizer_path or data / "tokenizer" / "tokenizer.json",
+                                  prompts, tokenizer_path or tokenizer_file(data),
                                   resolve_device(device), val_fraction=val_fraction, num_prompts=num_prompts,
                                   max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     except TrainError as err:
-        _fail(err)
+        fail(err)
     click.echo(f"{report.prompts} held-out prompts; baseline {report.baseline} scores {report.baseline_score:.4f}")
     click.echo(f"{'policy':<50} {'win rate':>9} {'score':>9} {'KL':>9} {'length':>7}")
     for row in report.rows:

@@ -6,16 +6,65 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 import click
 from tqdm import tqdm
 
-from pipeline.errors import PipelineError
 from formats.manifest import load_manifest
-from pipeline.stage import EXECUTORS, Executor, Progress, format_table, make_executor, summary_rows
+from pipeline.errors import ConfigError
+from pipeline.stage import Executor, LocalExecutor, Progress, format_table, summary_rows
 
 DEFAULT_WORKERS = os.cpu_count() or 1
+
+EXECUTORS = ("local", "ray")
+
+
+def make_executor(name: str = "local", workers: int = 1, address: str | None = None) -> Executor:
+    """The executor called `name`: "local" (`workers` processes) or "ray" (the cluster at `address`,
+    else RAY_ADDRESS, else a Ray started on this machine). Ray is imported only here, on request."""
+    if name == "local":
+        return LocalExecutor(workers=max(1, workers))
+    if name == "ray":
+        try:
+            from pipeline.ray_executor import RayExecutor  # optional dependency: kept out of the default path
+        except ImportError as exc:
+            raise ConfigError(
+                "--executor", f"ray is not installed ({exc}); install it with `pip install 'crawlgpt[ray]'`"
+            ) from exc
+        return RayExecutor(address=address)
+    raise ConfigError("--executor", f"{name!r}; choose one of {', '.join(EXECUTORS)}")
+
+
+data_option = click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=Path("data"),
+                           show_default=True, help="Data folder (shards/ and tokenizer/ in, runs/ out).")
+
+
+def run_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A run name is one folder name under DATA/runs/: never a path that leads elsewhere."""
+    if not value or value.strip(".") == "" or any(c in value for c in "/\\\0:"):
+        raise click.BadParameter(
+            f"{value!r} is not a plain folder name (no /, \\, :, NUL; not . or ..); a run always lives in "
+            "DATA/runs/RUN/. To read a checkpoint elsewhere, pass --checkpoint PATH.", ctx, param)
+    return value
+
+
+run_option = click.option("--run", "--run-name", "run", default="default", show_default=True, callback=run_name,
+                          help="Run name: its files go to DATA/runs/RUN/. Under torchrun spell it --run-name (torchrun reads --run as its own --run-path).")
+device_option = click.option("--device", default="auto", show_default=True,
+                             help="cpu, cuda, cuda:N, mps or auto (CUDA when available). Under torchrun: cuda:LOCAL_RANK.")
+tokenizer_option = click.option("--tokenizer", "tokenizer_path", type=click.Path(dir_okay=False, path_type=Path),
+                                default=None, help="tokenizer.json [default: DATA/tokenizer/tokenizer.json].")
+checkpoint_option = click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+                                 help="Checkpoint file or run folder (its newest checkpoint) "
+                                      "[default: DATA/runs/RUN].")
+
+
+def is_main() -> bool:
+    """True on rank 0 of a torchrun job (and in a plain process): only it prints."""
+    return int(os.environ.get("RANK", "0")) == 0
+
 
 executor_option = click.option(
     "--executor", type=click.Choice(EXECUTORS), default="local", show_default=True, envvar="CRAWLGPT_EXECUTOR",
@@ -145,6 +194,7 @@ def print_summary(title: str, manifest: dict) -> None:
     click.echo(format_table(summary_rows(manifest), ["", "documents", "share"]))
 
 
-def fail(err: PipelineError) -> None:
-    """Turn a user-facing error into a clean one-line message and exit code 1 (no traceback)."""
+def fail(err: Exception) -> None:
+    """Turn a user-facing error (a `CrawlGPTError`, or a ValueError with a readable message) into a clean
+    one-line message and exit code 1 (no traceback)."""
     raise click.ClickException(str(err)) from err

@@ -9,6 +9,7 @@ import click
 from cli.common import DEFAULT_WORKERS, build_executor, executor_options, fail, run_with_progress
 from pipeline.errors import PipelineError
 from pipeline.stage import format_table
+from pipeline.decontaminate import DecontaminateConfig, run_decontaminate
 
 
 @click.command("decontaminate")
@@ -30,8 +31,6 @@ def decontaminate_cmd(data: Path, benchmarks: tuple[str, ...], ngram: int, worke
     Dropped documents go to DATA/decontaminated/rejected with the benchmark, item and n-gram they share.
     Then train the tokenizer and make the shards from it with `--from decontaminated`.
     """
-    from pipeline.decontaminate import DecontaminateConfig, run_decontaminate
-
     try:
         config = DecontaminateConfig(benchmarks=tuple(benchmarks), ngram=ngram)
         runner = build_executor(executor, workers, ray_address)

@@ -8,11 +8,8 @@ from pathlib import Path
 
 import click
 
-from cli.training import checkpoint_option, data_option, device_option, run_option, tokenizer_option
-
-
-def _fail(err: Exception) -> None:
-    raise click.ClickException(str(err)) from err
+from formats.layout import run_dir, tokenizer_file
+from cli.common import checkpoint_option, data_option, device_option, fail, run_option, tokenizer_option
 
 
 @click.command("export")
@@ -30,13 +27,13 @@ def _fail(err: Exception) -> None:
 def export_cmd(data: Path, run: str, checkpoint: Path | None, out_dir: Path | None, gguf_path: Path | None,
                tokenizer_path: Path | None, dtype: str, overwrite: bool) -> None:
     """Write a checkpoint as a Hugging Face LlamaForCausalLM folder (transformers, lm-eval, vLLM load it)."""
-    from train.errors import TrainError
+    from train.errors import TrainError  # inside the command: keeps torch out of `crawlgpt --help`
     from train.export.hf import ExportConfig, export_checkpoint, export_gguf
 
     if out_dir is None and gguf_path is None:
         raise click.UsageError("give --out DIR (Hugging Face folder), --gguf FILE, or both")
-    ckpt = checkpoint or data / "runs" / run
-    tok = tokenizer_path or data / "tokenizer" / "tokenizer.json"
+    ckpt = checkpoint or run_dir(data, run)
+    tok = tokenizer_path or tokenizer_file(data)
     tok = tok if tok.is_file() else tokenizer_path
     try:
         if gguf_path is not None:
@@ -45,7 +42,7 @@ def export_cmd(data: Path, run: str, checkpoint: Path | None, out_dir: Path | No
             return
         result = export_checkpoint(ckpt, out_dir, tok, ExportConfig(dtype=dtype, overwrite=overwrite))
     except TrainError as err:
-        _fail(err)
+        fail(err)
     rows = [("checkpoint", str(result.checkpoint)), ("exported to", str(result.out_dir)),
             ("parameters", f"{result.num_params:,}"), ("model.safetensors", f"{result.bytes_written / 2**20:.1f} MiB"),
             ("time", f"{result.seconds:.1f}s")]
@@ -90,8 +87,8 @@ def benchmark_cmd(data: Path, run: str, checkpoint: Path | None, model_dir: Path
     import torch
     from tqdm import tqdm
 
-    from evals.scoring import RESULTS_HEADER, BenchmarkConfig, load_items, load_scoring_model, results_table_rows, \
-        run_benchmarks
+    from evals.scoring import (RESULTS_HEADER, BenchmarkConfig,  # inside the command: keeps torch out of --help
+                               load_items, load_scoring_model, results_table_rows, run_benchmarks)
     from formats.benchmark_tasks import BenchmarkDataError
     from pipeline.stage import format_table
     from train.distributed import resolve_device
@@ -99,8 +96,8 @@ def benchmark_cmd(data: Path, run: str, checkpoint: Path | None, model_dir: Path
 
     if threads > 0:
         torch.set_num_threads(threads)
-    target = model_dir or checkpoint or data / "runs" / run
-    tok = tokenizer_path or data / "tokenizer" / "tokenizer.json"
+    target = model_dir or checkpoint or run_dir(data, run)
+    tok = tokenizer_path or tokenizer_file(data)
     bar: list[tqdm] = []
     try:
         config = BenchmarkConfig(tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), eval_dir=str(eval_dir),
@@ -115,7 +112,7 @@ def benchmark_cmd(data: Path, run: str, checkpoint: Path | None, model_dir: Path
 
         results = run_benchmarks(model, config, items, on_start=on_start, on_progress=lambda n: bar[-1].update(n))
     except (TrainError, BenchmarkDataError, ValueError) as err:
-        _fail(err)
+        fail(err)
     finally:
         if bar:
             bar.pop().close()
@@ -176,7 +173,7 @@ def ablation_cmd(data: Path, preset: str, overrides: tuple[str, ...], steps: int
 
     Writes DATA/ablation/results.json and ablation.png; finished runs are reused on a rerun.
     """
-    from evals.ablation import AblationConfig, AblationError, run_ablation, summarize, table_rows
+    from evals.ablation import AblationConfig, AblationError, run_ablation, summarize, table_rows  # inside the command: keeps torch out of `crawlgpt --help`
     from pipeline.stage import format_table
     from train.errors import TrainError
 
@@ -192,7 +189,7 @@ def ablation_cmd(data: Path, preset: str, overrides: tuple[str, ...], steps: int
         results = run_ablation(config, on_run=lambda arm, seed, i, n: click.echo(
             f"run {i}/{n}: {arm}, seed {seed}", err=True))
     except (AblationError, TrainError, ValueError) as err:
-        _fail(err)
+        fail(err)
     arms = [a for a, _ in config.arms]
     summary = summarize(results, arms)
     click.echo(f"\n{steps} steps x {batch_tokens:,} tokens = {steps * batch_tokens:,} tokens per run; "

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from formats import layout
 import dataclasses
 
 from cli.common import (
@@ -102,7 +103,7 @@ def filter_command(
                             langs="langs", rules="rules")
         langs_t, rules_t = _csv(listed["langs"]), _csv(listed["rules"])
         if lid_model:
-            lid_path = resolve_model(lid_model, data / "models", LID_OPTION)
+            lid_path = resolve_model(lid_model, data / layout.MODELS, LID_OPTION)
         elif recorded.get("lid_model") and Path(recorded["lid_model"]).is_file():
             lid_path = recorded["lid_model"]
         else:
@@ -150,14 +151,14 @@ def _quality_model(option: str | None, data: Path, recorded: dict) -> Path | Non
     """--quality-model as given ('none': no classifier), else as the last run recorded it, else the model
     `quality-train` made in DATA/quality, else none."""
     if option is not None:
-        return None if option.lower() == "none" else resolve_model(option, data / "models", "--quality-model")
+        return None if option.lower() == "none" else resolve_model(option, data / layout.MODELS, "--quality-model")
     if "quality_model" in recorded:
         name = recorded["quality_model"]
         if not name:
             return None
         # The config records the model by file name (its content is fingerprinted in `upstream`), so that
         # a moved environment still resumes: look for it where this tool puts models.
-        for folder in (quality_dir(data), data / "models"):
+        for folder in (quality_dir(data), data / layout.MODELS):
             if (folder / Path(name).name).is_file():
                 return (folder / Path(name).name).resolve()
         if Path(name).is_file():

@@ -15,15 +15,8 @@ from pathlib import Path
 
 import click
 
-from cli.training import (
-    _fail,
-    _is_main_process,
-    checkpoint_option,
-    data_option,
-    device_option,
-    run_option,
-    tokenizer_option,
-)
+from formats.layout import run_dir, tokenizer_file
+from cli.common import checkpoint_option, data_option, device_option, fail, is_main, run_option, tokenizer_option
 
 #: The book's instruction data, beside the checkout (what `make sft` uses unless INSTRUCT= is given).
 DEFAULT_INSTRUCTIONS = "../shared/data/instruct/instruction-data.json"
@@ -37,7 +30,7 @@ def _table(rows: list[tuple[str, str]]) -> str:
 def _resolve_device(device: str):
     import os
 
-    from train.distributed import resolve_device
+    from train.distributed import resolve_device  # inside the command: keeps torch out of `crawlgpt --help`
 
     return resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
 
@@ -108,12 +101,12 @@ def sft_cmd(data: Path, run: str, checkpoint: Path | None, instructions: Path, o
     (checkpoints, metrics.jsonl, loss.png, responses.jsonl, sft-summary.json)."""
     import os
 
-    from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig, TrainError
+    from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig, TrainError  # inside the command: keeps torch out of `crawlgpt --help`
     from train.tune.sft import SFTConfig, SFTObjective, run_sft, steps_for_epochs
 
-    base = checkpoint or data / "runs" / run
-    out_dir = data / "runs" / (out_run or f"{run}-sft")
-    tokenizer = tokenizer_path or data / "tokenizer" / "tokenizer.json"
+    base = checkpoint or run_dir(data, run)
+    out_dir = run_dir(data, out_run or f"{run}-sft")
+    tokenizer = tokenizer_path or tokenizer_file(data)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     try:
         dev = _resolve_device(device)
@@ -142,8 +135,8 @@ def sft_cmd(data: Path, run: str, checkpoint: Path | None, instructions: Path, o
             checkpoint=CheckpointConfig(every_steps=every if ckpt_every is None else ckpt_every, keep_last=keep_last))
         result = run_sft(config, sft_config, device=dev, objective=probe)
     except TrainError as err:
-        _fail(err)
-    if not _is_main_process():
+        fail(err)
+    if not is_main():
         return
     r = result.train
     rows = [("run", str(r.run_dir)), ("base", str(base)), ("steps", f"{r.final_step:,} of {config.max_steps:,}"),
@@ -172,14 +165,14 @@ def sft_cmd(data: Path, run: str, checkpoint: Path | None, instructions: Path, o
 
 def evaluate_instructions_cmd(ckpt: Path, instructions: Path, tokenizer: Path, batch: int, device: str,
                               template: str | None = None) -> None:
-    from train.errors import TrainError
+    from train.errors import TrainError  # inside the command: keeps torch out of `crawlgpt --help`
     from train.tune.sft import evaluate_instructions
 
     try:
         ev = evaluate_instructions(ckpt, instructions, tokenizer, template=template, batch_size=batch,
                                    device=_resolve_device(device))
     except TrainError as err:
-        _fail(err)
+        fail(err)
     res = ev.result
     click.echo(_table([("checkpoint", f"{ckpt} ({ev.kind}, template {ev.template})"),
                        ("scored", f"{instructions}: {ev.examples:,} examples ({ev.skipped} skipped)"),
@@ -191,7 +184,7 @@ def sample_instruction_cmd(ckpt: Path, tokenizer_path: Path, instruction: str, i
                            temperature: float, top_k: int, top_p: float, seed: int, num_samples: int,
                            device: str) -> None:
     """Answer one instruction formatted with the checkpoint's template (stops at end-of-text)."""
-    from train.checkpoint import model_from_checkpoint
+    from train.checkpoint import model_from_checkpoint  # inside the command: keeps torch out of `crawlgpt --help`
     from train.errors import TrainError
     from train.evaluate import check_tokenizer, load_tokenizer
     from train.tune.sft import TUNED_KINDS, eot_id_of, generate_answer, load_lm_checkpoint
@@ -218,7 +211,7 @@ def sample_instruction_cmd(ckpt: Path, tokenizer_path: Path, instruction: str, i
                 click.echo(f"--- sample {i + 1} (seed {seed + i})")
             click.echo(answer)
     except TrainError as err:
-        _fail(err)
+        fail(err)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,15 +240,15 @@ def chat_cmd(data: Path, run: str, checkpoint: Path | None, max_new_tokens: int,
     """Talk to a fine-tuned model, one message per line (also from a pipe). /reset forgets the
     conversation, /exit ends it. Answers stream as they are generated; in a pipe each answer is one
     line (line breaks in it written as \\n, backslashes as \\\\)."""
-    from train.tune.chat import ChatInputError, ChatSession, GenerationOptions
+    from train.tune.chat import ChatInputError, ChatSession, GenerationOptions  # inside the command: keeps torch out of `crawlgpt --help`
     from train.checkpoint import model_from_checkpoint
     from train.errors import TrainError
     from train.evaluate import check_tokenizer, load_tokenizer
     from train.tune.sft import TUNED_KINDS, eot_id_of, load_lm_checkpoint
     from train.tune.templates import template_from_checkpoint
 
-    ckpt = checkpoint or data / "runs" / f"{run}-sft"
-    tok_path = tokenizer_path or data / "tokenizer" / "tokenizer.json"
+    ckpt = checkpoint or run_dir(data, f"{run}-sft")
+    tok_path = tokenizer_path or tokenizer_file(data)
     try:
         dev = _resolve_device(device)
         kinds = (*TUNED_KINDS, "pretrain") if allow_base else TUNED_KINDS
@@ -269,7 +262,7 @@ def chat_cmd(data: Path, run: str, checkpoint: Path | None, max_new_tokens: int,
                                     top_p=top_p if top_p < 1 else None, seed=seed)
         session = ChatSession(model, tokenizer, template, eot_id_of(payload, tokenizer), dev, options, system)
     except TrainError as err:
-        _fail(err)
+        fail(err)
     interactive = sys.stdin.isatty()
     click.echo(f"chatting with {path} ({template.name} template, context {model.config.max_seq_len} tokens); "
                f"/reset forgets the conversation, /exit ends it", err=True)
@@ -349,11 +342,11 @@ def classify_train_cmd(data: Path, run: str, checkpoint: Path | None, labelled: 
                        tokenizer_path: Path | None) -> None:
     """Fine-tune a checkpoint as a text classifier; report accuracy, per-class P/R/F1 and the confusion
     matrix on the test split beside a fastText baseline (DATA/runs/OUT_RUN/)."""
-    from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig, TrainError
+    from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig, TrainError  # inside the command: keeps torch out of `crawlgpt --help`
     from train.tune.classify import ClassifyConfig, run_classify
 
-    base = checkpoint or data / "runs" / run
-    tokenizer = tokenizer_path or data / "tokenizer" / "tokenizer.json"
+    base = checkpoint or run_dir(data, run)
+    tokenizer = tokenizer_path or tokenizer_file(data)
     micro = micro_batch or batch_size
     try:
         dev = _resolve_device(device)
@@ -361,13 +354,13 @@ def classify_train_cmd(data: Path, run: str, checkpoint: Path | None, labelled: 
                                 text_column=text_column, label_column=label_column, file_format=file_format,
                                 val_share=val_share, test_share=test_share, train_blocks=train_blocks)
         # The loop counts batches in tokens; one "row" per text of up to the model's context.
-        from train.tune.sft import load_lm_checkpoint
+        from train.tune.sft import load_lm_checkpoint  # inside the command: keeps torch out of `crawlgpt --help`
 
         payload, _ = load_lm_checkpoint(base)
         rows_len = seq_len or payload["model_config"]["max_seq_len"]
         every = eval_every or 0
         tconfig = TrainConfig(
-            run_dir=str(data / "runs" / (out_run or f"{run}-classify")), max_steps=max(steps, 1), preset="auto",
+            run_dir=str(run_dir(data, out_run or f"{run}-classify")), max_steps=max(steps, 1), preset="auto",
             global_batch_tokens=batch_size * rows_len, device=device, precision=precision, resume=resume, seed=seed,
             data=DataConfig(shards_dir="", seq_len=seq_len or None, micro_batch_size=micro, seed=seed,
                             prefetch_batches=0),
@@ -377,8 +370,8 @@ def classify_train_cmd(data: Path, run: str, checkpoint: Path | None, labelled: 
             log=LogConfig(every_steps=log_every, tensorboard=False))
         result = run_classify(tconfig, config, device=dev, epochs=None if steps > 0 else epochs, baseline=baseline)
     except TrainError as err:
-        _fail(err)
-    if not _is_main_process():
+        fail(err)
+    if not is_main():
         return
     table = result.class_table
     classes = list(next(iter(table.values())))
@@ -405,7 +398,7 @@ def classify_train_cmd(data: Path, run: str, checkpoint: Path | None, labelled: 
 def classify_cmd(data: Path, checkpoint: Path, source: Path, batch: int, tokenizer_path: Path | None,
                  device: str) -> None:
     """Classify each line of SOURCE (a file, or - for standard input): prints label<TAB>probability<TAB>text."""
-    from train.tune.classify import classify_texts
+    from train.tune.classify import classify_texts  # inside the command: keeps torch out of `crawlgpt --help`
     from train.errors import TrainError
 
     if str(source) == "-":
@@ -418,10 +411,10 @@ def classify_cmd(data: Path, checkpoint: Path, source: Path, batch: int, tokeniz
     if not texts:
         return
     try:
-        results = classify_texts(checkpoint, texts, tokenizer_path or data / "tokenizer" / "tokenizer.json",
+        results = classify_texts(checkpoint, texts, tokenizer_path or tokenizer_file(data),
                                  device=_resolve_device(device), batch_size=batch)
     except TrainError as err:
-        _fail(err)
+        fail(err)
     for text, (label, prob) in zip(texts, results):
         click.echo(f"{label}\t{prob:.4f}\t{text}")
 

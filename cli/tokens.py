@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from formats import layout
+from formats.layout import shards_dir, tokenizer_file
 from cli.common import (
     DEFAULT_WORKERS,
     build_executor,
@@ -57,7 +59,7 @@ def tokenizer_cmd(ctx: click.Context, data: Path, vocab_size: int, pattern: str,
     """Train the byte-level BPE tokenizer on DATA/corpus (or DATA/decontaminated); write DATA/tokenizer/tokenizer.json.
 
     Options not given are taken as the last run in DATA recorded them (then the defaults shown)."""
-    recorded = recorded_config(data / "tokenizer")
+    recorded = recorded_config(data / layout.TOKENIZER)
     if "sample_bytes" in recorded:
         recorded = {**recorded, "sample_mb": recorded["sample_bytes"] / 1e6}
     opts = remembered(ctx, recorded, vocab_size="vocab_size", pattern="pattern", reserved_tokens="reserved_tokens",
@@ -68,12 +70,12 @@ def tokenizer_cmd(ctx: click.Context, data: Path, vocab_size: int, pattern: str,
                              heldout_fraction=opts["heldout_fraction"])
     try:
         runner = build_executor(executor, 1, ray_address)
-        m = train_tokenizer(data / source, data / "tokenizer", config, force=force, executor=runner)
+        m = train_tokenizer(data / source, data / layout.TOKENIZER, config, force=force, executor=runner)
     except PipelineError as err:
         fail(err)
     h, t = m["heldout"], m["training"]
     rows = [
-        ("tokenizer", str(data / "tokenizer" / TOKENIZER_FILE)),
+        ("tokenizer", str(tokenizer_file(data))),
         ("vocab size", f"{m['vocab_size']:,} (end-of-text id {m['eot_id']}, {len(m['special_tokens'])} special)"),
         ("trained on", f"{t['documents']:,} documents, {t['bytes'] / 1e6:.1f} MB in {t['elapsed_s']:.1f}s"),
         ("held out", f"{h['documents']:,} documents, {h['bytes'] / 1e6:.2f} MB"),
@@ -110,15 +112,15 @@ def shards_cmd(ctx: click.Context, data: Path, workers: int, val_fraction: float
     """Tokenize DATA/corpus (or DATA/raw, DATA/filtered, DATA/decontaminated) into packed Arrow token shards under DATA/shards/{train,val}.
 
     Options not given are taken as the last run in DATA recorded them (then the defaults shown)."""
-    recorded = recorded_config(data / "shards")
+    recorded = recorded_config(shards_dir(data))
     if "max_shard_bytes" in recorded:
         recorded = {**recorded, "max_shard_mb": recorded["max_shard_bytes"] / 2**20}
     opts = remembered(ctx, recorded, val_fraction="val_fraction", max_shard_mb="max_shard_mb")
     config = ShardsConfig(val_fraction=opts["val_fraction"], max_shard_bytes=int(round(opts["max_shard_mb"] * 2**20)),
                           source="raw" if source == "raw" else "corpus")
-    tok = tokenizer_path or data / "tokenizer" / TOKENIZER_FILE
+    tok = tokenizer_path or tokenizer_file(data)
     src = data / source
-    out = out_dir or data / ("shards" if source in ("corpus", "decontaminated") else f"shards-{source}")
+    out = out_dir or shards_dir(data, source)
     try:
         runner = build_executor(executor, workers, ray_address)
         m = run_with_progress("shards", lambda on_progress: make_shards(

@@ -16,57 +16,21 @@ from pathlib import Path
 
 import click
 
-# The auto defaults live in train/defaults.py (click-free, so a bare GPU machine resolves the same
-# values); these copies feed the help text without importing torch, and a test checks they agree.
-CPU_AUTO_STEPS = 200
-PRESET_LR = {"tiny": 3e-3, "small": 1e-3, "gpt2-124m": 6e-4, "350m": 3e-4, "1b": 3e-4}
-GPU_BATCH_TOKENS = 1 << 19
-GPU_MIN_STEPS = 300
-TOKENS_PER_PARAM = 20
-CPU_MICRO_BATCH = 8
+from formats.layout import run_dir, shards_dir, tokenizer_file
+from cli.common import (checkpoint_option, data_option, device_option, fail, is_main, run_option,
+                        tokenizer_option)
+from cli.finetune import evaluate_instructions_cmd, sample_instruction_cmd
+from model.presets import PRESETS
+from train.defaults import (CPU_AUTO_STEPS, CPU_MICRO_BATCH, GPU_BATCH_TOKENS, GPU_MIN_STEPS, PRESET_LR,
+                            TOKENS_PER_PARAM)
 
-#: The presets of model/gpt.py, spelled out so that `crawlgpt --help` does not import torch (a test
-#: checks they agree).
-PRESET_NAMES = ("tiny", "small", "gpt2-124m", "350m", "1b")
-PRESET_CHOICES = ["auto", *PRESET_NAMES]
-
-data_option = click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=Path("data"),
-                           show_default=True, help="Data folder (shards/ and tokenizer/ in, runs/ out).")
-
-
-def _run_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """A run name is one folder name under DATA/runs/: never a path that leads elsewhere."""
-    if not value or value.strip(".") == "" or any(c in value for c in "/\\\0:"):
-        raise click.BadParameter(
-            f"{value!r} is not a plain folder name (no /, \\, :, NUL; not . or ..); a run always lives in "
-            "DATA/runs/RUN/. To read a checkpoint elsewhere, pass --checkpoint PATH.", ctx, param)
-    return value
-
-
-run_option = click.option("--run", "--run-name", "run", default="default", show_default=True, callback=_run_name,
-                          help="Run name: its files go to DATA/runs/RUN/. Under torchrun spell it --run-name (torchrun reads --run as its own --run-path).")
-device_option = click.option("--device", default="auto", show_default=True,
-                             help="cpu, cuda, cuda:N, mps or auto (CUDA when available). Under torchrun: cuda:LOCAL_RANK.")
-tokenizer_option = click.option("--tokenizer", "tokenizer_path", type=click.Path(dir_okay=False, path_type=Path),
-                                default=None, help="tokenizer.json [default: DATA/tokenizer/tokenizer.json].")
-checkpoint_option = click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
-                                 help="Checkpoint file or run folder (its newest checkpoint) "
-                                      "[default: DATA/runs/RUN].")
-
-
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _fail(err: Exception) -> None:
-    raise click.ClickException(str(err)) from err
-
+PRESET_CHOICES = ["auto", *PRESETS]
 
 def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens: int, micro_batch: int,
                  seq_len: int, lr: float | None, compile_: bool | None, eval_every: int | None,
                  eval_tokens: int, log_every: int, corpus=None, world_size: int | None = None):
     """Fill in every "auto" option from the hardware, the preset and the corpus (`train.defaults`)."""
-    from train.defaults import resolve_auto as resolve
+    from train.defaults import resolve_auto as resolve  # inside the command: keeps torch out of `crawlgpt --help`
 
     return resolve(preset, device, steps, tokens, batch_tokens, micro_batch, seq_len, lr, compile_, eval_every,
                    eval_tokens, log_every, corpus=corpus, world_size=world_size)
@@ -167,21 +131,21 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
                  tensorboard: bool, verify_shards: bool, peak_tflops: float | None, benchmarks: tuple[str, ...],
                  benchmark_limit: int, benchmark_dir: Path) -> None:
     """Pretrain a GPT on DATA/shards; write DATA/runs/RUN/ (metrics.jsonl, loss.png, checkpoints/)."""
-    from evals.scoring import benchmark_hook
+    from evals.scoring import benchmark_hook  # inside the command: keeps torch out of `crawlgpt --help`
     from train import TrainError, train
     from train.defaults import pretrain_config, read_corpus
     from train.config import ParallelConfig
 
-    shards_dir = shards or data / "shards"
+    shards_path = shards or shards_dir(data)
     try:
         r = resolve_auto(preset, device, steps, tokens, batch_tokens, micro_batch, seq_len, lr, compile_,
-                         eval_every, eval_tokens, log_every, corpus=read_corpus(shards_dir),
+                         eval_every, eval_tokens, log_every, corpus=read_corpus(shards_path),
                          world_size=max(1, int(os.environ.get("WORLD_SIZE", "1")) // (tp * pp)))
-        if _is_main_process():
+        if is_main():
             click.echo(f"pretrain: preset {r.preset}, {r.why_steps}, peak lr {r.lr:g}", err=True)
         config = pretrain_config(
-            r, run_dir=data / "runs" / run, shards_dir=shards_dir,
-            tokenizer_path=tokenizer_path or data / "tokenizer" / "tokenizer.json", device=device,
+            r, run_dir=run_dir(data, run), shards_dir=shards_path,
+            tokenizer_path=tokenizer_path or tokenizer_file(data), device=device,
             precision=precision, parallelism=parallelism, resume=resume, seed=seed, seq_len=seq_len,
             min_lr=min_lr, warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
             sample_every=sample_every, prompt=prompt, sample_tokens=sample_tokens, ckpt_every=ckpt_every,
@@ -193,10 +157,10 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
             tp=tp, sequence_parallel=sequence_parallel, pp=pp, pp_layers=_int_list(pp_layers), pp_schedule=pp_schedule,
             microbatches=microbatches, activation_checkpointing=activation_checkpointing,
             checkpoint_format=checkpoint_format))
-        result = train(config, on_eval=benchmark_hook(config.eval, shards_dir))
+        result = train(config, on_eval=benchmark_hook(config.eval, shards_path))
     except TrainError as err:
-        _fail(err)
-    if not _is_main_process():
+        fail(err)
+    if not is_main():
         return
     rows = [("run", str(result.run_dir)), ("steps", f"{result.final_step:,} of {r.steps:,}"),
             ("parameters", f"{result.num_params:,}"),
@@ -213,7 +177,7 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
 
 
 def _int_list(text: str | None) -> tuple[int, ...] | None:
-    from train.errors import TrainConfigError
+    from train.errors import TrainConfigError  # inside the command: keeps torch out of `crawlgpt --help`
 
     if not text:
         return None
@@ -248,30 +212,28 @@ def evaluate_cmd(data: Path, run: str, checkpoint: Path | None, shards: Path | N
                  text_path: Path | None, instructions: Path | None, template: str | None,
                  tokenizer_path: Path | None, seq_len: int, batch: int, max_tokens: int, device: str) -> None:
     """Loss and perplexity of a checkpoint on token shards, a text file, or instruction responses."""
-    from train.distributed import resolve_device
+    from train.distributed import resolve_device  # inside the command: keeps torch out of `crawlgpt --help`
     from train.errors import TrainError
     from train.evaluate import evaluate_checkpoint_on_shards, evaluate_checkpoint_on_text
 
-    ckpt = checkpoint or data / "runs" / run
+    ckpt = checkpoint or run_dir(data, run)
     if instructions is not None:
-        from cli.finetune import evaluate_instructions_cmd
-
-        return evaluate_instructions_cmd(ckpt, instructions, tokenizer_path or data / "tokenizer" / "tokenizer.json",
+        return evaluate_instructions_cmd(ckpt, instructions, tokenizer_path or tokenizer_file(data),
                                          batch, device, template)
     try:
         dev = resolve_device(device)
         if text_path is not None:
-            tok = tokenizer_path or data / "tokenizer" / "tokenizer.json"
+            tok = tokenizer_path or tokenizer_file(data)
             result = evaluate_checkpoint_on_text(ckpt, text_path, tok, seq_len=seq_len or None, batch_size=batch,
                                                  device=dev)
             what = str(text_path)
         else:
-            source = shards or data / "shards"
+            source = shards or shards_dir(data)
             result = evaluate_checkpoint_on_shards(ckpt, source, split=split, seq_len=seq_len or None,
                                                    batch_size=batch, max_tokens=max_tokens or None, device=dev)
             what = f"{source} ({split})"
     except TrainError as err:
-        _fail(err)
+        fail(err)
     rows = [("checkpoint", str(ckpt)), ("scored", what), ("tokens", f"{result.tokens:,}"),
             ("loss", f"{result.loss:.4f} nats/token"), ("bits per token", f"{result.loss / math.log(2):.4f}"),
             ("perplexity", f"{result.perplexity:.2f}")]
@@ -299,15 +261,13 @@ def sample_cmd(data: Path, run: str, checkpoint: Path | None, prompt: str, instr
                max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int, num_samples: int,
                tokenizer_path: Path | None, device: str) -> None:
     """Generate text from a checkpoint (stops at end-of-text)."""
-    from train.distributed import resolve_device
+    from train.distributed import resolve_device  # inside the command: keeps torch out of `crawlgpt --help`
     from train.errors import TrainError
     from train.evaluate import sample_text
 
-    ckpt = checkpoint or data / "runs" / run
-    tok = tokenizer_path or data / "tokenizer" / "tokenizer.json"
+    ckpt = checkpoint or run_dir(data, run)
+    tok = tokenizer_path or tokenizer_file(data)
     if instruction is not None:
-        from cli.finetune import sample_instruction_cmd
-
         return sample_instruction_cmd(ckpt, tok, instruction, input_text, max_new_tokens, temperature, top_k, top_p,
                                       seed, num_samples, device)
     try:
@@ -316,7 +276,7 @@ def sample_cmd(data: Path, run: str, checkpoint: Path | None, prompt: str, instr
                             top_k=top_k or None, top_p=top_p if top_p < 1 else None, seed=seed,
                             num_samples=num_samples, device=dev)
     except TrainError as err:
-        _fail(err)
+        fail(err)
     for i, text in enumerate(texts):
         if num_samples > 1:
             click.echo(f"--- sample {i + 1} (seed {seed + i})")

@@ -29,6 +29,15 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from train.data import eval_windows
+from train.evaluate import TokenArray, evaluate_loss
+from train.config import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig
+from train.checkpoint import latest_checkpoint, load_checkpoint
+from evals.scoring import BenchmarkConfig, CrawlGPTScoring, run_benchmarks
+from train import train
+from train.checkpoint import list_checkpoint_steps, load_checkpoint, model_from_checkpoint
+from train.data import open_split
+from train.evaluate import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -136,16 +145,13 @@ def read_heldout(path: str | Path, tokenizer, eot_id: int, max_tokens: int) -> n
 
 
 def heldout_loss(model, tokens: np.ndarray, seq_len: int, batch_size: int = 16) -> float:
-    from train.data import eval_windows
-    from train.evaluate import _TokenArray, evaluate_loss
 
-    stream = _TokenArray(tokens)
+    stream = TokenArray(tokens)
     batch_size = max(1, min(batch_size, (len(tokens) - 1) // seq_len))
     return evaluate_loss(model, eval_windows(stream, seq_len, batch_size, 0, 1, None), torch.device("cpu")).loss
 
 
 def _train_config(config: AblationConfig, shards_dir: Path, run_dir: Path, seed: int):
-    from train.config import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig
 
     steps = config.eval_steps()
     every = steps[0] if len(steps) > 1 else config.steps
@@ -164,8 +170,6 @@ def _train_config(config: AblationConfig, shards_dir: Path, run_dir: Path, seed:
 
 def _check_same_run(run_dir: Path, train_config) -> None:
     """A run folder is reused only for the same training settings (else its curve would be another run's)."""
-    from train.checkpoint import latest_checkpoint, load_checkpoint
-
     latest = latest_checkpoint(run_dir)
     if latest is None:
         return
@@ -184,12 +188,6 @@ def _same_data(saved: dict | None, wanted: dict) -> bool:
 
 def run_ablation(config: AblationConfig, on_run: Callable[[str, int, int, int], None] | None = None) -> list[RunResult]:
     """Train and evaluate every (arm, seed); write results.json and ablation.png; return the runs."""
-    from evals.scoring import BenchmarkConfig, CrawlGPTScoring, run_benchmarks
-    from train import train
-    from train.checkpoint import list_checkpoint_steps, load_checkpoint, model_from_checkpoint
-    from train.data import open_split
-    from train.evaluate import load_tokenizer
-
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     data = Path(config.data_dir)

@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from formats.errors import FormatError
 
-class BenchmarkDataError(ValueError):
+
+class BenchmarkDataError(FormatError, ValueError):
     """A benchmark file is missing or not in its public release layout; the message names file and line."""
 
 

@@ -31,7 +31,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import PipelineError
+from formats.errors import FormatError
 from formats.manifest import atomic_path, listed_path, sha256_file, write_json_atomic
 
 TOKEN_FORMAT_VERSION = 1
@@ -44,7 +44,7 @@ REMAKE = "make shards"
 BATCH_DOCS = 65536
 
 
-class TokenShardError(PipelineError):
+class TokenShardError(FormatError):
     """A token shard is missing, truncated, corrupt, or was made with another tokenizer."""
 
 

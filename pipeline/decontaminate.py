@@ -33,15 +33,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from formats import layout
 from pipeline.documents import Document, DocumentWriter, read_documents
 from pipeline.errors import ConfigError, InputError
 from formats.manifest import manifest_hash, output_record
 from pipeline.stage import Executor, Progress, ShardStats, ShardTask, report_progress, run_stage, stage_documents
+from formats.benchmark_tasks import TASKS, BenchmarkDataError
 
 log = logging.getLogger(__name__)
 
 STAGE = "decontaminate"
-OUTPUT_DIR = "decontaminated"
+OUTPUT_DIR = layout.DECONTAMINATED
 REJECTED_DIR = "rejected"
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 
@@ -73,8 +75,6 @@ def ngrams(tokens: Sequence[str], n: int):
 
 def parse_benchmark(spec: str) -> tuple[str, Path]:
     """`TASK=PATH` -> (TASK, PATH); `PATH` -> (the task whose release name it has, or "jsonl", PATH)."""
-    from formats.benchmark_tasks import TASKS
-
     task, sep, path = spec.partition("=")
     if sep and task in TASKS:
         return task, Path(path)
@@ -87,8 +87,6 @@ def parse_benchmark(spec: str) -> tuple[str, Path]:
 
 def benchmark_items(spec: str) -> tuple[str, list[tuple[str, tuple[str, ...]]]]:
     """(task, [(item id, the item's passages)]) of one benchmark file; n-grams never span two passages."""
-    from formats.benchmark_tasks import TASKS, BenchmarkDataError
-
     task, path = parse_benchmark(spec)
     if not path.is_file():
         raise InputError(f"benchmark file {path} does not exist (from --benchmark {spec!r})")
@@ -183,7 +181,7 @@ def run_decontaminate(data_dir: str | Path, config: DecontaminateConfig, workers
     """DATA/corpus -> DATA/decontaminated; return the manifest (with the benchmark item counts)."""
     config.validate()
     data_dir = Path(data_dir)
-    corpus = data_dir / "corpus"
+    corpus = data_dir / layout.CORPUS
     inputs = stage_documents(corpus, "corpus")
     index = _index(config)  # reads every benchmark file now: a bad one fails before any work
     bench_files = tuple(str(parse_benchmark(spec)[1].resolve()) for spec in config.benchmarks)

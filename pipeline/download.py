@@ -30,6 +30,7 @@ import requests
 import urllib3
 from urllib3.exceptions import MaxRetryError
 
+from formats import layout
 from pipeline.errors import InputError
 from pipeline.http import DEFAULT_BASE_URL, RETRY_STATUSES, DownloadConfig, DownloadError, thread_session
 from formats.manifest import MANIFEST_NAME, OMIT_IF_NONE, config_dict, load_manifest, read_json
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SOURCE = "CC-MAIN-2024-51"
 #: NUM_FILES when none is given: two WET files (~150 MB, ~70k documents) make a quick first corpus.
 DEFAULT_NUM_FILES = 2
-RAW_DIR = "raw"
+RAW_DIR = layout.RAW
 FILES_DIR = "files"
 _CHUNK_BYTES = 1 << 20
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from formats.errors import CrawlGPTError
 
-class PipelineError(Exception):
+
+class PipelineError(CrawlGPTError):
     """Base class for every error a user can act on."""
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from formats import layout
 from pipeline.documents import Document, DocumentWriter
 from pipeline.errors import ConfigError, InputError
 from pipeline.filters.base import Decision, Filter
@@ -51,7 +52,7 @@ from pipeline.stage import Executor, Progress, ShardStats, ShardTask, report_pro
 log = logging.getLogger(__name__)
 
 STAGE = "filter"
-FILTERED_DIR = "filtered"
+FILTERED_DIR = layout.FILTERED
 REJECTED_DIR = "rejected"
 #: The rule families, in the order they run (after language ID, before the quality classifier).
 RULES = ("gopher_quality", "c4", "fineweb", "gopher_repetition")

@@ -43,6 +43,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from formats import layout
 from pipeline.documents import Document
 from pipeline.download import load_raw_files, raw_dir
 from pipeline.errors import ConfigError, InputError
@@ -53,7 +54,7 @@ from pipeline.stage import Executor, Progress, ShardStats, ShardTask, run_stage
 
 log = logging.getLogger(__name__)
 
-QUALITY_DIR = "quality"
+QUALITY_DIR = layout.QUALITY
 MODEL_NAME = "model.bin"
 #: How the texts are normalised before fastText sees them (recorded in the manifest for the filter).
 NORMALIZATION = "lower-punct"

@@ -1,7 +1,7 @@
 """The Ray executor: one Ray task per shard on a Ray cluster (`--executor ray`, `EXECUTOR=ray`).
 
 Only `run_stage` talks to it, through the `pipeline.stage.Executor` interface, and only
-`pipeline.stage.make_executor` imports it: Ray is an optional dependency (`pip install
+`cli.common.make_executor` imports it: Ray is an optional dependency (`pip install
 'crawlgpt[ray]'`) that the default, local path never imports.
 
 What it does, and why:

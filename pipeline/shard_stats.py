@@ -26,6 +26,7 @@ from pipeline.errors import InputError
 from formats.manifest import atomic_path, listed_path, sha256_file
 from pipeline.stage import format_table
 from formats.token_shards import MANIFEST_NAME, ShardFile, open_shard
+from pipeline.tokenizer_train import TextCodec
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +175,6 @@ def compute_stats(shards_dir: str | Path, tokenizer: str | Path | None = None,
     codec = None
     if tok_path is not None:
         try:
-            from pipeline.tokenizer_train import TextCodec
-
             codec = TextCodec(tok_path)
         except ImportError:
             tok_note = "the tokenizers library is not installed: showing token ids"

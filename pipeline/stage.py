@@ -216,25 +216,6 @@ class LocalExecutor:
                 raise
 
 
-EXECUTORS = ("local", "ray")
-
-
-def make_executor(name: str = "local", workers: int = 1, address: str | None = None) -> Executor:
-    """The executor called `name`: "local" (`workers` processes) or "ray" (the cluster at `address`,
-    else RAY_ADDRESS, else a Ray started on this machine). Ray is imported only here, on request."""
-    if name == "local":
-        return LocalExecutor(workers=max(1, workers))
-    if name == "ray":
-        try:
-            from pipeline.ray_executor import RayExecutor  # optional dependency: kept out of the default path
-        except ImportError as exc:
-            raise ConfigError(
-                "--executor", f"ray is not installed ({exc}); install it with `pip install 'crawlgpt[ray]'`"
-            ) from exc
-        return RayExecutor(address=address)
-    raise ConfigError("--executor", f"{name!r}; choose one of {', '.join(EXECUTORS)}")
-
-
 # --- the runner ----------------------------------------------------------------------------------
 
 

@@ -37,6 +37,9 @@ from formats.manifest import atomic_path, manifest_hash, sha256_file
 from pipeline.stage import Executor, Progress, ShardStats, ShardTask, report_progress, run_stage, stage_documents
 from formats.token_shards import SPLITS, ShardPacker, dtype_for_vocab, shard_manifest_fields, split_of
 from pipeline.tokenizer_train import TOKENIZER_FILE, TextCodec, iter_text_batches
+from pipeline.readers import Unreadable, read_file
+from pipeline.download import load_raw_files
+from pipeline.filter_stage import shard_name
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +150,6 @@ def _document_batches(path: Path, stats: ShardStats, raw: bool) -> Iterator[tupl
     if not raw:
         yield from iter_text_batches([path], batch_docs=ENCODE_BATCH_DOCS)
         return
-    from pipeline.readers import Unreadable, read_file
-
     batch: tuple[list[str], list[str], list[int]] = ([], [], [])
     for item in read_file(path):
         if isinstance(item, Unreadable):
@@ -204,16 +205,12 @@ def make_shards(
     config.validate()
     corpus_dir, out_dir, tokenizer_path = Path(corpus_dir), Path(out_dir), Path(tokenizer_path).resolve()
     if config.source == "raw":
-        from pipeline.download import load_raw_files
-
         inputs = load_raw_files(corpus_dir.parent)
     else:
         inputs = stage_documents(corpus_dir, "corpus")
     codec = TextCodec(tokenizer_path)  # fails early, naming `make tokenizer`, if it is missing
     if config.source == "raw":
-        from pipeline.filter_stage import shard_name  # crawl-00000.warc.wet.gz -> crawl-00000, as filter names it
-
-        names = [shard_name(p) for p in inputs]
+        names = [shard_name(p) for p in inputs]  # crawl-00000.warc.wet.gz -> crawl-00000, as filter names it
     else:
         names = [Path(p).name.removesuffix(".parquet") for p in inputs]
     tasks = [ShardTask(name=n, inputs=(str(p), str(tokenizer_path))) for n, p in zip(names, inputs)]

@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from cluster_stages import DieOnce
 from formats.manifest import read_json, sha256_file, without_timings
-from pipeline.stage import RECEIPTS_DIR, LocalExecutor, make_executor, run_stage
+from cli.common import make_executor
+from pipeline.stage import RECEIPTS_DIR, LocalExecutor, run_stage
 from test_stage import KeepLongConfig, keep_long, make_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,7 +151,8 @@ def test_a_driver_killed_mid_stage_resumes_to_identical_output(ray_cluster, tmp_
         sys.path[:0] = [{str(REPO)!r}, {str(REPO / "tests")!r}]
         import ray
         ray.init(address={ray_cluster.address!r}, log_to_driver=False)
-        from pipeline.stage import make_executor, run_stage
+        from cli.common import make_executor
+        from pipeline.stage import run_stage
         from test_stage import KeepLongConfig, keep_long, make_inputs
         from pathlib import Path
         tasks = make_inputs(Path({str(tmp_path)!r}), n_shards=4)

@@ -247,7 +247,7 @@ def test_asking_for_ray_without_ray_installed_says_how_to_install_it(monkeypatch
     import sys
 
     from pipeline.errors import ConfigError
-    from pipeline.stage import make_executor
+    from cli.common import make_executor
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails, as without the extra
     monkeypatch.delitem(sys.modules, "pipeline.ray_executor", raising=False)

@@ -160,12 +160,6 @@ def test_auto_options_pick_the_small_preset_and_a_ten_minute_run_on_cpu():
     assert by_tokens.steps == 10
 
 
-def test_the_cli_offers_exactly_the_models_presets():
-    from model import PRESETS
-
-    assert set(training.PRESET_NAMES) == set(PRESETS) == set(training.PRESET_LR)
-
-
 def test_every_option_has_help_text(cli):
     for command in cli.commands.values():
         for param in command.params:

@@ -113,10 +113,8 @@ def test_the_corpus_is_read_from_the_shard_manifest(tmp_path):
     assert read_corpus(tmp_path / "nothing") is None
 
 
-def test_the_help_text_copies_of_the_defaults_agree_with_train_defaults():
-    import train.defaults as defaults
-    from cli import training
+def test_every_preset_has_a_learning_rate():
+    from model.presets import PRESETS
+    from train.defaults import PRESET_LR
 
-    for name in ("CPU_AUTO_STEPS", "PRESET_LR", "GPU_BATCH_TOKENS", "GPU_MIN_STEPS", "TOKENS_PER_PARAM",
-                 "CPU_MICRO_BATCH"):
-        assert getattr(training, name) == getattr(defaults, name), name
+    assert set(PRESETS) == set(PRESET_LR)

@@ -6,6 +6,10 @@ parallel (tensor and pipeline parallel layouts, activation checkpointing), metri
 TensorBoard, loss plot, MFU), evaluate (validation loss, perplexity, samples), loop (the loop).
 """
 
+from __future__ import annotations
+
+import importlib
+
 from train.config import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig
 from train.errors import (
     CheckpointError,
@@ -17,10 +21,17 @@ from train.errors import (
     TrainError,
     VocabMismatchError,
 )
-from train.loop import TrainResult, train
 
 __all__ = [
     "CheckpointConfig", "CheckpointError", "CheckpointMismatchError", "DataConfig", "EvalConfig", "LogConfig",
     "OptimConfig", "RunDirError", "SeqLenError", "ShardDataError", "TrainConfig", "TrainConfigError",
     "TrainError", "TrainResult", "VocabMismatchError", "train",
 ]
+
+
+def __getattr__(name: str):
+    """`train` and `TrainResult` load the loop (and so torch) on first use, not on `import train.defaults`:
+    the command line reads the auto defaults for its help without importing torch."""
+    if name in ("train", "TrainResult"):
+        return getattr(importlib.import_module("train.loop"), name)
+    raise AttributeError(f"module 'train' has no attribute {name!r}")

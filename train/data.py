@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from formats.token_shards import TokenShardError, TokenShards
 from train.errors import ShardDataError
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,6 @@ SHARDS_HINT = "run `crawlgpt shards --data DATA` (or `make shards`) to write the
 
 def open_split(shards_dir: str | Path, split: str, verify_checksums: bool = True):
     """Open one split of the token shards, turning any reader error into a `ShardDataError`."""
-    from formats.token_shards import TokenShardError, TokenShards  # numpy/pyarrow only
-
     try:
         return TokenShards(shards_dir, split=split, verify_checksums=verify_checksums)
     except TokenShardError as err:

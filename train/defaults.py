@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from model.presets import PRESETS
+from train.config import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig
 from train.errors import TrainConfigError
 
 #: Steps of an auto run on a CPU: `small` at 2,048 tokens per step runs at about 1,000 tokens/s on 2 idle
@@ -88,7 +90,7 @@ class Resolved:
 def read_corpus(shards_dir: str | Path) -> Corpus | None:
     """Size and vocabulary of the train split from its manifest (no checksums: cheap); None when the
     shards cannot be read (the trainer then reports the problem with its own clear error)."""
-    from formats.token_shards import TokenShardError, TokenShards  # numpy/pyarrow only
+    from formats.token_shards import TokenShardError, TokenShards  # numpy/pyarrow: kept out of `crawlgpt --help`
 
     try:
         shards = TokenShards(shards_dir, split="train", verify_checksums=False)
@@ -100,10 +102,10 @@ def read_corpus(shards_dir: str | Path) -> Corpus | None:
 def count_parameters(preset: str, vocab_size: int, **overrides: Any) -> int:
     """Parameters of a preset for a vocabulary (padded as the trainer pads it), built on the meta
     device: no memory, no initialisation time."""
-    import torch
+    import torch  # torch, model.gpt and train.objective are kept out of `crawlgpt --help`
 
-    from model.gpt import GPT, preset_config
-    from train.objective import VOCAB_MULTIPLE
+    from model.gpt import GPT, preset_config  # torch
+    from train.objective import VOCAB_MULTIPLE  # torch
 
     padded = VOCAB_MULTIPLE * math.ceil(vocab_size / VOCAB_MULTIPLE)
     with torch.device("meta"):
@@ -140,8 +142,6 @@ def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens
                  eval_tokens: int, log_every: int, corpus: Corpus | None = None,
                  world_size: int | None = None) -> Resolved:
     """Fill in every "auto" option (0, None or "auto") from the hardware, the preset and the corpus."""
-    from model.gpt import PRESETS
-
     if steps > 0 and tokens > 0:
         raise TrainConfigError("--tokens", "give either --steps or --tokens, not both")
     gpu = on_gpu(device)
@@ -202,8 +202,6 @@ def pretrain_config(r: Resolved, *, run_dir: str | Path, shards_dir: str | Path,
                     verify_shards: bool = True, peak_tflops: float | None = None):
     """The `TrainConfig` of `crawlgpt pretrain` for resolved auto options and the remaining options
     (keyword defaults are the command's defaults)."""
-    from train.config import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig
-
     tokenizer = Path(tokenizer_path) if tokenizer_path else None
     return TrainConfig(
         run_dir=str(run_dir), max_steps=r.steps, preset=r.preset, global_batch_tokens=r.batch_tokens,

@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from train.errors import TrainConfigError
+from model.gpt import Block
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def broadcast_object(obj, ctx: DistContext):
     return holder[0]
 
 
-def _fsdp_api():
+def fsdp_api():
     try:  # torch >= 2.6
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     except ImportError:  # torch 2.4-2.5
@@ -128,8 +129,6 @@ def _fsdp_api():
 def decoder_blocks(model: nn.Module) -> list[nn.Module]:
     """The decoder blocks of a GPT, wherever it sits in a larger module (a head on top, a policy with a
     value head): FSDP2 shards each one, and --compile compiles each one."""
-    from model.gpt import Block
-
     return [m for m in model.modules() if isinstance(m, Block)]
 
 
@@ -146,7 +145,7 @@ def wrap_model(model: nn.Module, ctx: DistContext, parallelism: str, bf16: bool)
     if parallelism == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
 
-        fully_shard, MixedPrecisionPolicy = _fsdp_api()
+        fully_shard, MixedPrecisionPolicy = fsdp_api()
         mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
         # Parameters are gathered in bf16 for compute; gradients are reduced in float32.
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None

@@ -5,8 +5,10 @@ The CLI turns any `TrainError` into a one-line message without a traceback.
 
 from __future__ import annotations
 
+from formats.errors import CrawlGPTError
 
-class TrainError(Exception):
+
+class TrainError(CrawlGPTError):
     """Base class for every trainer error a user can act on."""
 
 

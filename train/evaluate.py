@@ -145,7 +145,7 @@ def _check_seq_len(seq_len: int | None, model: GPT) -> int:
     return seq_len
 
 
-class _TokenArray:
+class TokenArray:
     """A token sequence in memory that looks like one split of TokenShards (for text files)."""
 
     def __init__(self, tokens: np.ndarray):
@@ -192,7 +192,7 @@ def evaluate_checkpoint_on_text(checkpoint: str | Path, text_path: str | Path, t
     if len(tokens) < 2:
         raise TrainError(f"{text_path} holds too little text to score (needs at least 2 tokens)")
     seq_len = min(seq_len, len(tokens) - 1)
-    stream = _TokenArray(tokens)
+    stream = TokenArray(tokens)
     batch_size = max(1, min(batch_size, (len(tokens) - 1) // seq_len))
     batches = eval_windows(stream, seq_len, batch_size, rank=0, world_size=1, max_tokens=None)
     return evaluate_loss(model, batches, device, bf16=device.type == "cuda")

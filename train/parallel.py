@@ -39,6 +39,10 @@ import torch.nn.functional as F
 from train.config import ParallelConfig
 from train.distributed import DistContext, decoder_blocks
 from train.errors import TrainConfigError
+from model.gpt import GPT
+from train.distributed import fsdp_api
+from train.checkpoint import load_sharded
+from train.checkpoint import load_model_state, load_optimizer_state
 
 log = logging.getLogger(__name__)
 
@@ -392,8 +396,6 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> None:
 def apply_layout(model: nn.Module, layout: Layout) -> nn.Module:
     """This rank's part of the model: its pipeline stage, its tensor-parallel shards, with activation
     checkpointing as configured. Call after the model is initialised and on its device."""
-    from model.gpt import GPT
-
     if layout.pp > 1:
         if not isinstance(model, GPT):
             raise TrainConfigError("--pp", f"pipeline parallelism splits a plain GPT, not a {type(model).__name__}")
@@ -432,9 +434,7 @@ def wrap_model_parallel(model: nn.Module, layout: Layout, parallelism: str, bf16
     wrapped = model
     if layout.dp > 1:
         if parallelism == "fsdp":
-            from train.distributed import _fsdp_api
-
-            fully_shard, MixedPrecisionPolicy = _fsdp_api()
+            fully_shard, MixedPrecisionPolicy = fsdp_api()
             mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
             kwargs = {"mesh": layout.mesh["dp"], **({"mp_policy": mp} if mp is not None else {})}
             for block in decoder_blocks(model):
@@ -605,7 +605,6 @@ def restore_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path, la
     """Load a DCP checkpoint folder written under any layout into this rank's part (collective)."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    from train.checkpoint import load_sharded
 
     state = {"model": model_state(model, layout), "optimizer": optimizer_state(model, optimizer, layout)}
     load_sharded(path, state)
@@ -627,8 +626,6 @@ def restore_full(model: nn.Module, optimizer: torch.optim.Optimizer, payload: di
                  layout: Layout) -> None:
     """Load a single-file checkpoint (full state) into this rank's part: TP shards it, PP keeps the
     stage's own entries."""
-    from train.checkpoint import load_model_state, load_optimizer_state
-
     model_sd, optim_sd = payload["model"], payload["optimizer"]
     if layout.pp > 1:
         own = _own_state_names(model)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from formats.token_shards import write_token_shards
 
 
 def markov_documents(num_docs: int, vocab_size: int, eot_id: int, seed: int, min_len: int = 16,
@@ -35,8 +36,6 @@ def markov_documents(num_docs: int, vocab_size: int, eot_id: int, seed: int, min
 def write_synthetic_shards(out_dir: str | Path, vocab_size: int = 256, train_docs: int = 400, val_docs: int = 40,
                            seed: int = 0, tokenizer_hash: str = "synthetic", max_len: int = 256) -> Path:
     """Write train and val splits of Markov documents as token shards under out_dir; returns out_dir."""
-    from formats.token_shards import write_token_shards
-
     eot_id = vocab_size - 1
     write_token_shards(out_dir, {
         "train": markov_documents(train_docs, vocab_size, eot_id, seed, max_len=max_len),

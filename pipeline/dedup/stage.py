@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from formats import layout
 from pipeline.errors import AccountingError
 from formats.manifest import load_manifest
 from pipeline.stage import Executor, Progress, ShardTask, manifest_outputs, run_stage, stage_documents
@@ -32,9 +33,9 @@ from .signatures import signature_shard
 log = logging.getLogger(__name__)
 
 STAGE = "dedup"
-UPSTREAM_DIR = "filtered"
-WORK_DIR = "dedup"
-OUTPUT_DIR = "corpus"
+UPSTREAM_DIR = layout.FILTERED
+WORK_DIR = layout.DEDUP
+OUTPUT_DIR = layout.CORPUS
 #: Documents of work that make starting one more worker process worth it (a spawned worker needs ~0.5-1 s
 #: to start and import numpy, pyarrow and datasketch). Below this a phase runs in-process: on the 13k
 #: documents of the dev crawl that is faster than any pool. Per phase, from bench/bench_dedup.py costs:

@@ -60,6 +60,7 @@ from train.objective import LoopInfo, Objective
 from train.align.preference import load_prompt_ids
 from train.align.reward import RewardModel, RewardScorer, join_reward_state
 from train.tune.templates import PromptTemplate, template_from_checkpoint
+from train.distributed import all_reduce_sum
 
 log = logging.getLogger(__name__)
 
@@ -471,7 +472,6 @@ class PPOObjective(Objective):
                 "no_eot": (~ended).sum().item(), "n": float(len(prompts))}
         keys = list(sums)
         t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=info.device)
-        from train.distributed import all_reduce_sum
         all_reduce_sum(t, info.ctx)
         s = dict(zip(keys, t.tolist()))
         n = max(s["n"], 1)

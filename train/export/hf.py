@@ -38,6 +38,7 @@ import torch
 
 from model.gpt import GPT, GPTConfig
 from train.errors import TrainError
+from train.export.gguf import write_gguf
 from train.evaluate import check_tokenizer, load_for_inference, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -250,9 +251,7 @@ def _count(state: dict[str, torch.Tensor], config: GPTConfig) -> int:
 
 def export_gguf(checkpoint: str | Path, path: str | Path, tokenizer: str | Path | None = None,
                 overwrite: bool = False) -> Path:
-    """Write a checkpoint as one float32 GGUF file for llama.cpp (see train/export/hf/gguf.py)."""
-    from train.export.hf.gguf import write_gguf
-
+    """Write a checkpoint as one float32 GGUF file for llama.cpp (see train/export/gguf.py)."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise ExportError(f"{path} exists; pass --overwrite to replace it")

@@ -38,6 +38,7 @@ from train.evaluate import autocast_context, check_tokenizer, load_tokenizer, to
 from train.loop import TrainResult, train
 from train.objective import LoopInfo, Objective
 from train.tune.sft import eot_id_of, load_lm_checkpoint
+from train.distributed import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +315,6 @@ def run_classify(train_config: TrainConfig, config: ClassifyConfig, device: torc
                  epochs: float | None = None, baseline: bool = True) -> ClassifyResult:
     """Train the classifier, then report on the test split beside the fastText baseline
     (classify-report.json, classify-report.txt and confusion.png in the run folder)."""
-    from train.distributed import resolve_device
 
     run_dir = Path(train_config.run_dir)
     device = device or resolve_device(train_config.device, int(os.environ.get("LOCAL_RANK", "0")))

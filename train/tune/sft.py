@@ -46,6 +46,9 @@ from train.loop import TrainResult, train
 from train.metrics import perplexity
 from train.objective import LoopInfo, Objective
 from train.tune.templates import PromptTemplate, encode_pieces, template_from_checkpoint
+from train.errors import TrainConfigError
+from train.tune.instruct_data import BATCHING_MODES, TOO_LONG_POLICIES
+from train.distributed import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +91,6 @@ class SFTConfig:
     """Top-k of the sampled answers."""
 
     def __post_init__(self) -> None:
-        from train.errors import TrainConfigError
-        from train.tune.instruct_data import BATCHING_MODES, TOO_LONG_POLICIES
-
         if not 0.0 < self.val_share < 1.0:
             raise TrainConfigError("--val-share", f"must be between 0 and 1, got {self.val_share}")
         if self.batching not in BATCHING_MODES:
@@ -368,8 +368,6 @@ def run_sft(train_config: TrainConfig, sft_config: SFTConfig, device: torch.devi
     answers of the fine-tuned model; writes responses.jsonl and sft-summary.json in the run folder.
     With epochs, the number of steps is computed from the data (train_config.max_steps is replaced).
     objective: an SFTObjective already prepared for sft_config (saves reading the data twice)."""
-    from train.distributed import resolve_device
-
     run_dir = Path(train_config.run_dir)
     latest = latest_checkpoint(run_dir)
     if latest is not None and not train_config.resume:  # fail before the minutes of "before" answers
