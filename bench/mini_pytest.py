@@ -179,7 +179,8 @@ class Runner:
 def run_files(paths: list[Path]) -> int:
     if sys.modules.get("pytest") is None:  # absent (or blocked by bench/bare/sitecustomize.py)
         sys.modules["pytest"] = make_pytest_module()
-    tests_dir = paths[0].resolve().parent
+    first = paths[0].resolve()  # tests/<layer>/test_x.py: the shared fixtures live in tests/
+    tests_dir = next((d for d in first.parents if (d / "conftest.py").is_file()), first.parent)
     sys.path[:0] = [str(tests_dir), str(tests_dir.parent)]
     fixtures: dict[str, Fixture] = {}
     conftest = tests_dir / "conftest.py"

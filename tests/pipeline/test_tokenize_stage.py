@@ -21,9 +21,9 @@ from formats.manifest import sha256_file
 from formats.token_shards import TokenShardError, TokenShards, split_of
 from pipeline.tokenize_stage import ShardsConfig, make_shards
 from pipeline.tokenizer_train import TextCodec, TokenizerConfig, train_tokenizer
-from test_tokenizer import make_corpus, synthetic_docs
+from corpus_fixtures import make_corpus, synthetic_docs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -12,10 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from pipeline.documents import Document, read_documents, write_documents
+from pipeline.documents import read_documents
 from pipeline.errors import ConfigError, InputError, StageConfigChanged
-from formats.manifest import output_record, sha256_file
-from pipeline.stage import ShardStats, ShardTask, run_stage
+from formats.manifest import sha256_file
 from formats.token_shards import split_of
 from pipeline.tokenizer_train import (
     EOT_TOKEN,
@@ -25,40 +23,12 @@ from pipeline.tokenizer_train import (
     clean_text,
     train_tokenizer,
 )
+from corpus_fixtures import make_corpus, synthetic_docs
 
 VOCAB = 512
 WORDS = ("the of and to in a is that was for on with as by it at from his an were are which this be or had "
          "tokenizer shard corpus crawl document river mountain history village century language music").split()
 EXTRA = ["日本語のテキスト", "emoji 😀🎉 here", "naïve café – déjà vu", "tab\tand\r\nnewline", "3.14159 and 1234567"]
-
-
-def copy_docs(task: ShardTask, stage_dir: Path, config: dict) -> ShardStats:
-    """A stand-in corpus stage: copies its input documents unchanged."""
-    docs = list(read_documents(task.inputs[0]))
-    out = stage_dir / f"{task.name}.parquet"
-    write_documents(out, docs)
-    return ShardStats(docs_in=len(docs), kept=len(docs), outputs=[output_record(out, len(docs), stage_dir)])
-
-
-def make_corpus(root: Path, shards: dict[str, list[Document]]) -> Path:
-    """A finished corpus stage (Parquet shards + manifest) at root/corpus, as `make corpus` leaves it."""
-    tasks = []
-    for name, docs in shards.items():
-        src = root / "raw" / f"{name}.parquet"
-        write_documents(src, docs)
-        tasks.append(ShardTask(name, (str(src),)))
-    run_stage("corpus", root / "corpus", {"test": True}, tasks, copy_docs)
-    return root / "corpus"
-
-
-def synthetic_docs(n: int, seed: int, prefix: str) -> list[Document]:
-    rng = random.Random(seed)
-    docs = []
-    for i in range(n):
-        words = [rng.choice(WORDS) for _ in range(rng.randint(20, 120))]
-        text = " ".join(words).capitalize() + ". " + rng.choice(EXTRA)
-        docs.append(Document(id=f"{prefix}-{i}", text=text))
-    return docs
 
 
 @pytest.fixture(scope="module")

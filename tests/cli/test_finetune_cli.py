@@ -16,7 +16,7 @@ from finetune_base import FIXTURES, finetune_data  # noqa: F401 (a fixture)
 
 pytest.importorskip("tokenizers")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

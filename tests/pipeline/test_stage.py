@@ -9,65 +9,17 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from pipeline.documents import Document, DocumentWriter, read_documents, write_documents
+from pipeline.documents import Document, read_documents, write_documents
 from pipeline.errors import AccountingError, InputError, StageConfigChanged
-from formats.manifest import atomic_path, output_record, sha256_file
-from pipeline.stage import ShardStats, ShardTask, run_stage, stage_documents
+from formats.manifest import atomic_path, sha256_file
+from pipeline.stage import run_stage, stage_documents
 
 
-@dataclass(frozen=True)
-class KeepLongConfig:
-    min_chars: int = 5
-    sleep_s: float = 0.0
-
-
-def keep_long(task: ShardTask, stage_dir: Path, config: KeepLongConfig) -> ShardStats:
-    """A toy stage: keep documents with at least `min_chars` characters."""
-    stats = ShardStats()
-    kept_path = stage_dir / f"{task.name}.parquet"
-    rej_path = stage_dir / "rejected" / f"{task.name}.parquet"
-    with DocumentWriter(kept_path) as kept, DocumentWriter(rej_path, rejected=True) as rejected:
-        for doc in read_documents(task.inputs[0]):
-            time.sleep(config.sleep_s)
-            stats.docs_in += 1
-            if len(doc.text) >= config.min_chars:
-                kept.write(doc)
-                stats.kept += 1
-            else:
-                rejected.write(doc, reason="too_short", score=len(doc.text))
-                stats.dropped["too_short"] += 1
-    stats.outputs = [
-        output_record(kept_path, kept.rows, stage_dir),
-        output_record(rej_path, rejected.rows, stage_dir),
-    ]
-    return stats
-
-
-def lose_one(task: ShardTask, stage_dir: Path, config: KeepLongConfig) -> ShardStats:
-    stats = keep_long(task, stage_dir, config)
-    stats.kept -= 1  # a buggy stage that forgets a document
-    return stats
-
-
-def make_inputs(tmp_path: Path, n_shards: int = 3, docs_per_shard: int = 10) -> list[ShardTask]:
-    tasks = []
-    for s in range(n_shards):
-        path = tmp_path / "in" / f"s{s}.parquet"
-        if path.exists():  # reuse: rewriting would change the inputs' fingerprints
-            tasks.append(ShardTask(name=f"s{s}", inputs=(str(path),)))
-            continue
-        write_documents(path, (Document(id=f"{s}-{i}", text="x" * i, url=f"http://e/{s}/{i}") for i in range(docs_per_shard)))
-        tasks.append(ShardTask(name=f"s{s}", inputs=(str(path),)))
-    return tasks
-
-
-def output_hashes(stage_dir: Path) -> dict[str, str]:
-    return {str(p.relative_to(stage_dir)): sha256_file(p) for p in sorted(stage_dir.rglob("*.parquet"))}
+from stage_fixtures import KeepLongConfig, keep_long, lose_one, make_inputs, output_hashes
 
 
 def test_stage_accounts_for_every_document_and_writes_manifest(tmp_path):
@@ -170,7 +122,7 @@ KILL_SCRIPT = textwrap.dedent(
     import sys
     sys.path.insert(0, {tests!r})
     from pathlib import Path
-    from test_stage import KeepLongConfig, keep_long, make_inputs
+    from stage_fixtures import KeepLongConfig, keep_long, make_inputs
     from pipeline.stage import run_stage
     tmp = Path({tmp!r})
     tasks = make_inputs(Path({inputs!r}))
@@ -181,7 +133,7 @@ KILL_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_killing_a_stage_at_any_moment_then_rerunning_equals_an_uninterrupted_run(tmp_path):
-    tests_dir = str(Path(__file__).parent)
+    tests_dir = str(Path(__file__).resolve().parents[1])
     ref = tmp_path / "ref"
     script = KILL_SCRIPT.format(tests=tests_dir, tmp=str(ref), inputs=str(tmp_path), sleep=0.05)
     subprocess.run([sys.executable, "-c", script], check=True)

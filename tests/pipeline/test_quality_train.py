@@ -3,13 +3,11 @@ unseen documents, training is reproducible and resumable, and the filter applies
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import zstandard
 
 from pipeline.documents import Document
 from pipeline.download import run_download
@@ -25,14 +23,7 @@ from pipeline.quality_train import (
     train_quality_model,
 )
 from pipeline.readers import Unreadable, read_file
-
-
-def read_reference(shared_data: Path) -> list[str]:
-    path = shared_data / "reference" / "reference-dev.jsonl.zst"
-    if not path.exists():
-        pytest.skip(f"{path} not found")
-    raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))
-    return [json.loads(line)["text"] for line in io.TextIOWrapper(raw, encoding="utf-8")]
+from corpus_fixtures import read_reference
 
 
 @pytest.fixture(scope="module")

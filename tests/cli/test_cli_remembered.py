@@ -17,10 +17,10 @@ from cli import main
 from cli.common import StageProgress
 from formats.manifest import read_json
 from pipeline.stage import Progress
-from test_quality_train import read_reference
-from test_tokenizer import make_corpus, synthetic_docs
+from corpus_fixtures import read_reference
+from corpus_fixtures import make_corpus, synthetic_docs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_tokenizer_options_given_once_are_taken_from_its_manifest_afterwards(tmp_path):

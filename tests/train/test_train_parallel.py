@@ -22,7 +22,7 @@ from train.distributed import DistContext
 from train.parallel import check_model_layout, make_layout, stage_layers
 from train.synthetic import write_synthetic_shards
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                  reason="torch.distributed with gloo is not available"),

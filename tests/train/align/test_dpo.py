@@ -110,7 +110,7 @@ def test_dpo_under_ddp_follows_the_single_process_run(files, tmp_path):
 
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    tests = Path(__file__).resolve().parent
+    tests = Path(__file__).resolve().parents[2]
     single = train(make_config(tmp_path / "one", 3, micro=2),
                    objective=DPOObjective(files["policy"], files["pairs"], files["tok"], val_fraction=0.25, batch_pairs=4))
     (tmp_path / "files.json").write_text(json.dumps({k: str(v) for k, v in files.items()}))

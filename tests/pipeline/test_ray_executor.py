@@ -21,9 +21,9 @@ from cluster_stages import DieOnce
 from formats.manifest import read_json, sha256_file, without_timings
 from cli.common import make_executor
 from pipeline.stage import RECEIPTS_DIR, LocalExecutor, run_stage
-from test_stage import KeepLongConfig, keep_long, make_inputs
+from stage_fixtures import KeepLongConfig, keep_long, make_inputs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 #: The stage folders `make corpus tokenizer shards` writes, in order.
@@ -153,7 +153,7 @@ def test_a_driver_killed_mid_stage_resumes_to_identical_output(ray_cluster, tmp_
         ray.init(address={ray_cluster.address!r}, log_to_driver=False)
         from cli.common import make_executor
         from pipeline.stage import run_stage
-        from test_stage import KeepLongConfig, keep_long, make_inputs
+        from stage_fixtures import KeepLongConfig, keep_long, make_inputs
         from pathlib import Path
         tasks = make_inputs(Path({str(tmp_path)!r}), n_shards=4)
         run_stage("toy", Path({str(tmp_path / "ray")!r}), KeepLongConfig(sleep_s=0.05), tasks, keep_long,
@@ -174,7 +174,7 @@ def test_a_driver_killed_mid_stage_resumes_to_identical_output(ray_cluster, tmp_
 
 def test_a_stage_error_on_a_worker_reaches_the_driver_as_itself(tmp_path):
     from pipeline.errors import AccountingError
-    from test_stage import lose_one
+    from stage_fixtures import lose_one
 
     tasks = make_inputs(tmp_path, n_shards=2)
     with pytest.raises(AccountingError, match="accounted for"):
@@ -188,7 +188,7 @@ def test_the_default_path_never_imports_ray(tmp_path):
         import cli
         from pathlib import Path
         from pipeline.stage import run_stage
-        from test_stage import KeepLongConfig, keep_long, make_inputs
+        from stage_fixtures import KeepLongConfig, keep_long, make_inputs
         run_stage("toy", Path({str(tmp_path / "out")!r}), KeepLongConfig(), make_inputs(Path({str(tmp_path)!r})), keep_long)
         assert "ray" not in sys.modules, "ray was imported"
     """)

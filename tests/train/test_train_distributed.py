@@ -17,7 +17,7 @@ from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConf
 from train.checkpoint import latest_checkpoint, load_checkpoint
 from train.synthetic import write_synthetic_shards
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")

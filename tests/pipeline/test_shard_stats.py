@@ -14,7 +14,7 @@ from pipeline.shard_stats import compute_stats, format_report, shard_stats
 from formats.token_shards import write_token_shards
 from formats.token_shards import split_of
 from pipeline.tokenizer_train import TokenizerConfig, train_tokenizer
-from test_tokenizer import make_corpus, synthetic_docs
+from corpus_fixtures import make_corpus, synthetic_docs
 
 EOT = 9
 

@@ -220,9 +220,9 @@ def test_run_name_passes_through_torchrun_where_run_does_not(tmp_path):
     cmd = [str(torchrun if torchrun.exists() else "torchrun"), "--standalone", "--nproc_per_node=1",
            "-m", "cli", "pretrain", "--data", str(tmp_path / "none"), "--device", "cpu"]
     ours = subprocess.run(cmd + ["--run-name", "x"], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=Path(__file__).resolve().parents[2])
     assert "ambiguous option" not in ours.stderr
     assert "shards" in ours.stdout + ours.stderr  # our own error: there are no token shards in DATA
     theirs = subprocess.run(cmd + ["--run", "x"], capture_output=True, text=True, timeout=120,
-                            cwd=Path(__file__).resolve().parents[1])
+                            cwd=Path(__file__).resolve().parents[2])
     assert "ambiguous option: --run" in theirs.stderr
