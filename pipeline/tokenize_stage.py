@@ -33,6 +33,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from pipeline.errors import ConfigError, InputError
+from pipeline.file_cache import FileCache
 from formats.manifest import atomic_path, manifest_hash, sha256_file
 from pipeline.stage import Executor, Progress, ShardStats, ShardTask, report_progress, run_stage, stage_documents
 from formats.token_shards import SPLITS, ShardPacker, dtype_for_vocab, shard_manifest_fields, split_of
@@ -73,17 +74,12 @@ class ShardsConfig:
 SOURCES = ("corpus", "raw")
 
 
-_CODECS: dict[tuple, TextCodec] = {}
+_CODECS = FileCache(keep_one=True)
 
 
 def _codec(path: str) -> TextCodec:
     """The tokenizer, loaded once per worker process (keyed by path, size and mtime)."""
-    st = os.stat(path)
-    key = (path, st.st_size, st.st_mtime_ns)
-    if key not in _CODECS:
-        _CODECS.clear()
-        _CODECS[key] = TextCodec(path)
-    return _CODECS[key]
+    return _CODECS.get([path], lambda: TextCodec(path))
 
 
 def _remove_partial_outputs(stage_dir: Path, name: str) -> None:
