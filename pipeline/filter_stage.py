@@ -198,6 +198,7 @@ def build_chain(config: FilterConfig) -> list[Filter]:
             normalization=settings.normalization,
             pareto_alpha=config.quality_pareto_alpha,
             seed=config.seed,
+            max_chars=settings.max_chars,
         )
         chain.append(qf)
     return chain
