@@ -148,7 +148,7 @@ def train_model_shard(task: ShardTask, stage_dir: Path, config: QualityTrainConf
     Accounting: documents in = reference documents read + negatives sampled from the crawl; kept =
     those trained or measured on; dropped `empty` = reference documents with no text.
     """
-    raw_files = [Path(p) for p in task.inputs[len(config.reference):]]
+    raw_files = [Path(p) for p in task.inputs if p not in config.reference]  # the inputs besides the reference
     start = time.monotonic()
     rng = random.Random(config.seed)
     reference = [_reference_entry(p) for p in config.reference]
