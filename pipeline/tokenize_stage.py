@@ -111,12 +111,12 @@ def tokenize_shard(task: ShardTask, stage_dir: Path, config: ShardsConfig) -> Sh
         encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
         for doc_id, enc, n_bytes in zip(ids, encodings, lengths):
             stats.docs_in += 1
-            doc_ids = enc.ids
-            if not doc_ids:
+            token_ids = enc.ids
+            if not token_ids:
                 stats.dropped["empty"] += 1
                 continue
-            arr = np.empty(len(doc_ids) + 1, dtype=dtype)
-            arr[:-1] = doc_ids
+            arr = np.empty(len(token_ids) + 1, dtype=dtype)
+            arr[:-1] = token_ids
             arr[-1] = eot
             split = split_of(doc_id, config.val_fraction)
             packers[split].add(arr)
