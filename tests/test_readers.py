@@ -458,7 +458,8 @@ def test_every_reason_code_is_documented():
 
     import pipeline.readers as readers
 
-    modules = [readers] + [importlib.import_module(f"pipeline.readers.{m.name}") for m in pkgutil.iter_modules(readers.__path__)]
+    modules = [readers, *(importlib.import_module(f"pipeline.readers.{m.name}")
+                          for m in pkgutil.iter_modules(readers.__path__))]
     source = "".join(inspect.getsource(m) for m in modules)
     used = {m for m in REASONS if f'"{m}"' in source.replace(f'"{m}": "', "")}
     assert used == set(REASONS)  # no documented code is dead

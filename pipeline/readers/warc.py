@@ -169,7 +169,8 @@ class _WarcScan:
             return None
         self._drop_held_at(self.last_start)
         where = f"{self.name}@offset {self.last_start}"
-        return _BadLength(Unreadable(where, "bad_content_length", "Content-Length runs past the end of the record"), nxt)
+        detail = "Content-Length runs past the end of the record"
+        return _BadLength(Unreadable(where, "bad_content_length", detail), nxt)
 
     def _resync(self, exc: Exception) -> Iterator[Item]:
         """After an error: note the bad region and move `start` to the next place a record can start."""
@@ -227,7 +228,8 @@ class _WarcScan:
         if problem is None:
             return None
         reason, member_at = problem
-        return Unreadable(f"{self.name}@offset {member_at}", reason, "the gzip stream does not decode to its end"), member_at
+        detail = "the gzip stream does not decode to its end"
+        return Unreadable(f"{self.name}@offset {member_at}", reason, detail), member_at
 
     def _hold(self, offset: int, item: Item) -> Iterator[Item]:
         """Yield what was held (and the bad region before it), then hold `item`."""
