@@ -39,6 +39,9 @@ from train.checkpoint import list_checkpoint_steps, load_checkpoint, model_from_
 from train.data import open_split
 from train.evaluate import load_tokenizer
 
+from formats.figures import pyplot, save_figure
+from formats.manifest import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -299,21 +302,14 @@ def write_results(config: AblationConfig, results: list[RunResult]) -> dict[str,
     out.mkdir(parents=True, exist_ok=True)
     report = {"config": {**asdict(config), "tokens_per_run": config.steps * config.batch_tokens},
               "summary": summary, "runs": [asdict(r) for r in results]}
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out / "results.json")
+    write_text_atomic(out / "results.json", json.dumps(report, indent=2) + "\n")
     plot_ablation(results, arms, out / "ablation.png", config)
     return summary
 
 
 def plot_ablation(results: list[RunResult], arms: list[str], png: Path, config: AblationConfig) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no ablation plot")
+    plt = pyplot("matplotlib is not installed: no ablation plot")
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(8, 5))
     colours = dict(zip(arms, ("tab:red", "tab:blue", "tab:green", "tab:orange")))
@@ -333,11 +329,7 @@ def plot_ablation(results: list[RunResult], arms: list[str], png: Path, config: 
                  f"held-out {Path(config.heldout).name}")
     ax.grid(alpha=0.3)
     ax.legend()
-    tmp = png.with_name(".ablation.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(png)
-    return png
+    return save_figure(fig, png, dpi=100, bbox_inches="tight")
 
 
 def perplexity(loss: float) -> float:

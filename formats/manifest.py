@@ -56,6 +56,12 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
             os.fsync(f.fileno())
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically: readers see the old file or the new one, never half."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def listed_path(folder: str | Path, rel: str, listed_in: str | Path) -> Path:
     """`folder / rel` for a path a manifest or receipt lists, refusing one that leads outside `folder`.
 
@@ -79,11 +85,14 @@ def read_json(path: str | Path) -> Any:
         return json.load(f)
 
 
-def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20, fsync: bool = False) -> str:
+    """The file's sha256 (hex), read in chunks; `fsync`: also flush it to disk (a download before its rename)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(path, "rb+" if fsync else "rb") as f:
         while chunk := f.read(chunk_bytes):
             h.update(chunk)
+        if fsync:
+            os.fsync(f.fileno())
     return h.hexdigest()
 
 
@@ -124,6 +133,12 @@ def file_fingerprint(path: str | Path) -> str:
     p = Path(path)
     st = p.stat()
     return f"{p.name}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def file_key(path: str | Path) -> tuple:
+    """(path as given, size, modification time in ns): a file's identity for caches inside one process."""
+    st = os.stat(path)
+    return (path, st.st_size, st.st_mtime_ns)
 
 
 def output_record(path: str | Path, rows: int, base: str | Path) -> dict:

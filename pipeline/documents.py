@@ -8,7 +8,7 @@ annotations such as `lang` or `lang_score` without a schema change). Rejected-do
 
 This module is the one place that reads document shards: `iter_document_batches` (Arrow batches of
 chosen columns, for stages that work column-wise: dedup, the tokenizer, the shards stage),
-`read_documents` (`Document` objects), `read_document_rows` (chosen documents by id), `count_documents` and `text_bytes` (from the footer).
+`read_documents` (`Document` objects), `read_document_rows` (chosen documents by id) and `text_bytes` (from the footer).
 """
 
 from __future__ import annotations
@@ -148,11 +148,6 @@ def read_documents(path: str | Path, columns: list[str] | None = None) -> Iterat
                 source=cols.get("source", [""] * n)[i] or "",
                 meta=json.loads(cols["meta"][i]) if "meta" in cols and cols["meta"][i] else {},
             )
-
-
-def count_documents(path: str | Path) -> int:
-    """Number of rows in a Parquet shard, read from its footer (no data read)."""
-    return pq.ParquetFile(path).metadata.num_rows
 
 
 def text_bytes(paths: Iterable[str | Path], column: str = "text") -> int:

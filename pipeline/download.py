@@ -15,7 +15,6 @@ For a local SOURCE nothing is copied: the manifest lists the local files where t
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
 import logging
 import os
 import re
@@ -33,7 +32,7 @@ from urllib3.exceptions import MaxRetryError
 from formats import layout
 from pipeline.errors import InputError
 from pipeline.http import DEFAULT_BASE_URL, RETRY_STATUSES, DownloadConfig, DownloadError, thread_session
-from formats.manifest import MANIFEST_NAME, OMIT_IF_NONE, config_dict, load_manifest, read_json
+from formats.manifest import MANIFEST_NAME, OMIT_IF_NONE, config_dict, load_manifest, read_json, sha256_file
 from pipeline.readers import gzip_problem
 from pipeline.sources import CRAWL_ID_RE, DEFAULT_TEXT_FIELD, resolve_source
 from pipeline.stage import Executor, LocalExecutor, Progress, ShardStats, ShardTask, report_progress, run_stage
@@ -160,7 +159,7 @@ def _fetch_one(
 ) -> DownloadResult:
     if dest.exists():
         log.debug("%s already complete, skipping", dest)
-        return DownloadResult(url, dest, dest.stat().st_size, _sha256(dest), skipped=True)
+        return DownloadResult(url, dest, dest.stat().st_size, sha256_file(dest, _CHUNK_BYTES), skipped=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     session = thread_session(config)
@@ -195,7 +194,7 @@ def _fetch_one(
                 problem = f"downloaded file fails the gzip check ({reason} at byte {at}); deleted it"
                 part.unlink(missing_ok=True)
                 continue
-        sha = _sha256(part, fsync=True)
+        sha = sha256_file(part, _CHUNK_BYTES, fsync=True)
         size = part.stat().st_size
         os.replace(part, dest)
         log.info("downloaded %s (%d bytes)", url, size)
@@ -291,15 +290,6 @@ def _expected_total(resp: requests.Response, have: int) -> int | None:
     length = resp.headers.get("Content-Length")
     return have + int(length) if length and length.isdigit() else None
 
-
-def _sha256(path: Path, fsync: bool = False) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb+" if fsync else "rb") as f:
-        while chunk := f.read(_CHUNK_BYTES):
-            h.update(chunk)
-        if fsync:
-            os.fsync(f.fileno())
-    return h.hexdigest()
 
 
 # --- the download stage ----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import Any, Callable
 from formats import layout
 from pipeline.documents import Document, DocumentWriter
 from pipeline.errors import ConfigError, InputError
+from pipeline.file_cache import FileCache
 from pipeline.filters.base import Decision, Filter
 from pipeline.filters.c4 import C4Config, C4Filter
 from pipeline.filters.classifier import HQ_LABEL, NORMALIZATIONS, QUALITY_OPTION, QualityClassifierFilter
@@ -198,6 +199,7 @@ def build_chain(config: FilterConfig) -> list[Filter]:
             normalization=settings.normalization,
             pareto_alpha=config.quality_pareto_alpha,
             seed=config.seed,
+            max_chars=settings.max_chars,
         )
         chain.append(qf)
     return chain
@@ -209,7 +211,7 @@ def chain_names(config: FilterConfig) -> list[str]:
     return names + (["quality_classifier"] if config.quality_model is not None else [])
 
 
-_CHAINS: dict[tuple, list[Filter]] = {}
+_CHAINS = FileCache(keep_one=True)
 
 
 def _chain_for(config: FilterConfig) -> list[Filter]:
@@ -219,17 +221,8 @@ def _chain_for(config: FilterConfig) -> list[Filter]:
     path is loaded afresh (a long-lived process, e.g. tests running shards in-process, must not keep
     filtering with the old one).
     """
-    key = (config, *(_file_key(p) for p in (config.lid_model, config.quality_model) if p))
-    chain = _CHAINS.get(key)
-    if chain is None:
-        _CHAINS.clear()
-        chain = _CHAINS[key] = build_chain(config)
-    return chain
-
-
-def _file_key(path: str) -> tuple:
-    st = Path(path).stat()
-    return (path, st.st_size, st.st_mtime_ns)
+    models = [p for p in (config.lid_model, config.quality_model) if p]
+    return _CHAINS.get(models, lambda: build_chain(config), extra=(config,))
 
 
 def decide(chain: list[Filter], doc: Document) -> tuple[Decision | None, dict]:

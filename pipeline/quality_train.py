@@ -68,7 +68,8 @@ class QualityTrainConfig:
     reference: tuple[str, ...]
     #: Negatives sampled from the raw crawl per positive.
     negatives_per_positive: float = 1.0
-    #: Share of positives and of negatives held out to measure the classifier.
+    #: Share of positives and of negatives held out to measure the classifier (the held-out share that
+    #: other stages call `val_fraction`; this name is the --holdout option and the recorded config key).
     holdout: float = 0.1
     #: Seed of the sampling, the split and fastText.
     seed: int = 0
@@ -149,7 +150,7 @@ def train_model_shard(task: ShardTask, stage_dir: Path, config: QualityTrainConf
     Accounting: documents in = reference documents read + negatives sampled from the crawl; kept =
     those trained or measured on; dropped `empty` = reference documents with no text.
     """
-    raw_files = [Path(p) for p in task.inputs[len(config.reference):]]
+    raw_files = [Path(p) for p in task.inputs if p not in config.reference]  # the inputs besides the reference
     start = time.monotonic()
     rng = random.Random(config.seed)
     reference = [_reference_entry(p) for p in config.reference]
@@ -347,8 +348,9 @@ def _scores(model, texts: list[str], max_chars: int) -> np.ndarray:
     return np.minimum(out, 1.0)
 
 
-def _split(items: list, holdout: float) -> tuple[list, list]:
-    k = max(1, round(len(items) * holdout))
+def _split(items: list, val_fraction: float) -> tuple[list, list]:
+    """(train, held out): the held-out share `val_fraction` of `items`, at least one."""
+    k = max(1, round(len(items) * val_fraction))
     return items[k:], items[:k]
 
 

@@ -23,7 +23,8 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.errors import InputError
-from formats.manifest import atomic_path, listed_path, sha256_file
+from formats.figures import pyplot, save_figure
+from formats.manifest import listed_path, sha256_file
 from pipeline.stage import format_table
 from formats.token_shards import MANIFEST_NAME, ShardFile, open_shard
 from pipeline.tokenizer_train import TextCodec
@@ -244,11 +245,9 @@ def format_report(report: dict) -> str:
 
 def plot_length_histogram(lengths_by_split: dict[str, np.ndarray], path: str | Path, title: str = "") -> Path:
     """A PNG histogram of document lengths in tokens (log-spaced bins, one series per split)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("matplotlib is not installed: no length histogram")
+    if plt is None:
+        raise ImportError("the length histogram needs matplotlib: pip install matplotlib")
     path = Path(path)
     every = np.concatenate(list(lengths_by_split.values())) if lengths_by_split else np.zeros(0)
     lo = max(int(every.min()) if len(every) else 1, 1)
@@ -265,12 +264,7 @@ def plot_length_histogram(lengths_by_split: dict[str, np.ndarray], path: str | P
     ax.set_title(title or "document lengths")
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def shard_stats(shards_dir: str | Path, tokenizer: str | Path | None = None, histogram: str | Path | None = None,

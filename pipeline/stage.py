@@ -90,17 +90,6 @@ class ShardStats:
             "extra": self.extra,
         }
 
-    @classmethod
-    def from_json(cls, obj: dict) -> "ShardStats":
-        return cls(
-            docs_in=obj["docs_in"],
-            kept=obj["kept"],
-            dropped=Counter(obj["dropped"]),
-            unreadable=Counter(obj["unreadable"]),
-            outputs=obj["outputs"],
-            extra=obj.get("extra", {}),
-        )
-
 
 @dataclass
 class Progress:

@@ -33,6 +33,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from pipeline.errors import ConfigError, InputError
+from pipeline.file_cache import FileCache
 from formats.manifest import atomic_path, manifest_hash, sha256_file
 from pipeline.stage import Executor, Progress, ShardStats, ShardTask, report_progress, run_stage, stage_documents
 from formats.token_shards import SPLITS, ShardPacker, dtype_for_vocab, shard_manifest_fields, split_of
@@ -76,17 +77,12 @@ class ShardsConfig:
 SOURCES = ("corpus", "raw")
 
 
-_CODECS: dict[tuple, TextCodec] = {}
+_CODECS = FileCache(keep_one=True)
 
 
 def _codec(path: str) -> TextCodec:
     """The tokenizer, loaded once per worker process (keyed by path, size and mtime)."""
-    st = os.stat(path)
-    key = (path, st.st_size, st.st_mtime_ns)
-    if key not in _CODECS:
-        _CODECS.clear()
-        _CODECS[key] = TextCodec(path)
-    return _CODECS[key]
+    return _CODECS.get([path], lambda: TextCodec(path))
 
 
 def _remove_partial_outputs(stage_dir: Path, name: str) -> None:
@@ -118,12 +114,12 @@ def tokenize_shard(task: ShardTask, stage_dir: Path, config: ShardsConfig) -> Sh
         encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
         for doc_id, enc, n_bytes in zip(ids, encodings, lengths):
             stats.docs_in += 1
-            doc_ids = enc.ids
-            if not doc_ids:
+            token_ids = enc.ids
+            if not token_ids:
                 stats.dropped["empty"] += 1
                 continue
-            arr = np.empty(len(doc_ids) + 1, dtype=dtype)
-            arr[:-1] = doc_ids
+            arr = np.empty(len(token_ids) + 1, dtype=dtype)
+            arr[:-1] = token_ids
             arr[-1] = eot
             split = split_of(doc_id, config.val_fraction)
             packers[split].add(arr)

@@ -76,7 +76,8 @@ class TokenizerConfig:
     reserved_tokens: int = 15
     #: Train on at most this many bytes of text, sampled evenly by document id; 0 = the whole corpus.
     sample_bytes: int = 0
-    #: Share of documents held out (by id hash, as the shards' validation split) for the compression report.
+    #: Share of documents held out (by id hash, as the shards' validation split) for the compression report
+    #: (the shards stage's `val_fraction`; this name is the --heldout-fraction option and the recorded config key).
     heldout_fraction: float = 0.01
     #: At most this many bytes of held-out text are encoded for the compression report.
     max_heldout_bytes: int = 8 << 20

@@ -46,6 +46,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from formats.manifest import atomic_path
 from model.gpt import GPT, GPTConfig
 from train.errors import CheckpointError, CheckpointMismatchError
 
@@ -159,13 +160,10 @@ def gather_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write payload to path atomically: a temporary file in the same folder, fsync, rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save({"format": CHECKPOINT_FORMAT, **payload}, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 

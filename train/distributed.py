@@ -109,15 +109,6 @@ def any_rank(flag: bool, ctx: DistContext) -> bool:
     return bool(t.item() > 0)
 
 
-def broadcast_object(obj, ctx: DistContext):
-    """Rank 0's value of a small picklable object on every rank."""
-    if not ctx.is_distributed:
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
 def fsdp_api():
     try:  # torch >= 2.6
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard

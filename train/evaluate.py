@@ -8,7 +8,6 @@ decoded; the rest needs only torch and numpy.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from model.gpt import GPT
+from formats.manifest import sha256_file
 from train.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from train.data import eval_windows, open_split
 from train.distributed import DistContext, all_reduce_sum
@@ -73,7 +73,7 @@ def evaluate_loss(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
 
 def tokenizer_hash(path: str | Path) -> str:
     """sha256 of tokenizer.json: the hash token shards record."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return sha256_file(path)
 
 
 def load_tokenizer(path: str | Path):

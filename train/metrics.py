@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from formats.figures import pyplot, save_figure
+from formats.manifest import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -143,23 +145,14 @@ def truncate_metrics(path: str | Path, after_step: int) -> int:
     records = read_metrics(path)
     kept = [r for r in records if r.get("step", 0) <= after_step]
     if len(kept) != len(records):
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in kept:
-                f.write(json.dumps(r) + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
     return len(records) - len(kept)
 
 
 def plot_losses(metrics_path: str | Path, png_path: str | Path) -> Path | None:
     """Training and validation loss against step; None (and a warning) without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no loss plot (pip install matplotlib)")
+    plt = pyplot("matplotlib is not installed: no loss plot (pip install matplotlib)")
+    if plt is None:
         return None
     records = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train" and "loss" in r]
@@ -186,12 +179,7 @@ def plot_losses(metrics_path: str | Path, png_path: str | Path) -> Path | None:
     ax.set_title(f"loss: {Path(metrics_path).parent.name}")
     ax.grid(alpha=0.3)
     ax.legend()
-    png_path = Path(png_path)
-    tmp = png_path.with_name(f".{png_path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, png_path)
-    return png_path
+    return save_figure(fig, png_path, dpi=100, bbox_inches="tight")
 
 
 def format_progress(step: int, max_steps: int, record: dict[str, Any]) -> str:

@@ -38,7 +38,7 @@ from formats.manifest import atomic_path, output_record
 from pipeline.stage import ShardStats, ShardTask
 
 from .buckets import BATCH_ROWS, estimated_jaccard, signature_matrix
-from .config import ClusterConfig
+from .config import PARTITIONS_DIR, SIGNATURES_DIR, ClusterConfig
 from .unionfind import connected_components
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,14 @@ def histogram_rows(histogram: dict[str, int]) -> list[tuple[str, int]]:
 
 def cluster_shard(task: ShardTask, stage_dir: Path, config: ClusterConfig) -> ShardStats:
     """Stage function: all edges -> components -> one assignment file per input shard."""
-    edge_paths = task.inputs[: config.edge_files]
-    sig_paths = task.inputs[config.edge_files :]
+    edge_paths = [p for p in task.inputs if Path(p).parent.name == PARTITIONS_DIR]
+    sig_paths = [p for p in task.inputs if Path(p).parent.name == SIGNATURES_DIR]
+    if len(edge_paths) + len(sig_paths) != len(task.inputs):
+        other = [p for p in task.inputs if p not in edge_paths + sig_paths]
+        raise AccountingError(
+            f"dedup-clusters: input {other[0]} is in neither the {PARTITIONS_DIR}/ nor the {SIGNATURES_DIR}/ folder "
+            "of the dedup work files, which are inconsistent. Rerun with --force."
+        )
     edges = [pq.read_table(p) for p in edge_paths]
     a = np.concatenate([t["key"].to_numpy() for t in edges]) if edges else np.zeros(0, np.uint64)
     b = np.concatenate([t["root"].to_numpy() for t in edges]) if edges else np.zeros(0, np.uint64)

@@ -42,6 +42,11 @@ class PartitionConfig:
     bucket_window: int
 
 
+#: Folders of the dedup work files (under DATA/dedup): phase 1's signatures, phase 2's edges.
+SIGNATURES_DIR = "signatures"
+PARTITIONS_DIR = "partitions"
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """Phase 3 has no options of its own; its config records the input layout it was run on."""

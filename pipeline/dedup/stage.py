@@ -21,13 +21,13 @@ from typing import Callable
 
 from formats import layout
 from pipeline.errors import AccountingError
-from formats.manifest import load_manifest
+from formats.manifest import load_manifest, manifest_hash
 from pipeline.stage import Executor, Progress, ShardTask, manifest_outputs, run_stage, stage_documents
 
 from .apply import apply_shard
 from .buckets import partition_name, partition_shard
 from .clusters import cluster_shard
-from .config import ClusterConfig, DedupConfig
+from .config import PARTITIONS_DIR, SIGNATURES_DIR, ClusterConfig, DedupConfig
 from .signatures import signature_shard
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def run_dedup(
     upstream_dir = data_dir / UPSTREAM_DIR
     inputs = stage_documents(upstream_dir, make_target="filter")
     upstream_manifest = load_manifest(upstream_dir) or {}
-    upstream = {"filtered": upstream_manifest.get("config_hash", "")}
+    upstream = {"filtered": manifest_hash(upstream_dir)}
     names = [Path(p).stem for p in inputs]
     n_docs = int(upstream_manifest.get("totals", {}).get("kept", 0))
     work = data_dir / WORK_DIR
@@ -111,21 +111,21 @@ def run_dedup(
     t0 = time.monotonic()
 
     run_stage(
-        "dedup-signatures", work / "signatures", config.signature_config(),
+        "dedup-signatures", work / SIGNATURES_DIR, config.signature_config(),
         [ShardTask(n, (str(p),)) for n, p in zip(names, inputs)],
         signature_shard, workers=phase_workers("signatures", workers, len(inputs), n_docs),
         force=force, upstream=upstream, on_progress=progress.phase(), executor=executor,
     )
-    signature_files = tuple(str(work / "signatures" / f"{n}.parquet") for n in names)
+    signature_files = tuple(str(work / SIGNATURES_DIR / f"{n}.parquet") for n in names)
     t1 = time.monotonic()
 
     m2 = run_stage(
-        "dedup-partitions", work / "partitions", config.partition_config(),
+        "dedup-partitions", work / PARTITIONS_DIR, config.partition_config(),
         [ShardTask(partition_name(i), signature_files) for i in range(config.partitions)],
         partition_shard, workers=phase_workers("partitions", workers, config.partitions, n_docs, config.partitions),
         force=force, on_progress=progress.phase(), executor=executor,
     )
-    edge_files = tuple(str(work / "partitions" / p) for p in manifest_outputs(m2, ""))
+    edge_files = tuple(str(work / PARTITIONS_DIR / p) for p in manifest_outputs(m2, ""))
     t2 = time.monotonic()
 
     m3 = run_stage(

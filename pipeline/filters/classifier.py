@@ -73,6 +73,7 @@ class QualityClassifierFilter:
         normalization: str = "lower-punct",
         pareto_alpha: float | None = None,
         seed: int = 0,
+        max_chars: int = 100_000,
     ):
         if normalization not in NORMALIZATIONS:
             raise ConfigError("--quality-normalization", f"{normalization!r} is not one of {NORMALIZATIONS}")
@@ -89,10 +90,12 @@ class QualityClassifierFilter:
         self.normalization = normalization
         self.pareto_alpha = pareto_alpha
         self.seed = seed
+        self.max_chars = max_chars
+        """Characters of a document the model reads: the same as in training (the model's manifest)."""
 
     def score(self, text: str) -> float:
         """P(label | text) under the model."""
-        labels, probs = self.model.predict(normalize_text(text, self.normalization), k=self.n_labels)
+        labels, probs = self.model.predict(normalize_text(text, self.normalization, self.max_chars), k=self.n_labels)
         for lab, p in zip(labels, probs):
             if lab == self.label:
                 return min(float(p), 1.0)

@@ -15,13 +15,14 @@ from typing import Any
 
 from pipeline.download import DownloadConfig, DownloadError, download
 from pipeline.errors import InputError
+from pipeline.file_cache import FileCache
 
 log = logging.getLogger(__name__)
 
 #: The first four bytes of every fastText .bin/.ftz file (FASTTEXT_FILEFORMAT_MAGIC_INT32 in fastText).
 FASTTEXT_MAGIC = 793712314
 
-_LOADED: dict[tuple[str, int, int], Any] = {}
+_LOADED = FileCache()
 
 
 def is_url(spec: str) -> bool:
@@ -73,18 +74,16 @@ def load_fasttext(path: str | Path, option: str) -> Any:
     """Load (once per process) the fastText model at `path`; InputError if it is not one."""
     path = Path(path)
     check_fasttext_file(path, option)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    model = _LOADED.get(key)
-    if model is None:
-        from fasttext.FastText import _FastText  # the class behind fasttext.load_model, minus its warning
+    return _LOADED.get([str(path.resolve())], lambda: _load_fasttext(path, option))
 
-        try:
-            model = _FastText(model_path=os.fspath(path))
-        except (ValueError, RuntimeError, MemoryError) as exc:
-            raise InputError(f"{option}: {path} could not be loaded as a fastText model ({exc}). Retrain or re-download it.") from exc
-        _LOADED[key] = model
-    return model
+
+def _load_fasttext(path: Path, option: str) -> Any:
+    from fasttext.FastText import _FastText  # the class behind fasttext.load_model, minus its warning
+
+    try:
+        return _FastText(model_path=os.fspath(path))
+    except (ValueError, RuntimeError, MemoryError) as exc:
+        raise InputError(f"{option}: {path} could not be loaded as a fastText model ({exc}). Retrain or re-download it.") from exc
 
 
 # --- structure check -----------------------------------------------------------------------------

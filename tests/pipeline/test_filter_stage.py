@@ -295,3 +295,23 @@ def test_the_same_models_at_another_path_are_the_same_config(tmp_path, crawl_sma
     assert manifest["config"]["lid_model"] == "lid.176.ftz"
     assert manifest["upstream"]["lid_model"] == sha256_file(moved)  # the model is fingerprinted by content
     assert str(tmp_path) not in json.dumps(manifest["config"])
+
+
+def test_the_quality_filter_reads_as_many_characters_as_the_model_was_trained_on(tmp_path, crawl_small, config,
+                                                                                  shared_data):
+    from pipeline.filter_stage import build_chain
+    from pipeline.quality_train import QualityTrainConfig, train_quality_model
+    from pipeline.readers import read_file
+
+    texts = [d.text for d, _ in zip(read_file(shared_data / "reference" / "reference-dev.jsonl.zst"), range(400))]
+    ref = tmp_path / "reference.jsonl"
+    ref.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    data = make_data(tmp_path, crawl_small)
+    train_quality_model(data, QualityTrainConfig(reference=(str(ref),), seed=1, max_chars=300))
+    chain = build_chain(FilterConfig(lid_model=config.lid_model, quality_model=str(data / "quality" / "model.bin")))
+    quality = chain[-1]
+    long_texts = [t for t in texts if len(t) > 3000][:20]
+    assert long_texts
+    # the model's manifest says 300 characters: the rest of a document cannot change its score
+    assert all(quality.score(t) == quality.score(t[:300]) for t in long_texts)
+    assert any(quality.score(t) != quality.score(t[:150]) for t in long_texts)

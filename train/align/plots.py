@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 
+from formats.figures import pyplot, save_figure
 from train.metrics import read_metrics
-
-log = logging.getLogger(__name__)
 
 #: (record kind, key, title) of each panel, by objective kind.
 PANELS = {
@@ -26,13 +23,8 @@ PANELS = {
 
 def plot_alignment(metrics_path: str | Path, png_path: str | Path, kind: str) -> Path | None:
     """One panel per figure of PANELS[kind]; None without matplotlib or records."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no alignment plot")
+    plt = pyplot("matplotlib is not installed: no alignment plot")
+    if plt is None:
         return None
     records = read_metrics(metrics_path)
     panels = PANELS.get(kind, [])
@@ -52,9 +44,4 @@ def plot_alignment(metrics_path: str | Path, png_path: str | Path, kind: str) ->
         ax.axis("off")
     fig.suptitle(f"{kind}: {Path(metrics_path).parent.name}")
     fig.tight_layout()
-    png_path = Path(png_path)
-    tmp = png_path.with_name(f".{png_path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, png_path)
-    return png_path
+    return save_figure(fig, png_path, dpi=90)

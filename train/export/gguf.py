@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from formats.manifest import atomic_path
 from model.gpt import GPT
 from train.errors import TrainError
 
@@ -88,11 +89,21 @@ def write_gguf(model: GPT, payload: dict[str, Any], tokenizer_path: Path, eot_id
         import gguf
     except ImportError as err:
         raise TrainError("GGUF export needs the `gguf` package: pip install gguf") from err
-    c = model.config
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
+    with atomic_path(path) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), "llama")
+        _add_model(writer, gguf, model, payload, tokenizer_path, eot_id)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    log.info("wrote %s", path)
+    return path
+
+
+def _add_model(writer: Any, gguf: Any, model: GPT, payload: dict[str, Any], tokenizer_path: Path, eot_id: int) -> None:
+    """The model's hyperparameters, tokenizer and float32 tensors, added to `writer`."""
+    c = model.config
     writer.add_name(f"crawlgpt step {payload['step']}")
     writer.add_context_length(c.max_seq_len)
     writer.add_embedding_length(c.d_model)
@@ -118,10 +129,3 @@ def write_gguf(model: GPT, payload: dict[str, Any], tokenizer_path: Path, eot_id
         writer.add_chat_template(payload["chat_template"])
     for name, tensor in gguf_tensors(model).items():
         writer.add_tensor(name, tensor.numpy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    tmp.replace(path)
-    log.info("wrote %s", path)
-    return path

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.gpt import GPT, GPTConfig
+from formats.manifest import write_text_atomic
 from train.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint
 from train.tune.classify_data import (
     EncodedTexts,
@@ -350,8 +351,6 @@ def run_classify(train_config: TrainConfig, config: ClassifyConfig, device: torc
     summary = {"test": out.report.to_dict(), "fasttext": out.baseline.to_dict() if out.baseline else None,
                "fasttext_seconds": out.baseline_seconds, "class_table": out.class_table,
                "checkpoint": str(result.checkpoint), "steps": result.final_step, "config": asdict(config)}
-    tmp = run_dir / f".{REPORT_NAME}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, run_dir / REPORT_NAME)
+    write_text_atomic(run_dir / REPORT_NAME, json.dumps(summary, indent=2) + "\n")
     (run_dir / "classify-report.txt").write_text(text + "\n")
     return out

@@ -8,7 +8,6 @@ only torch, numpy and pyarrow).
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from formats.figures import pyplot, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +71,8 @@ def format_report(report: ClassReport, title: str) -> str:
 
 def plot_confusion(reports: dict[str, ClassReport], png_path: str | Path) -> Path | None:
     """One confusion-matrix panel per model; None (and a warning) without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no confusion matrix plot")
+    plt = pyplot("matplotlib is not installed: no confusion matrix plot")
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, len(reports), figsize=(4.5 * len(reports), 4), squeeze=False)
     for ax, (name, rep) in zip(axes[0], reports.items()):
@@ -90,12 +86,7 @@ def plot_confusion(reports: dict[str, ClassReport], png_path: str | Path) -> Pat
         for (i, j), n in np.ndenumerate(m):
             ax.text(j, i, str(n), ha="center", va="center", color="white" if n > m.max() / 2 else "black")
     fig.tight_layout()
-    png_path = Path(png_path)
-    tmp = png_path.with_name(f".{png_path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png_path)
-    return png_path
+    return save_figure(fig, png_path, dpi=100)
 
 
 @dataclass

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from model.gpt import GPT, GPTConfig
+from formats.manifest import sha256_file, write_text_atomic
 from train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -162,7 +163,7 @@ class SFTObjective(Objective):
                                             cfg.too_long, cfg.train_on_prompt)
         self.val_data = tokenize_examples(val_ex, self.tokenizer, self.template, self.eot_id, seq_len,
                                           cfg.too_long, train_on_prompt=False)  # validation: responses only
-        self.data_sha256 = _sha256(cfg.instructions)
+        self.data_sha256 = sha256_file(cfg.instructions)
         self.prepared_seq_len = seq_len
         self._log_data()
 
@@ -254,12 +255,6 @@ class SFTObjective(Objective):
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"template": self.template.to_dict(), "base_checkpoint": str(self.base_path)}
-
-
-def _sha256(path: str | Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -424,9 +419,7 @@ def run_sft(train_config: TrainConfig, sft_config: SFTConfig, device: torch.devi
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def _write_json(path: Path, value: Any) -> None:

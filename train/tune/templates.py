@@ -195,12 +195,6 @@ def encode_messages(tokenizer, messages: list[dict], template: PromptTemplate,
     return encode_pieces(tokenizer, pieces, template)
 
 
-def encode_instruction(tokenizer, template: PromptTemplate, instruction: str, input: str = "",
-                       response: str = "") -> tuple[list[int], list[bool]]:
-    """Token ids of prompt + response + end-of-text and the response mask (see `encode_messages`)."""
-    return encode_pieces(tokenizer, template.instruction_pieces(instruction, input, response), template)
-
-
 def encode_pieces(tokenizer, pieces: list[tuple[str, bool, bool]],
                   template: PromptTemplate) -> tuple[list[int], list[bool]]:
     """Encode (text, is_response, is_special) pieces: ids and the per-token response mask. Adjacent
