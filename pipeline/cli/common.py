@@ -4,6 +4,7 @@ end-of-stage summary table, the executor options every stage command takes, and 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from typing import Callable
@@ -12,10 +13,87 @@ import click
 from tqdm import tqdm
 
 from pipeline.errors import PipelineError
+from pipeline.json_records import surrogate_at
 from pipeline.manifest import load_manifest
 from pipeline.stage import EXECUTORS, Executor, Progress, format_table, make_executor, summary_rows
 
 DEFAULT_WORKERS = os.cpu_count() or 1
+
+
+# ---- option types: every number option is range-checked by click, naming the option ----------------
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that must be finite and in range. NaN passes every comparison (`nan < 0` and
+    `nan > 1` are both false), so click's FloatRange alone lets `--temperature nan` through."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+#: Shares of a data set (validation, test): 0 (none) up to, not including, 1 (all).
+SHARE = FiniteFloat(min=0, max=1, max_open=True)
+#: A learning rate, weight decay, coefficient or clip: finite and not negative.
+NON_NEGATIVE = FiniteFloat(min=0)
+#: Strictly positive and finite (epochs, DPO's beta, a clip range).
+POSITIVE = FiniteFloat(min=0, min_open=True)
+#: Counts that must be at least 1 (batch sizes, steps, prompts).
+POSITIVE_INT = click.IntRange(min=1)
+#: Counts where 0 means "automatic" or "none".
+COUNT = click.IntRange(min=0)
+
+
+class Utf8Text(click.ParamType):
+    """A text option: bytes that are not UTF-8 on the command line reach Python as lone surrogates
+    (`surrogateescape`), which no tokenizer can encode; refused here, naming the option."""
+
+    name = "text"
+
+    def convert(self, value, param, ctx):
+        at = surrogate_at(value)
+        if at is not None:
+            self.fail(f"holds bytes that are not UTF-8 (at character {at}); pass UTF-8 text.", param, ctx)
+        return value
+
+
+TEXT = Utf8Text()
+
+
+def check_text(text: str, where: str) -> str | None:
+    """None when text can be encoded as UTF-8, else a one-line message naming where (a line of input)."""
+    at = surrogate_at(text)
+    return None if at is None else f"{where}: holds bytes that are not UTF-8 (at character {at}); send UTF-8 text"
+
+
+def sampling_options(max_new_tokens: int, temperature: float, top_k: int):
+    """--max-new-tokens, --temperature, --top-k, --top-p: one set of checks for every command that
+    samples (`sample`, `chat`)."""
+    options = [
+        click.option("--max-new-tokens", type=POSITIVE_INT, default=max_new_tokens, show_default=True,
+                     help="Tokens to generate at most."),
+        click.option("--temperature", type=NON_NEGATIVE, default=temperature, show_default=True,
+                     help="Softmax temperature; 0 = greedy."),
+        click.option("--top-k", type=COUNT, default=top_k, show_default=True,
+                     help="Sample among the k most likely tokens; 0 = all."),
+        click.option("--top-p", type=FiniteFloat(min=0, max=1, min_open=True), default=1.0, show_default=True,
+                     help="Sample among the smallest set of tokens whose probability reaches p; 1 = all."),
+    ]
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
+
+
+def real_folder(path) -> str:
+    """A folder's resolved path (symlinks and `..` followed): two spellings of one folder compare equal."""
+    return os.path.realpath(os.path.expanduser(str(path)))
 
 executor_option = click.option(
     "--executor", type=click.Choice(EXECUTORS), default="local", show_default=True, envvar="CRAWLGPT_EXECUTOR",
