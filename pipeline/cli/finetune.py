@@ -422,13 +422,13 @@ def classify_cmd(data: Path, checkpoint: Path, source: Path, batch: int, tokeniz
     from train.errors import TrainError
 
     if str(source) == "-":
-        data, name = sys.stdin.buffer.read(), "standard input"
+        raw, name = sys.stdin.buffer.read(), "standard input"
     else:
         if not source.is_file():
             raise click.ClickException(f"{source} does not exist; pass a text file (one text per line) or -")
-        data, name = source.read_bytes(), str(source)
+        raw, name = source.read_bytes(), str(source)
     try:
-        lines = read_text_lines(data, name)
+        lines = read_text_lines(raw, name)
     except RecordFileError as err:
         _fail(err)
     texts = [line for line in lines if line.strip()]
