@@ -302,10 +302,12 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
 
     def run_eval(step: int) -> None:
         figures = objective.evaluate(forward_model)
-        result.val_losses.append((step, figures["val_loss"]))
+        if figures["val_loss"] is not None:  # None: no validation data (e.g. --val-fraction 0)
+            result.val_losses.append((step, figures["val_loss"]))
         metrics.write({"kind": "val", "step": step, **figures})
         if ctx.is_main:
-            log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v:,}"
+            log.info("step %d: %s", step, ", ".join(f"{k} n/a" if v is None else f"{k} {v:.4g}"
+                                                      if isinstance(v, float) else f"{k} {v:,}"
                                                       for k, v in figures.items()))
         if benchmark is not None:  # every rank scores (FSDP needs all of them in each forward)
             with autocast_context(device, bf16):

@@ -106,6 +106,8 @@ def _run_training(config, objective, title: str, keys: list[tuple[str, str]]) ->
     before, after = (vals[0], vals[-1]) if vals else ({}, {})
     click.echo(f"\n{title}: {run_dir}")
     click.echo(f"{'':>24}  {'before':>10}  {'after':>10}")
+    if after.get("val_pairs") == 0:
+        click.echo(f"{'validation':>24}  no validation pairs (--val-fraction 0): no figures")
     for key, label in keys:
         b, a = before.get(key), after.get(key)
         fmt = (lambda v: "n/a" if v is None else f"{v:.4f}")
@@ -208,6 +210,9 @@ def reward_eval_cmd(data, run, checkpoint, pairs, split, val_fraction, batch, to
         _fail(err)
     click.echo(f"{'pairs':>16}  {ev.pairs:,} ({split})")
     click.echo(f"{'read':>16}  {ev.stats.summary()}")
+    if not ev.pairs:
+        click.echo(f"{'accuracy':>16}  n/a (no pairs in the {split} split)")
+        return
     click.echo(f"{'accuracy':>16}  {ev.accuracy:.4f}")
     click.echo(f"{'mean margin':>16}  {ev.margin:.4f}")
 
