@@ -115,7 +115,7 @@ def shards_cmd(ctx: click.Context, data: Path, workers: int, val_fraction: float
         recorded = {**recorded, "max_shard_mb": recorded["max_shard_bytes"] / 2**20}
     opts = remembered(ctx, recorded, val_fraction="val_fraction", max_shard_mb="max_shard_mb")
     config = ShardsConfig(val_fraction=opts["val_fraction"], max_shard_bytes=int(round(opts["max_shard_mb"] * 2**20)),
-                          source="raw" if source == "raw" else "corpus")
+                          source="corpus" if source == "decontaminated" else source)
     tok = tokenizer_path or data / "tokenizer" / TOKENIZER_FILE
     src = data / source
     out = out_dir or data / ("shards" if source in ("corpus", "decontaminated") else f"shards-{source}")
