@@ -74,3 +74,34 @@ def test_sample_on_a_damaged_dcp_folder_prints_one_error_line(tmp_path, dcp_chec
     assert result.exit_code == 1 and "Aborted" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: cannot read") and ".metadata" in lines[0], result.output
+
+
+class _RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch '{self.marker}'",)
+
+
+def test_a_malicious_meta_pt_is_refused_without_torchs_weights_only_hint(tmp_path, dcp_checkpoint):
+    folder = tmp_path / dcp_checkpoint.name
+    shutil.copytree(dcp_checkpoint, folder)
+    marker = tmp_path / "code-ran"
+    torch.save({"format": 1, "step": 2, "model_config": {}, "x": _RunsCode(marker)}, folder / DCP_META)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(folder)
+    message = str(caught.value)
+    assert "would run code from the file" in message and "weights_only" not in message.lower()
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__ and not marker.exists()
+
+
+def test_the_log_names_the_preset_of_the_model_built_not_the_one_asked_for():
+    from model.gpt import preset_config
+    from train.loop import preset_of
+
+    assert preset_of(preset_config("tiny", 320), "small") == "tiny"  # sft of a tiny base under preset auto
+    assert preset_of(preset_config("small", 320), "small") == "small"
+    assert preset_of(preset_config("tiny", 320, d_model=128), "tiny") == "custom"

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from model.gpt import GPT, GPTConfig, ModelConfigError, preset_config
+from model.gpt import GPT, PRESETS, GPTConfig, ModelConfigError, preset_config
 from train.checkpoint import (
     capture_rng_state,
     check_model_config,
@@ -88,6 +88,14 @@ class TrainResult:
     """Peak CUDA memory of this rank (None on CPU)."""
     model_config: GPTConfig | None = None
     """The model's config."""
+
+
+def preset_of(config: GPTConfig, asked: str) -> str:
+    """The name of the preset whose shape config has (asked first), else "custom": what the log says."""
+    for name in (asked, *PRESETS):
+        if name in PRESETS and all(getattr(config, k) == v for k, v in PRESETS[name].items()):
+            return name
+    return "custom"
 
 
 def resolve_preset(preset: str, device: torch.device) -> str:
@@ -199,6 +207,7 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
         model_config = objective.model_config(preset_config(preset, model_vocab, **config.model_overrides))
     except (TypeError, ModelConfigError) as err:  # an unknown preset or field, widths that do not divide
         raise TrainConfigError("--preset / model_overrides", str(err)) from err
+    preset = preset_of(model_config, preset)  # fine-tuning builds its base's shape, whatever --preset said
     seq_len = objective.seq_len(model_config)
     if seq_len > model_config.max_seq_len:
         raise SeqLenError(
