@@ -55,3 +55,12 @@ def test_a_hf_folder_whose_tokenizer_has_more_ids_than_the_model_is_refused(file
     result = CliRunner().invoke(main, ["benchmark", "--model", str(out), "--tasks", "piqa", "--limit", "1"])
     assert result.exit_code == 1 and "embedding rows" in result.output and "IndexError" not in result.output, \
         result.output
+
+
+def test_benchmark_progress_off_a_terminal_is_lines_per_tenth_not_carriage_returns(files):
+    result = CliRunner().invoke(main, ["benchmark", "--checkpoint", str(files["sft"]), "--tokenizer",
+                                       str(files["tokenizer"]), "--tasks", "piqa", "--limit", "8", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert "\r" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("piqa: ")]
+    assert lines and lines[-1].startswith("piqa: 10/10 tenths, 16 requests"), result.stderr

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import sys
+import time
 from typing import Callable
 
 import click
@@ -166,9 +167,11 @@ class StageProgress:
     carriage-return updates, so it prints one line per finished shard instead.
     """
 
-    def __init__(self, desc: str, unit: str = "docs", tty: bool | None = None):
+    def __init__(self, desc: str, unit: str = "docs", tty: bool | None = None, part: str = "shards"):
         self.desc = desc
         self.unit = unit
+        self.part = part
+        """What is counted done of a total: shards, or chunks of a count (`CountProgress`)."""
         self.tty = sys.stderr.isatty() if tty is None else tty
         self.bar: tqdm | None = None  # created at the first report, so errors before the stage starts print cleanly
         self._shown = 0
@@ -178,12 +181,13 @@ class StageProgress:
             if p.shards_done > self._shown:
                 self._shown = p.shards_done
                 rate = p.docs / p.elapsed_s if p.elapsed_s > 0 else 0.0
-                click.echo(f"{self.desc}: {p.shards_done}/{p.shards_total} shards "
-                           f"({p.shards_skipped} already done), {self._amount(p.docs)}, "
+                skipped = f" ({p.shards_skipped} already done)" if self.part == "shards" else ""
+                click.echo(f"{self.desc}: {p.shards_done}/{p.shards_total} {self.part}{skipped}, {self._amount(p.docs)}, "
                            f"{self._amount(rate)}/s, {p.elapsed_s:.1f}s", err=True)
             return
         if self.bar is None:
-            self.bar = tqdm(desc=self.desc, total=p.shards_total, unit=" shards", dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(desc=self.desc, total=p.shards_total, unit=f" {self.part}", dynamic_ncols=True,
+                            file=sys.stderr)
         if self.bar.total != p.shards_total:
             self.bar.total = p.shards_total
         self.bar.update(p.shards_done - self._shown)
@@ -203,6 +207,26 @@ class StageProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class CountProgress:
+    """Progress over a count (requests scored, answers generated) through `StageProgress`: a bar on a
+    terminal; off one (a log file) one line per tenth of the work, never carriage-return updates."""
+
+    CHUNKS = 10
+
+    def __init__(self, desc: str, total: int, unit: str, tty: bool | None = None):
+        self.stage = StageProgress(desc, unit=unit, tty=tty, part="tenths")
+        self.total, self.done, self.start = total, 0, time.monotonic()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        tenths = self.CHUNKS if self.done >= self.total else self.done * self.CHUNKS // max(self.total, 1)
+        self.stage(Progress(docs=self.done, shards_done=tenths, shards_total=self.CHUNKS, shards_skipped=0,
+                            elapsed_s=time.monotonic() - self.start))
+
+    def close(self) -> None:
+        self.stage.close()
 
 
 def run_with_progress(desc: str, call: Callable[[Callable[[Progress], None]], dict], summary: bool = True,

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
-from pipeline.cli.common import COUNT, POSITIVE, POSITIVE_INT, real_folder
+from pipeline.cli.common import COUNT, POSITIVE, POSITIVE_INT, CountProgress, real_folder
 from pipeline.cli.training import checkpoint_option, data_option, device_option, run_option, tokenizer_option
 
 
@@ -102,7 +101,6 @@ def benchmark_cmd(data: Path, run: str, checkpoint: Path | None, model_dir: Path
                   tokenizer_path: Path | None, device: str) -> None:
     """Zero-shot accuracy on PIQA, LAMBADA, HellaSwag, ARC and WinoGrande, scored as lm-evaluation-harness does."""
     import torch
-    from tqdm import tqdm
 
     from evals.scoring import RESULTS_HEADER, BenchmarkConfig, load_items, load_scoring_model, results_table_rows, \
         run_benchmarks
@@ -115,7 +113,7 @@ def benchmark_cmd(data: Path, run: str, checkpoint: Path | None, model_dir: Path
         torch.set_num_threads(threads)
     target = model_dir or checkpoint or data / "runs" / run
     tok = tokenizer_path or data / "tokenizer" / "tokenizer.json"
-    bar: list[tqdm] = []
+    bar: list[CountProgress] = []
     try:
         config = BenchmarkConfig(tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), eval_dir=str(eval_dir),
                                  files=_task_files(files), limit=limit or None, batch_size=batch_size)
@@ -125,7 +123,7 @@ def benchmark_cmd(data: Path, run: str, checkpoint: Path | None, model_dir: Path
         def on_start(task: str, requests: int) -> None:
             if bar:
                 bar.pop().close()
-            bar.append(tqdm(total=requests, desc=task, unit=" requests", dynamic_ncols=True, file=sys.stderr))
+            bar.append(CountProgress(task, requests, "requests"))
 
         results = run_benchmarks(model, config, items, on_start=on_start, on_progress=lambda n: bar[-1].update(n))
     except (TrainError, BenchmarkDataError, ValueError) as err:
