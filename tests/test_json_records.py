@@ -107,3 +107,16 @@ def test_chat_messages_with_null_content_are_a_counted_skip_or_a_named_error(tmp
                                              {"role": "assistant", "content": "x"}]}) + "\n")
     with pytest.raises(InstructDataError, match=r"p\.jsonl:1: message 0 is not an object with \"role\" and a string"):
         read_instructions(path)
+
+
+@pytest.mark.parametrize("form", sorted(BAD_LINES))
+def test_the_ablations_heldout_reader_names_the_line_too(tmp_path, form):
+    from align_fixtures import EOT_ID, write_byte_tokenizer
+    from evals.ablation import AblationError, read_heldout
+    from train.evaluate import load_tokenizer
+
+    tokenizer = load_tokenizer(write_byte_tokenizer(tmp_path / "tokenizer.json"))
+    bad, phrase = BAD_LINES[form]
+    path = write_jsonl(tmp_path / "heldout.jsonl", bad)
+    with pytest.raises(AblationError, match=f"heldout.jsonl:2: .*{phrase}"):
+        read_heldout(path, tokenizer, EOT_ID, 10_000)
