@@ -27,6 +27,10 @@ REFUSED = [
     (["classify", "--checkpoint", "x", "--batch", "0", "-"], "--batch"),
     (["reward-eval", "--pairs", "README.md", "--batch", "0"], "--batch"),
     (["ablation", "--lr", "-inf"], "--lr"),
+    (["shards", "--max-shard-mb", "nan"], "--max-shard-mb"),
+    (["tokenizer", "--sample-mb", "inf"], "--sample-mb"),
+    (["dedup", "--threshold", "nan"], "--threshold"),
+    (["filter", "--lang-threshold", "nan"], "--lang-threshold"),
     # item 12: counts below their minimum
     (["sft", "--steps", "-5"], "--steps"),
     (["sft", "--epochs", "0"], "--epochs"),

@@ -8,6 +8,7 @@ import click
 
 from pipeline.cli.common import (
     DEFAULT_WORKERS,
+    FiniteFloat,
     build_executor,
     executor_options,
     fail,
@@ -41,9 +42,9 @@ force_option = click.option("--force", is_flag=True, help="Discard outputs made 
               help="Reserved special tokens <|reserved_N|> for later chat formats.")
 @click.option("--min-frequency", type=int, default=_TOK.min_frequency, show_default=True,
               help="Minimum pair count for a merge.")
-@click.option("--sample-mb", type=float, default=0, show_default=True,
+@click.option("--sample-mb", type=FiniteFloat(), default=0, show_default=True,
               help="Train on at most this many MB of text, sampled evenly by document id (0 = whole corpus).")
-@click.option("--heldout-fraction", type=float, default=_TOK.heldout_fraction, show_default=True,
+@click.option("--heldout-fraction", type=FiniteFloat(), default=_TOK.heldout_fraction, show_default=True,
               help="Share of documents held out (as the shards' validation split) to measure compression.")
 @click.option("--from", "source", type=click.Choice(["corpus", "decontaminated"]), default="corpus",
               show_default=True, help="Documents to train on: DATA/corpus, or DATA/decontaminated after "
@@ -87,9 +88,9 @@ def tokenizer_cmd(ctx: click.Context, data: Path, vocab_size: int, pattern: str,
 @data_option
 @click.option("--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS, show_default=True,
               help="Processes, one corpus shard each (the tokenizer also uses threads within a batch).")
-@click.option("--val-fraction", type=float, default=_SH.val_fraction, show_default=True,
+@click.option("--val-fraction", type=FiniteFloat(), default=_SH.val_fraction, show_default=True,
               help="Share of documents in the validation split (chosen by a hash of the document id).")
-@click.option("--max-shard-mb", type=float, default=_SH.max_shard_bytes / 2**20, show_default=True,
+@click.option("--max-shard-mb", type=FiniteFloat(), default=_SH.max_shard_bytes / 2**20, show_default=True,
               help="Start a new token file when one reaches this many MiB of tokens.")
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="tokenizer.json to use [default: DATA/tokenizer/tokenizer.json].")
