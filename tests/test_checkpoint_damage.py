@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.cli import main
+from cli import main
 from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig, train
 from train.checkpoint import DCP_META, latest_checkpoint, load_checkpoint
 from train.config import ParallelConfig

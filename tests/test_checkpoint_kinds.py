@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from align_fixtures import write_byte_tokenizer, write_policy_checkpoint, write_reward_checkpoint
-from pipeline.cli import main
+from cli import main
 from train.errors import CheckpointKindError
 from train.evaluate import load_for_inference
 

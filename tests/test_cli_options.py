@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import main
+from cli import main
 
 REFUSED = [
     # item 9: non-finite floats

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from evals.tasks import BenchmarkDataError, read_lambada
+from formats.benchmark_tasks import BenchmarkDataError, read_lambada
 from pipeline.decontaminate import benchmark_items
 from pipeline.errors import InputError
 from pipeline.json_records import MAX_DEPTH, RecordFileError, read_records, surrogate_at
-from train.classify_data import ClassifyDataError, read_labelled
-from train.instruct_data import InstructDataError, read_instructions
-from train.preference import PreferenceDataError, read_preference_pairs
-from train.templates import PromptTemplate
+from train.tune.classify_data import ClassifyDataError, read_labelled
+from train.tune.instruct_data import InstructDataError, read_instructions
+from train.align.preference import PreferenceDataError, read_preference_pairs
+from train.tune.templates import PromptTemplate
 
 GOOD = {"instruction": "Say hi.", "output": "Hi.", "chosen": "Hi.", "rejected": "No.", "text": "hi there",
         "label": "ham"}

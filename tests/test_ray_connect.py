@@ -45,7 +45,7 @@ def test_a_listening_port_passes_the_check():
 
 
 def test_a_stage_command_with_an_unreachable_ray_address_prints_one_line(tmp_path):
-    from pipeline.cli import main
+    from cli import main
     from test_tokenizer import make_corpus, synthetic_docs
 
     make_corpus(tmp_path, {"a": synthetic_docs(5, 1, "a")})
