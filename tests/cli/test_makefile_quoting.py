@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HOSTILE = "John's data `y` ; \"z\".json"
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
