@@ -38,18 +38,23 @@ ABLATION_STEPS  ?= 150
 ABLATION_SEEDS  ?= 1,2,3
 ABLATION_ARGS   ?=
 force_flag := $(if $(FORCE),--force,)
+# A value as one shell word whatever it holds (spaces, quotes): John's data.json -> 'John'\''s data.json'.
+# Every path and name given to make goes through it.
+q = '$(subst ','\'',$(1))'
+data_flag = --data $(call q,$(DATA))
+run_flag  = --run $(call q,$(RUN))
 # SOURCE, NUM_FILES, LANGS, REFERENCE and VOCAB_SIZE are passed only when you set them: later targets
 # go on with what the stage recorded in its manifest (make corpus REFERENCE=x, then make shards: still x).
 user_set     = $(filter command line environment,$(origin $(1)))
-source_flags := $(if $(call user_set,SOURCE),--source '$(SOURCE)') $(if $(call user_set,NUM_FILES),--num-files $(NUM_FILES))
+source_flags := $(if $(call user_set,SOURCE),--source $(call q,$(SOURCE))) $(if $(call user_set,NUM_FILES),--num-files $(NUM_FILES))
 langs_flags  := $(if $(call user_set,LANGS),--langs $(LANGS))
 vocab_flags  := $(if $(call user_set,VOCAB_SIZE),--vocab-size $(VOCAB_SIZE))
-exec_flags   := --executor $(EXECUTOR) $(if $(RAY_ADDRESS),--ray-address '$(RAY_ADDRESS)')
+exec_flags   := --executor $(call q,$(EXECUTOR)) $(if $(RAY_ADDRESS),--ray-address $(call q,$(RAY_ADDRESS)))
 # REFERENCE set and empty: no classifier; set: that file; not set: as recorded, else DEFAULT_REFERENCE
 # (offered only before the filter stage has recorded its choice).
 no_reference := $(and $(call user_set,REFERENCE),$(if $(REFERENCE),,1))
-reference_flags = $(if $(call user_set,REFERENCE),--reference '$(REFERENCE)',$(if $(or $(wildcard $(DATA)/filtered/manifest.json),$(if $(DEFAULT_REFERENCE),,1)),,--default-reference '$(DEFAULT_REFERENCE)'))
-quality_flags = $(if $(no_reference),--quality-model none,$(if $(call user_set,REFERENCE),--quality-model $(DATA)/quality/model.bin))
+reference_flags = $(if $(call user_set,REFERENCE),--reference $(call q,$(REFERENCE)),$(if $(or $(wildcard $(DATA)/filtered/manifest.json),$(if $(DEFAULT_REFERENCE),,1)),,--default-reference $(call q,$(DEFAULT_REFERENCE))))
+quality_flags = $(if $(no_reference),--quality-model none,$(if $(call user_set,REFERENCE),--quality-model $(call q,$(DATA)/quality/model.bin)))
 
 .PHONY: help test test-fast corpus download quality-model filter dedup decontaminate tokenizer shards stats pretrain \
         sft reward ppo align dpo benchmark export ablation bench bench-eval clean
@@ -84,55 +89,55 @@ test-fast: $(VENV)
 	$(PY) -m pytest -m "not slow"
 
 download: $(VENV)
-	$(CLI) download $(source_flags) --data $(DATA) $(exec_flags) $(force_flag)
+	$(CLI) download $(source_flags) $(data_flag) $(exec_flags) $(force_flag)
 
 quality-model: download
-	$(if $(no_reference),@echo "REFERENCE is empty: no quality classifier (heuristic rules only)",$(CLI) quality-train --data $(DATA) $(reference_flags) $(exec_flags) $(force_flag))
+	$(if $(no_reference),@echo "REFERENCE is empty: no quality classifier (heuristic rules only)",$(CLI) quality-train $(data_flag) $(reference_flags) $(exec_flags) $(force_flag))
 
 filter: quality-model
-	$(CLI) filter --data $(DATA) $(langs_flags) --workers $(WORKERS) $(quality_flags) $(exec_flags) $(force_flag)
+	$(CLI) filter $(data_flag) $(langs_flags) --workers $(WORKERS) $(quality_flags) $(exec_flags) $(force_flag)
 
 dedup: filter
-	$(CLI) dedup --data $(DATA) --workers $(WORKERS) $(exec_flags) $(force_flag)
+	$(CLI) dedup $(data_flag) --workers $(WORKERS) $(exec_flags) $(force_flag)
 
 # Optional: drop documents sharing a 13-gram with a benchmark; later stages then read DATA/decontaminated.
 # (remembered: once DATA/decontaminated exists, later targets go on reading it without DECONTAMINATE=)
 corpus_from = $(if $(or $(strip $(DECONTAMINATE)),$(wildcard $(DATA)/decontaminated/manifest.json)),decontaminated,corpus)
 decontaminate: dedup
-	$(if $(strip $(DECONTAMINATE)),$(CLI) decontaminate --data $(DATA) $(foreach b,$(DECONTAMINATE),--benchmark '$(b)') --workers $(WORKERS) $(exec_flags) $(force_flag),@echo "DECONTAMINATE is empty: no decontamination")
+	$(if $(strip $(DECONTAMINATE)),$(CLI) decontaminate $(data_flag) $(foreach b,$(DECONTAMINATE),--benchmark $(call q,$(b))) --workers $(WORKERS) $(exec_flags) $(force_flag),@echo "DECONTAMINATE is empty: no decontamination")
 
 corpus: decontaminate
 
 tokenizer: corpus
-	$(CLI) tokenizer --data $(DATA) --from $(corpus_from) $(vocab_flags) $(exec_flags) $(force_flag)
+	$(CLI) tokenizer $(data_flag) --from $(corpus_from) $(vocab_flags) $(exec_flags) $(force_flag)
 
 shards: tokenizer
-	$(CLI) shards --data $(DATA) --from $(corpus_from) --workers $(WORKERS) $(exec_flags) $(force_flag)
+	$(CLI) shards $(data_flag) --from $(corpus_from) --workers $(WORKERS) $(exec_flags) $(force_flag)
 
 stats: $(VENV)
-	$(CLI) stats $(DATA)/shards
+	$(CLI) stats $(call q,$(DATA)/shards)
 
 pretrain: shards
-	$(CLI) pretrain --data $(DATA) --preset $(PRESET) --steps $(STEPS) --run $(RUN) --resume
+	$(CLI) pretrain $(data_flag) --preset $(call q,$(PRESET)) --steps $(call q,$(STEPS)) $(run_flag) --resume
 
 # Zero-shot benchmarks of the run's newest checkpoint (PIQA and LAMBADA from EVAL_DIR; LIMIT=N for a quick look).
 benchmark: $(VENV)
-	$(CLI) benchmark --data $(DATA) --run $(RUN) --tasks $(TASKS) --eval-dir $(EVAL_DIR) --limit $(LIMIT) \
-		--json $(DATA)/runs/$(RUN)/benchmark.json
+	$(CLI) benchmark $(data_flag) $(run_flag) --tasks $(call q,$(TASKS)) --eval-dir $(call q,$(EVAL_DIR)) \
+		--limit $(call q,$(LIMIT)) --json $(call q,$(DATA)/runs/$(RUN)/benchmark.json)
 
 # The run's newest checkpoint as a Hugging Face LlamaForCausalLM folder.
 export: $(VENV)
-	$(CLI) export --data $(DATA) --run $(RUN) --out $(EXPORT_DIR) --overwrite
+	$(CLI) export $(data_flag) $(run_flag) --out $(call q,$(EXPORT_DIR)) --overwrite
 
 # Raw crawl vs curated corpus: same model, budget, schedule and seeds (docs/ablation.md).
 ablation: shards
-	$(CLI) shards --data $(DATA) --from raw --workers $(WORKERS)
-	$(CLI) ablation --data $(DATA) --preset $(ABLATION_PRESET) --steps $(ABLATION_STEPS) --seeds $(ABLATION_SEEDS) \
-		--eval-dir $(EVAL_DIR) $(ABLATION_ARGS)
+	$(CLI) shards $(data_flag) --from raw --workers $(WORKERS) $(exec_flags)
+	$(CLI) ablation $(data_flag) --preset $(call q,$(ABLATION_PRESET)) --steps $(call q,$(ABLATION_STEPS)) \
+		--seeds $(call q,$(ABLATION_SEEDS)) --eval-dir $(call q,$(EVAL_DIR)) $(ABLATION_ARGS)
 
 # Instruction fine-tuning of the newest checkpoint of DATA/runs/RUN (run `make pretrain` first).
 sft: $(VENV)
-	$(CLI) sft --data $(DATA) --run $(RUN) --instructions '$(INSTRUCT)' --resume
+	$(CLI) sft $(data_flag) $(run_flag) --instructions $(call q,$(INSTRUCT)) --resume
 # Alignment (docs/alignment.md) on the fine-tuned model in $(DATA)/runs/$(RUN)-sft (made by `make sft` when
 # missing): a reward model then PPO (`make align`), or DPO (`make dpo`). Each resumes where it stopped.
 PAIRS      ?= ../shared/data/instruct/instruction-data-with-preference.json
@@ -142,20 +147,20 @@ ALIGN_ARGS ?=
 REWARD_ARGS ?=
 PPO_ARGS   ?=
 DPO_ARGS   ?=
-sft_done    = test -n "$$(ls $(DATA)/runs/$(RUN)-sft/checkpoints 2>/dev/null)"
+sft_done    = test -n "$$(ls $(call q,$(DATA)/runs/$(RUN)-sft/checkpoints) 2>/dev/null)"
 
 reward: $(VENV)
 	@$(sft_done) || $(MAKE) sft
-	$(CLI) reward-train --data $(DATA) --run $(RUN) --pairs '$(PAIRS)' --resume $(ALIGN_ARGS) $(REWARD_ARGS)
+	$(CLI) reward-train $(data_flag) $(run_flag) --pairs $(call q,$(PAIRS)) --resume $(ALIGN_ARGS) $(REWARD_ARGS)
 
 ppo: reward
-	$(CLI) ppo --data $(DATA) --run $(RUN) --prompts '$(PAIRS)' --resume $(ALIGN_ARGS) $(PPO_ARGS)
+	$(CLI) ppo $(data_flag) $(run_flag) --prompts $(call q,$(PAIRS)) --resume $(ALIGN_ARGS) $(PPO_ARGS)
 
 align: ppo
 
 dpo: $(VENV)
 	@$(sft_done) || $(MAKE) sft
-	$(CLI) dpo --data $(DATA) --run $(RUN) --pairs '$(PAIRS)' --resume $(ALIGN_ARGS) $(DPO_ARGS)
+	$(CLI) dpo $(data_flag) $(run_flag) --pairs $(call q,$(PAIRS)) --resume $(ALIGN_ARGS) $(DPO_ARGS)
 
 # Peers for the benchmarks (datatrove) live in their own environment, never in .venv.
 BENCH_VENV := .venv-bench
@@ -177,10 +182,10 @@ $(LMEVAL_VENV)/.installed:
 # crawlgpt benchmark vs lm-eval on the run's exported checkpoint, and the export's cost (docs/evaluation.md).
 bench-eval: $(VENV) $(LMEVAL_VENV)/.installed
 	BENCH_LMEVAL_PYTHON=$(abspath $(LMEVAL_VENV))/bin/python $(PY) bench/bench_eval.py \
-		--checkpoint $(DATA)/runs/$(RUN) --limit $(LIMIT) --eval-dir $(EVAL_DIR)
+		--checkpoint $(call q,$(DATA)/runs/$(RUN)) --limit $(call q,$(LIMIT)) --eval-dir $(call q,$(EVAL_DIR))
 
 bench: $(VENV) $(BENCH_VENV)/.installed
 	BENCH_PEER_PYTHON=$(abspath $(BENCH_VENV))/bin/python WORKERS=$(WORKERS) bash bench/run.sh
 
 clean:
-	rm -rf $(DATA)
+	rm -rf $(call q,$(DATA))

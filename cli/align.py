@@ -16,6 +16,7 @@ import click
 from formats import layout
 from formats.layout import run_dir, tokenizer_file
 from cli.common import data_option, device_option, fail, is_main, run_name, tokenizer_option
+from cli.common import COUNT, FiniteFloat, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, TEXT
 
 PREFERENCE_FILE = "instruction-data-with-preference.json"
 
@@ -35,24 +36,24 @@ def training_options(default_lr: float, default_steps: int | None):
     """Options every alignment training command shares (they map onto train.config fields)."""
     def decorate(f):
         steps = [] if default_steps is None else [
-            click.option("--steps", type=int, default=default_steps, show_default=True, help="Optimizer steps.")]
+            click.option("--steps", type=POSITIVE_INT, default=default_steps, show_default=True, help="Optimizer steps.")]
         options = [
             click.option("--run", "--run-name", "run", default="default", show_default=True, callback=run_name,
                          help="Run name: reads DATA/runs/RUN-sft, writes DATA/runs/RUN-<command>. Under torchrun spell it --run-name."),
             *steps,
-            click.option("--lr", type=float, default=default_lr, show_default=True, help="Peak learning rate."),
-            click.option("--min-lr", type=float, default=None, help="Final learning rate [default: --lr, constant]."),
-            click.option("--warmup-steps", type=int, default=None, help="Linear warmup [default: 5% of steps]."),
-            click.option("--weight-decay", type=float, default=0.0, show_default=True, help="AdamW weight decay."),
-            click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Gradient norm clip (0 = off)."),
-            click.option("--micro-batch", type=int, default=4, show_default=True,
+            click.option("--lr", type=NON_NEGATIVE, default=default_lr, show_default=True, help="Peak learning rate."),
+            click.option("--min-lr", type=NON_NEGATIVE, default=None, help="Final learning rate [default: --lr, constant]."),
+            click.option("--warmup-steps", type=COUNT, default=None, help="Linear warmup [default: 5% of steps]."),
+            click.option("--weight-decay", type=NON_NEGATIVE, default=0.0, show_default=True, help="AdamW weight decay."),
+            click.option("--grad-clip", type=NON_NEGATIVE, default=1.0, show_default=True, help="Gradient norm clip (0 = off)."),
+            click.option("--micro-batch", type=POSITIVE_INT, default=4, show_default=True,
                          help="Sequences (pairs for reward/DPO) per forward pass."),
-            click.option("--val-fraction", type=float, default=0.1, show_default=True,
+            click.option("--val-fraction", type=SHARE, default=0.1, show_default=True,
                          help="Share of prompts held out for validation (hash of the prompt: stable)."),
-            click.option("--eval-every", type=int, default=None, help="Evaluate every N steps [default: a fifth of the steps]."),
-            click.option("--ckpt-every", type=int, default=None, help="Checkpoint every N steps [default: --eval-every]."),
-            click.option("--keep-last", type=int, default=2, show_default=True, help="Checkpoints to keep."),
-            click.option("--log-every", type=int, default=1, show_default=True, help="Metrics record every N steps."),
+            click.option("--eval-every", type=COUNT, default=None, help="Evaluate every N steps [default: a fifth of the steps]."),
+            click.option("--ckpt-every", type=COUNT, default=None, help="Checkpoint every N steps [default: --eval-every]."),
+            click.option("--keep-last", type=POSITIVE_INT, default=2, show_default=True, help="Checkpoints to keep."),
+            click.option("--log-every", type=POSITIVE_INT, default=1, show_default=True, help="Metrics record every N steps."),
             click.option("--seed", type=int, default=1337, show_default=True, help="Seed of order, sampling and init."),
             click.option("--resume", is_flag=True, help="Continue the run from its newest checkpoint."),
             click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
@@ -107,6 +108,8 @@ def _run_training(config, objective, title: str, keys: list[tuple[str, str]]) ->
     before, after = (vals[0], vals[-1]) if vals else ({}, {})
     click.echo(f"\n{title}: {run_dir}")
     click.echo(f"{'':>24}  {'before':>10}  {'after':>10}")
+    if after.get("val_pairs") == 0:
+        click.echo(f"{'validation':>24}  no validation pairs (--val-fraction 0): no figures")
     for key, label in keys:
         b, a = before.get(key), after.get(key)
         fmt = (lambda v: "n/a" if v is None else f"{v:.4f}")
@@ -126,13 +129,13 @@ def _run_training(config, objective, title: str, keys: list[tuple[str, str]]) ->
 @click.command("dpo")
 @_policy_option
 @_pairs_option
-@click.option("--beta", type=float, default=0.1, show_default=True, help="DPO temperature β.")
+@click.option("--beta", type=POSITIVE, default=0.1, show_default=True, help="DPO temperature β.")
 @click.option("--average-logprobs", is_flag=True,
               help="Mean log-probability per response token instead of the sum (the book's variant).")
 @click.option("--reference", type=click.Choice(["precompute", "online"]), default="precompute", show_default=True,
               help="Reference log-probabilities computed once before training, or at every step.")
-@click.option("--batch-pairs", type=int, default=8, show_default=True, help="Pairs per optimizer step.")
-@click.option("--max-len", type=int, default=0, show_default=True,
+@click.option("--batch-pairs", type=POSITIVE_INT, default=8, show_default=True, help="Pairs per optimizer step.")
+@click.option("--max-len", type=COUNT, default=0, show_default=True,
               help="Tokens of prompt + response; 0 = the model's context.")
 @training_options(default_lr=5e-6, default_steps=100)
 def dpo_cmd(policy, pairs, beta, average_logprobs, reference, batch_pairs, max_len, **o) -> None:
@@ -156,10 +159,10 @@ def dpo_cmd(policy, pairs, beta, average_logprobs, reference, batch_pairs, max_l
 @click.command("reward-train")
 @_policy_option
 @_pairs_option
-@click.option("--center-coef", type=float, default=0.0, show_default=True,
+@click.option("--center-coef", type=NON_NEGATIVE, default=0.0, show_default=True,
               help="Weight of the centring term c·(r_chosen + r_rejected)² that keeps rewards near 0 (e.g. 0.01).")
-@click.option("--batch-pairs", type=int, default=8, show_default=True, help="Pairs per optimizer step.")
-@click.option("--max-len", type=int, default=0, show_default=True,
+@click.option("--batch-pairs", type=POSITIVE_INT, default=8, show_default=True, help="Pairs per optimizer step.")
+@click.option("--max-len", type=COUNT, default=0, show_default=True,
               help="Tokens of prompt + response; 0 = the model's context.")
 @training_options(default_lr=1e-5, default_steps=100)
 def reward_train_cmd(policy, pairs, center_coef, batch_pairs, max_len, **o) -> None:
@@ -191,8 +194,8 @@ def _reward_checkpoint(data: Path, run: str, checkpoint: Path | None) -> Path:
 @_pairs_option
 @click.option("--split", type=click.Choice(["all", "train", "val"]), default="all", show_default=True,
               help="Score every pair, or one side of the hash split (same --val-fraction as training).")
-@click.option("--val-fraction", type=float, default=0.1, show_default=True, help="The split's validation share.")
-@click.option("--batch", type=int, default=8, show_default=True, help="Pairs per forward pass.")
+@click.option("--val-fraction", type=SHARE, default=0.1, show_default=True, help="The split's validation share.")
+@click.option("--batch", type=POSITIVE_INT, default=8, show_default=True, help="Pairs per forward pass.")
 @tokenizer_option
 @device_option
 def reward_eval_cmd(data, run, checkpoint, pairs, split, val_fraction, batch, tokenizer_path, device) -> None:
@@ -209,6 +212,9 @@ def reward_eval_cmd(data, run, checkpoint, pairs, split, val_fraction, batch, to
         fail(err)
     click.echo(f"{'pairs':>16}  {ev.pairs:,} ({split})")
     click.echo(f"{'read':>16}  {ev.stats.summary()}")
+    if not ev.pairs:
+        click.echo(f"{'accuracy':>16}  n/a (no pairs in the {split} split)")
+        return
     click.echo(f"{'accuracy':>16}  {ev.accuracy:.4f}")
     click.echo(f"{'mean margin':>16}  {ev.margin:.4f}")
 
@@ -220,8 +226,8 @@ def reward_eval_cmd(data, run, checkpoint, pairs, split, val_fraction, batch, to
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Reward model checkpoint or run folder.")
 @click.option("--input", "input_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="JSONL of {instruction or prompt, response}; prints each line with its reward.")
-@click.option("--prompt", default=None, help="One instruction to score (with --response).")
-@click.option("--response", default=None, help="The response to --prompt.")
+@click.option("--prompt", type=TEXT, default=None, help="One instruction to score (with --response).")
+@click.option("--response", type=TEXT, default=None, help="The response to --prompt.")
 @tokenizer_option
 @device_option
 def reward_score_cmd(data, run, checkpoint, input_path, prompt, response, tokenizer_path, device) -> None:
@@ -258,25 +264,25 @@ def reward_score_cmd(data, run, checkpoint, input_path, prompt, response, tokeni
 @click.option("--prompts", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
               help="Prompts: .json/.jsonl with `instruction`[+`input`], `prompt`, or chat messages (a preference "
                    "file works: its responses are ignored).")
-@click.option("--iterations", type=int, default=20, show_default=True,
+@click.option("--iterations", type=POSITIVE_INT, default=20, show_default=True,
               help="Rollouts; steps = iterations x epochs x rollout-prompts / minibatch.")
-@click.option("--rollout-prompts", type=int, default=16, show_default=True, help="Prompts sampled per iteration.")
-@click.option("--minibatch", type=int, default=4, show_default=True, help="Sequences per optimizer step.")
-@click.option("--epochs", type=int, default=4, show_default=True, help="Passes over each rollout.")
-@click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Longest response.")
-@click.option("--temperature", type=float, default=0.7, show_default=True, help="Rollout sampling temperature.")
-@click.option("--top-k", type=int, default=0, show_default=True, help="Sample among the k most likely tokens; 0 = all.")
-@click.option("--kl-coef", type=float, default=0.05, show_default=True, help="Per-token KL penalty weight.")
-@click.option("--clip", type=float, default=0.2, show_default=True, help="Policy ratio clip range.")
-@click.option("--value-clip", type=float, default=0.2, show_default=True, help="Value change clip range.")
-@click.option("--gamma", type=float, default=1.0, show_default=True, help="GAE discount.")
-@click.option("--lam", type=float, default=0.95, show_default=True, help="GAE lambda.")
-@click.option("--vf-coef", type=float, default=0.1, show_default=True, help="Value loss weight.")
-@click.option("--no-eot-penalty", type=float, default=1.0, show_default=True,
+@click.option("--rollout-prompts", type=POSITIVE_INT, default=16, show_default=True, help="Prompts sampled per iteration.")
+@click.option("--minibatch", type=POSITIVE_INT, default=4, show_default=True, help="Sequences per optimizer step.")
+@click.option("--epochs", type=POSITIVE_INT, default=4, show_default=True, help="Passes over each rollout.")
+@click.option("--max-new-tokens", type=POSITIVE_INT, default=64, show_default=True, help="Longest response.")
+@click.option("--temperature", type=POSITIVE, default=0.7, show_default=True, help="Rollout sampling temperature.")
+@click.option("--top-k", type=COUNT, default=0, show_default=True, help="Sample among the k most likely tokens; 0 = all.")
+@click.option("--kl-coef", type=NON_NEGATIVE, default=0.05, show_default=True, help="Per-token KL penalty weight.")
+@click.option("--clip", type=POSITIVE, default=0.2, show_default=True, help="Policy ratio clip range.")
+@click.option("--value-clip", type=POSITIVE, default=0.2, show_default=True, help="Value change clip range.")
+@click.option("--gamma", type=FiniteFloat(min=0, max=1), default=1.0, show_default=True, help="GAE discount.")
+@click.option("--lam", type=FiniteFloat(min=0, max=1), default=0.95, show_default=True, help="GAE lambda.")
+@click.option("--vf-coef", type=NON_NEGATIVE, default=0.1, show_default=True, help="Value loss weight.")
+@click.option("--no-eot-penalty", type=NON_NEGATIVE, default=1.0, show_default=True,
               help="Subtracted from the score of a response that never produced end-of-text.")
 @click.option("--value-init", type=click.Choice(["reward", "policy"]), default="reward", show_default=True,
               help="Value model starts from the reward model (InstructGPT) or from the policy.")
-@click.option("--val-prompts", type=int, default=16, show_default=True, help="Held-out prompts per evaluation.")
+@click.option("--val-prompts", type=POSITIVE_INT, default=16, show_default=True, help="Held-out prompts per evaluation.")
 @training_options(default_lr=1e-5, default_steps=None)
 def ppo_cmd(policy, reward_model, prompts, iterations, rollout_prompts, minibatch, epochs, max_new_tokens,
             temperature, top_k, kl_coef, clip, value_clip, gamma, lam, vf_coef, no_eot_penalty, value_init,
@@ -316,12 +322,12 @@ def ppo_cmd(policy, reward_model, prompts, iterations, rollout_prompts, minibatc
               help="The judge [default: DATA/runs/RUN-reward].")
 @click.option("--prompts", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
               help="Prompt or preference file; its held-out side (hash split) is used.")
-@click.option("--val-fraction", type=float, default=0.1, show_default=True, help="The split's validation share.")
-@click.option("--num-prompts", type=int, default=64, show_default=True, help="Held-out prompts to answer.")
-@click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Longest response.")
-@click.option("--temperature", type=float, default=0.7, show_default=True, help="Sampling temperature (0 = greedy).")
+@click.option("--val-fraction", type=SHARE, default=0.1, show_default=True, help="The split's validation share.")
+@click.option("--num-prompts", type=POSITIVE_INT, default=64, show_default=True, help="Held-out prompts to answer.")
+@click.option("--max-new-tokens", type=POSITIVE_INT, default=64, show_default=True, help="Longest response.")
+@click.option("--temperature", type=NON_NEGATIVE, default=0.7, show_default=True, help="Sampling temperature (0 = greedy).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
-@click.option("--show", type=int, default=3, show_default=True, help="Sample answers printed side by side.")
+@click.option("--show", type=COUNT, default=3, show_default=True, help="Sample answers printed side by side.")
 @tokenizer_option
 @device_option
 def align_compare_cmd(data, run, policies, baseline, reward_model, prompts, val_fraction, num_prompts,

@@ -4,9 +4,11 @@ end-of-stage summary table, the executor options every stage command takes, and 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from pathlib import Path
+import time
 from typing import Callable
 
 import click
@@ -14,6 +16,7 @@ from tqdm import tqdm
 
 from formats.manifest import load_manifest
 from pipeline.errors import ConfigError
+from formats.json_records import surrogate_at
 from pipeline.stage import Executor, LocalExecutor, Progress, format_table, summary_rows
 
 DEFAULT_WORKERS = os.cpu_count() or 1
@@ -65,6 +68,82 @@ def is_main() -> bool:
     """True on rank 0 of a torchrun job (and in a plain process): only it prints."""
     return int(os.environ.get("RANK", "0")) == 0
 
+
+
+# ---- option types: every number option is range-checked by click, naming the option ----------------
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that must be finite and in range. NaN passes every comparison (`nan < 0` and
+    `nan > 1` are both false), so click's FloatRange alone lets `--temperature nan` through."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+#: Shares of a data set (validation, test): 0 (none) up to, not including, 1 (all).
+SHARE = FiniteFloat(min=0, max=1, max_open=True)
+#: A learning rate, weight decay, coefficient or clip: finite and not negative.
+NON_NEGATIVE = FiniteFloat(min=0)
+#: Strictly positive and finite (epochs, DPO's beta, a clip range).
+POSITIVE = FiniteFloat(min=0, min_open=True)
+#: Counts that must be at least 1 (batch sizes, steps, prompts).
+POSITIVE_INT = click.IntRange(min=1)
+#: Counts where 0 means "automatic" or "none".
+COUNT = click.IntRange(min=0)
+
+
+class Utf8Text(click.ParamType):
+    """A text option: bytes that are not UTF-8 on the command line reach Python as lone surrogates
+    (`surrogateescape`), which no tokenizer can encode; refused here, naming the option."""
+
+    name = "text"
+
+    def convert(self, value, param, ctx):
+        at = surrogate_at(value)
+        if at is not None:
+            self.fail(f"holds bytes that are not UTF-8 (at character {at}); pass UTF-8 text.", param, ctx)
+        return value
+
+
+TEXT = Utf8Text()
+
+
+def check_text(text: str, where: str) -> str | None:
+    """None when text can be encoded as UTF-8, else a one-line message naming where (a line of input)."""
+    at = surrogate_at(text)
+    return None if at is None else f"{where}: holds bytes that are not UTF-8 (at character {at}); send UTF-8 text"
+
+
+def sampling_options(max_new_tokens: int, temperature: float, top_k: int):
+    """--max-new-tokens, --temperature, --top-k, --top-p: one set of checks for every command that
+    samples (`sample`, `chat`)."""
+    options = [
+        click.option("--max-new-tokens", type=POSITIVE_INT, default=max_new_tokens, show_default=True,
+                     help="Tokens to generate at most."),
+        click.option("--temperature", type=NON_NEGATIVE, default=temperature, show_default=True,
+                     help="Softmax temperature; 0 = greedy."),
+        click.option("--top-k", type=COUNT, default=top_k, show_default=True,
+                     help="Sample among the k most likely tokens; 0 = all."),
+        click.option("--top-p", type=FiniteFloat(min=0, max=1, min_open=True), default=1.0, show_default=True,
+                     help="Sample among the smallest set of tokens whose probability reaches p; 1 = all."),
+    ]
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
+
+
+def real_folder(path) -> str:
+    """A folder's resolved path (symlinks and `..` followed): two spellings of one folder compare equal."""
+    return os.path.realpath(os.path.expanduser(str(path)))
 
 executor_option = click.option(
     "--executor", type=click.Choice(EXECUTORS), default="local", show_default=True, envvar="CRAWLGPT_EXECUTOR",
@@ -137,9 +216,11 @@ class StageProgress:
     carriage-return updates, so it prints one line per finished shard instead.
     """
 
-    def __init__(self, desc: str, unit: str = "docs", tty: bool | None = None):
+    def __init__(self, desc: str, unit: str = "docs", tty: bool | None = None, part: str = "shards"):
         self.desc = desc
         self.unit = unit
+        self.part = part
+        """What is counted done of a total: shards, or chunks of a count (`CountProgress`)."""
         self.tty = sys.stderr.isatty() if tty is None else tty
         self.bar: tqdm | None = None  # created at the first report, so errors before the stage starts print cleanly
         self._shown = 0
@@ -149,12 +230,13 @@ class StageProgress:
             if p.shards_done > self._shown:
                 self._shown = p.shards_done
                 rate = p.docs / p.elapsed_s if p.elapsed_s > 0 else 0.0
-                click.echo(f"{self.desc}: {p.shards_done}/{p.shards_total} shards "
-                           f"({p.shards_skipped} already done), {self._amount(p.docs)}, "
+                skipped = f" ({p.shards_skipped} already done)" if self.part == "shards" else ""
+                click.echo(f"{self.desc}: {p.shards_done}/{p.shards_total} {self.part}{skipped}, {self._amount(p.docs)}, "
                            f"{self._amount(rate)}/s, {p.elapsed_s:.1f}s", err=True)
             return
         if self.bar is None:
-            self.bar = tqdm(desc=self.desc, total=p.shards_total, unit=" shards", dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(desc=self.desc, total=p.shards_total, unit=f" {self.part}", dynamic_ncols=True,
+                            file=sys.stderr)
         if self.bar.total != p.shards_total:
             self.bar.total = p.shards_total
         self.bar.update(p.shards_done - self._shown)
@@ -174,6 +256,26 @@ class StageProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class CountProgress:
+    """Progress over a count (requests scored, answers generated) through `StageProgress`: a bar on a
+    terminal; off one (a log file) one line per tenth of the work, never carriage-return updates."""
+
+    CHUNKS = 10
+
+    def __init__(self, desc: str, total: int, unit: str, tty: bool | None = None):
+        self.stage = StageProgress(desc, unit=unit, tty=tty, part="tenths")
+        self.total, self.done, self.start = total, 0, time.monotonic()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        tenths = self.CHUNKS if self.done >= self.total else self.done * self.CHUNKS // max(self.total, 1)
+        self.stage(Progress(docs=self.done, shards_done=tenths, shards_total=self.CHUNKS, shards_skipped=0,
+                            elapsed_s=time.monotonic() - self.start))
+
+    def close(self) -> None:
+        self.stage.close()
 
 
 def run_with_progress(desc: str, call: Callable[[Callable[[Progress], None]], dict], summary: bool = True,

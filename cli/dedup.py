@@ -9,6 +9,7 @@ import click
 
 from cli.common import (
     DEFAULT_WORKERS,
+    FiniteFloat,
     build_executor,
     executor_options,
     fail,
@@ -38,7 +39,7 @@ def register(group: click.Group) -> None:
     @click.option("--bands", default=d.bands, show_default=True, type=int, help="LSH bands.")
     @click.option("--rows", default=d.rows, show_default=True, type=int,
                   help="Signature values per band (bands x rows <= num-perm).")
-    @click.option("--threshold", default=d.threshold, show_default=True, type=float,
+    @click.option("--threshold", default=d.threshold, show_default=True, type=FiniteFloat(),
                   help="Minimum estimated Jaccard similarity for a candidate pair to be near duplicates.")
     @click.option("--seed", default=d.seed, show_default=True, type=int, help="Seed of the MinHash permutations.")
     @click.option("--partitions", default=d.partitions, show_default=True, type=int,

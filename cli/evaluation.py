@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
 from formats.layout import run_dir, tokenizer_file
 from cli.common import checkpoint_option, data_option, device_option, fail, run_option, tokenizer_option
+from cli.common import COUNT, POSITIVE, POSITIVE_INT, CountProgress, real_folder
+
+
+def _check_export_folder(out_dir: Path, data: Path) -> None:
+    """An export writes config.json, model.safetensors and tokenizer files into --out: never into the
+    working folder, the data folder, the home folder or any folder above them (`--out .`, `--out /`)."""
+    out = Path(real_folder(out_dir))
+    for name, folder in (("the current folder", Path.cwd()), ("the data folder", data), ("your home folder", Path.home())):
+        inside = Path(real_folder(folder))
+        if out == inside or out in inside.parents:
+            raise click.BadParameter(f"{out_dir} is {name} or a folder above it; an export needs a folder of its own, "
+                                     f"e.g. --out exports/my-model", param_hint="--out")
 
 
 @click.command("export")
@@ -32,6 +43,8 @@ def export_cmd(data: Path, run: str, checkpoint: Path | None, out_dir: Path | No
 
     if out_dir is None and gguf_path is None:
         raise click.UsageError("give --out DIR (Hugging Face folder), --gguf FILE, or both")
+    if out_dir is not None:
+        _check_export_folder(out_dir, data)
     ckpt = checkpoint or run_dir(data, run)
     tok = tokenizer_path or tokenizer_file(data)
     tok = tok if tok.is_file() else tokenizer_path
@@ -72,10 +85,10 @@ def _task_files(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
               show_default=True, help="Folder with the tasks' files under their public release names.")
 @click.option("--file", "files", multiple=True, metavar="TASK=PATH",
               help="Where one task's file is, when not in --eval-dir under its release name (repeatable).")
-@click.option("--limit", type=int, default=0, show_default=True,
+@click.option("--limit", type=COUNT, default=0, show_default=True,
               help="Score only the first N items of each task (a quick look); 0 = all.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Sequences per forward pass.")
-@click.option("--threads", type=int, default=0, show_default=True, help="torch CPU threads; 0 = torch's default.")
+@click.option("--batch-size", type=POSITIVE_INT, default=32, show_default=True, help="Sequences per forward pass.")
+@click.option("--threads", type=COUNT, default=0, show_default=True, help="torch CPU threads; 0 = torch's default.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the results (and per-item scores) as JSON to this file.")
 @tokenizer_option
@@ -85,7 +98,6 @@ def benchmark_cmd(data: Path, run: str, checkpoint: Path | None, model_dir: Path
                   tokenizer_path: Path | None, device: str) -> None:
     """Zero-shot accuracy on PIQA, LAMBADA, HellaSwag, ARC and WinoGrande, scored as lm-evaluation-harness does."""
     import torch
-    from tqdm import tqdm
 
     from evals.scoring import (RESULTS_HEADER, BenchmarkConfig,  # inside the command: keeps torch out of --help
                                load_items, load_scoring_model, results_table_rows, run_benchmarks)
@@ -98,7 +110,7 @@ def benchmark_cmd(data: Path, run: str, checkpoint: Path | None, model_dir: Path
         torch.set_num_threads(threads)
     target = model_dir or checkpoint or run_dir(data, run)
     tok = tokenizer_path or tokenizer_file(data)
-    bar: list[tqdm] = []
+    bar: list[CountProgress] = []
     try:
         config = BenchmarkConfig(tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), eval_dir=str(eval_dir),
                                  files=_task_files(files), limit=limit or None, batch_size=batch_size)
@@ -108,7 +120,7 @@ def benchmark_cmd(data: Path, run: str, checkpoint: Path | None, model_dir: Path
         def on_start(task: str, requests: int) -> None:
             if bar:
                 bar.pop().close()
-            bar.append(tqdm(total=requests, desc=task, unit=" requests", dynamic_ncols=True, file=sys.stderr))
+            bar.append(CountProgress(task, requests, "requests"))
 
         results = run_benchmarks(model, config, items, on_start=on_start, on_progress=lambda n: bar[-1].update(n))
     except (TrainError, BenchmarkDataError, ValueError) as err:
@@ -141,28 +153,38 @@ def _overrides(values: tuple[str, ...]) -> tuple[tuple[str, object], ...]:
     return tuple(pairs)
 
 
+def _check_model(preset: str, overrides: tuple[tuple[str, object], ...]) -> None:
+    """Refuse a preset or override that builds no model before any run starts (e.g. d_model=-64)."""
+    from model.gpt import ModelConfigError, preset_config
+
+    try:
+        preset_config(preset, 256, **dict(overrides))  # the vocabulary comes from the shards later
+    except (TypeError, ModelConfigError) as err:
+        raise click.BadParameter(str(err), param_hint="--preset / --override") from err
+
+
 @click.command("ablation")
 @data_option
 @click.option("--preset", default="tiny", show_default=True, help="Model preset of every run.")
 @click.option("--override", "overrides", multiple=True, metavar="FIELD=VALUE",
               help="Model field replacing the preset's (repeatable), e.g. d_model=256; none = the bare preset.")
-@click.option("--steps", type=int, default=150, show_default=True, help="Optimizer steps of every run.")
-@click.option("--batch-tokens", type=int, default=4096, show_default=True, help="Tokens per step.")
-@click.option("--seq-len", type=int, default=128, show_default=True, help="Tokens per window.")
-@click.option("--lr", type=float, default=3e-3, show_default=True, help="Peak learning rate.")
+@click.option("--steps", type=POSITIVE_INT, default=150, show_default=True, help="Optimizer steps of every run.")
+@click.option("--batch-tokens", type=POSITIVE_INT, default=4096, show_default=True, help="Tokens per step.")
+@click.option("--seq-len", type=POSITIVE_INT, default=128, show_default=True, help="Tokens per window.")
+@click.option("--lr", type=POSITIVE, default=3e-3, show_default=True, help="Peak learning rate.")
 @click.option("--seeds", default="1,2,3", show_default=True, help="Comma-separated seeds; one run per arm and seed.")
-@click.option("--eval-points", type=int, default=3, show_default=True, help="Held-out evaluations per run.")
+@click.option("--eval-points", type=POSITIVE_INT, default=3, show_default=True, help="Held-out evaluations per run.")
 @click.option("--heldout", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("../shared/data/reference/reference-dev.jsonl.zst"), show_default=True,
               help="JSONL(.zst) of clean text in neither corpus (not the quality classifier's positives).")
-@click.option("--heldout-tokens", type=int, default=16384, show_default=True, help="Held-out tokens scored.")
+@click.option("--heldout-tokens", type=POSITIVE_INT, default=16384, show_default=True, help="Held-out tokens scored.")
 @click.option("--tasks", default="piqa,lambada", show_default=True, help="Benchmarks of each run's last checkpoint.")
-@click.option("--benchmark-limit", type=int, default=200, show_default=True, help="Items per benchmark; 0 = all.")
+@click.option("--benchmark-limit", type=COUNT, default=200, show_default=True, help="Items per benchmark; 0 = all.")
 @click.option("--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("../shared/data/eval"),
               show_default=True, help="Folder of the benchmark files.")
 @click.option("--raw-shards", default="shards-raw", show_default=True, help="Raw arm's shards folder under DATA.")
 @click.option("--curated-shards", default="shards", show_default=True, help="Curated arm's shards folder under DATA.")
-@click.option("--threads", type=int, default=0, show_default=True, help="torch CPU threads; 0 = torch's default.")
+@click.option("--threads", type=COUNT, default=0, show_default=True, help="torch CPU threads; 0 = torch's default.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of runs and results [default: DATA/ablation]; one per budget (run folders are resumed).")
 def ablation_cmd(data: Path, preset: str, overrides: tuple[str, ...], steps: int, batch_tokens: int, seq_len: int,
@@ -177,8 +199,9 @@ def ablation_cmd(data: Path, preset: str, overrides: tuple[str, ...], steps: int
     from pipeline.stage import format_table
     from train.errors import TrainError
 
+    model_overrides = () if overrides in ((), ("none",)) else _overrides(overrides)
+    _check_model(preset, model_overrides)
     try:
-        model_overrides = () if overrides in ((), ("none",)) else _overrides(overrides)
         config = AblationConfig(
             data_dir=str(data), arms=(("raw", raw_shards), ("curated", curated_shards)),
             seeds=tuple(int(s) for s in seeds.split(",") if s.strip()), preset=preset, model_overrides=model_overrides,

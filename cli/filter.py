@@ -11,6 +11,7 @@ import dataclasses
 
 from cli.common import (
     DEFAULT_WORKERS,
+    FiniteFloat,
     as_tuples,
     build_executor,
     executor_options,
@@ -53,7 +54,7 @@ def _csv(value: str) -> tuple[str, ...]:
               help="Pipeline data folder: reads DATA/raw/manifest.json, writes DATA/filtered/.")
 @click.option("--langs", default=",".join(_F.langs), show_default=True,
               help="Languages to keep, comma-separated lid.176 codes (en, de, fr, zh, ...).")
-@click.option("--lang-threshold", type=float, default=_F.min_lang_score, show_default=True,
+@click.option("--lang-threshold", type=FiniteFloat(), default=_F.min_lang_score, show_default=True,
               help="Smallest lid.176 probability of the top language to keep a document (FineWeb's value).")
 @click.option("--lid-model", default=None,
               help="fastText language-ID model, a path or an http(s) URL (downloaded once to DATA/models/). "
@@ -62,14 +63,14 @@ def _csv(value: str) -> tuple[str, ...]:
               help="fastText quality classifier (from `crawlgpt quality-train`, or any fastText model with "
                    "--quality-label), or 'none' for rules only. Default: as recorded by the last filter run in "
                    "DATA, else DATA/quality/model.bin if `quality-train` made one, else none.")
-@click.option("--quality-threshold", type=float, default=None,
+@click.option("--quality-threshold", type=FiniteFloat(), default=None,
               help="Keep documents whose P(label) is at least this. Default: the threshold in the model's "
                    "manifest (keeps 99.5% of held-out reference documents), else 0.5.")
 @click.option("--quality-label", default=None,
               help="The model's label for good text. Default: from the model's manifest, else __label__hq.")
 @click.option("--quality-normalization", type=click.Choice(NORMALIZATIONS), default=None,
               help="Text normalisation the model was trained with. Default: from its manifest, else none.")
-@click.option("--quality-pareto-alpha", type=float, default=None,
+@click.option("--quality-pareto-alpha", type=FiniteFloat(), default=None,
               help="Use GPT-3's Pareto sampling with this shape (GPT-3: 9) instead of the threshold.")
 @click.option("--rules", default=",".join(RULES), show_default=True,
               help="Rule families to apply, comma-separated (run in the order shown).")
@@ -191,11 +192,11 @@ def _parse_overrides(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--default-reference", "default_references", multiple=True,
               help="Reference used when none is given and none is recorded (make passes its default here); "
                    "with neither, no classifier is trained.")
-@click.option("--negatives-per-positive", type=float, default=_Q.negatives_per_positive, show_default=True,
+@click.option("--negatives-per-positive", type=FiniteFloat(), default=_Q.negatives_per_positive, show_default=True,
               help="Raw crawl documents sampled as negatives per reference document.")
-@click.option("--holdout", type=float, default=_Q.holdout, show_default=True,
+@click.option("--holdout", type=FiniteFloat(), default=_Q.holdout, show_default=True,
               help="Share of positives and negatives held out to measure precision, recall and ROC AUC.")
-@click.option("--target-recall", type=float, default=_Q.target_recall, show_default=True,
+@click.option("--target-recall", type=FiniteFloat(), default=_Q.target_recall, show_default=True,
               help="The recommended threshold keeps this share of held-out reference documents.")
 @click.option("--seed", type=int, default=_Q.seed, show_default=True,
               help="Seed of the sampling, the split and fastText (training is single-threaded, so reproducible).")

@@ -17,6 +17,8 @@ import click
 
 from formats.layout import run_dir, tokenizer_file
 from cli.common import checkpoint_option, data_option, device_option, fail, is_main, run_option, tokenizer_option
+from cli.common import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, TEXT, check_text, sampling_options
+from formats.json_records import RecordFileError, read_text_lines
 
 #: The book's instruction data, beside the checkout (what `make sft` uses unless INSTRUCT= is given).
 DEFAULT_INSTRUCTIONS = "../shared/data/instruct/instruction-data.json"
@@ -50,25 +52,25 @@ def _resolve_device(device: str):
               help="Prompt template [default: the base checkpoint's; alpaca for a pretrained model].")
 @click.option("--train-on-prompt", is_flag=True, default=False,
               help="Also train on prompt tokens (default: the loss covers response tokens only).")
-@click.option("--val-share", type=float, default=0.1, show_default=True,
+@click.option("--val-share", type=SHARE, default=0.1, show_default=True,
               help="Share of examples held out for validation (chosen by a hash of each example).")
 @click.option("--batching", type=click.Choice(["pack", "bucket"]), default="pack", show_default=True,
               help="pack: several examples per row (little padding); bucket: one per row, similar lengths together.")
 @click.option("--too-long", type=click.Choice(["skip", "truncate"]), default="skip", show_default=True,
               help="Examples longer than --seq-len: skip them or cut their end (counted either way).")
-@click.option("--epochs", type=float, default=2.0, show_default=True,
+@click.option("--epochs", type=POSITIVE, default=2.0, show_default=True,
               help="Passes over the training examples (ignored when --steps is given).")
-@click.option("--steps", type=int, default=0, show_default=True, help="Optimizer steps; 0 = from --epochs.")
-@click.option("--batch-rows", type=int, default=8, show_default=True,
+@click.option("--steps", type=COUNT, default=0, show_default=True, help="Optimizer steps; 0 = from --epochs.")
+@click.option("--batch-rows", type=POSITIVE_INT, default=8, show_default=True,
               help="Rows of --seq-len tokens per optimizer step (all ranks), reached by gradient accumulation.")
-@click.option("--micro-batch", type=int, default=0, show_default=True,
+@click.option("--micro-batch", type=COUNT, default=0, show_default=True,
               help="Rows per device per forward pass; 0 = --batch-rows (at most 8 on CPU).")
-@click.option("--seq-len", type=int, default=0, show_default=True, help="Tokens per row; 0 = the model's context.")
-@click.option("--lr", type=float, default=1e-4, show_default=True, help="Peak learning rate.")
-@click.option("--min-lr", type=float, default=None, help="Final learning rate of the cosine [default: lr / 10].")
-@click.option("--warmup-steps", type=int, default=None, help="Linear warmup steps [default: 5% of steps].")
-@click.option("--weight-decay", type=float, default=0.1, show_default=True, help="AdamW weight decay (matrices only).")
-@click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Clip the gradient norm to this (0 = off).")
+@click.option("--seq-len", type=COUNT, default=0, show_default=True, help="Tokens per row; 0 = the model's context.")
+@click.option("--lr", type=NON_NEGATIVE, default=1e-4, show_default=True, help="Peak learning rate.")
+@click.option("--min-lr", type=NON_NEGATIVE, default=None, help="Final learning rate of the cosine [default: lr / 10].")
+@click.option("--warmup-steps", type=COUNT, default=None, help="Linear warmup steps [default: 5% of steps].")
+@click.option("--weight-decay", type=NON_NEGATIVE, default=0.1, show_default=True, help="AdamW weight decay (matrices only).")
+@click.option("--grad-clip", type=NON_NEGATIVE, default=1.0, show_default=True, help="Clip the gradient norm to this (0 = off).")
 @click.option("--resume", is_flag=True, default=False,
               help="Continue from the newest checkpoint in DATA/runs/OUT_RUN (required if it has checkpoints).")
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
@@ -78,14 +80,14 @@ def _resolve_device(device: str):
               help="bf16 autocast or fp32; auto = bf16 on CUDA, fp32 elsewhere.")
 @click.option("--parallelism", type=click.Choice(["ddp", "fsdp"]), default="ddp", show_default=True,
               help="Under torchrun: ddp or fsdp (FSDP2).")
-@click.option("--eval-every", type=int, default=None,
+@click.option("--eval-every", type=COUNT, default=None,
               help="Validation response loss every N steps and at the end [default: a fifth of the steps].")
-@click.option("--ckpt-every", type=int, default=None, help="Checkpoint every N steps [default: --eval-every].")
-@click.option("--keep-last", type=int, default=2, show_default=True, help="Checkpoints to keep.")
-@click.option("--log-every", type=int, default=1, show_default=True, help="Progress line every N steps.")
-@click.option("--responses", type=int, default=5, show_default=True,
+@click.option("--ckpt-every", type=COUNT, default=None, help="Checkpoint every N steps [default: --eval-every].")
+@click.option("--keep-last", type=POSITIVE_INT, default=2, show_default=True, help="Checkpoints to keep.")
+@click.option("--log-every", type=POSITIVE_INT, default=1, show_default=True, help="Progress line every N steps.")
+@click.option("--responses", type=COUNT, default=5, show_default=True,
               help="Held-out instructions answered before and after fine-tuning (responses.jsonl).")
-@click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Tokens per answer in responses.jsonl.")
+@click.option("--max-new-tokens", type=POSITIVE_INT, default=128, show_default=True, help="Tokens per answer in responses.jsonl.")
 @click.option("--seed", type=int, default=1337, show_default=True, help="Seed of the example order.")
 @tokenizer_option
 @click.option("--tensorboard/--no-tensorboard", default=False, show_default=True,
@@ -223,13 +225,9 @@ def sample_instruction_cmd(ckpt: Path, tokenizer_path: Path, instruction: str, i
 @run_option
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Fine-tuned checkpoint file or run folder [default: DATA/runs/RUN-sft].")
-@click.option("--max-new-tokens", type=int, default=256, show_default=True, help="Tokens per answer at most.")
-@click.option("--temperature", type=float, default=0.7, show_default=True, help="Softmax temperature; 0 = greedy.")
-@click.option("--top-k", type=int, default=40, show_default=True, help="Sample among the k most likely tokens; 0 = all.")
-@click.option("--top-p", type=float, default=1.0, show_default=True,
-              help="Sample among the smallest set of tokens whose probability reaches p; 1 = all.")
+@sampling_options(max_new_tokens=256, temperature=0.7, top_k=40)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler: the same seed, the same chat.")
-@click.option("--system", default=None, help="A system message that opens the conversation.")
+@click.option("--system", type=TEXT, default=None, help="A system message that opens the conversation.")
 @click.option("--allow-base", is_flag=True, default=False,
               help="Also talk to a base (pretrained, not instruction-tuned) checkpoint.")
 @tokenizer_option
@@ -269,9 +267,10 @@ def chat_cmd(data: Path, run: str, checkpoint: Path | None, max_new_tokens: int,
     while True:
         if interactive:
             click.echo("you> ", nl=False, err=True)
-        line = sys.stdin.readline()
-        if not line:  # end of input
+        raw = sys.stdin.buffer.readline()
+        if not raw:  # end of input
             break
+        line = raw.decode("utf-8", errors="surrogateescape")
         message = line.rstrip("\n").strip()
         if not message:
             continue
@@ -282,7 +281,10 @@ def chat_cmd(data: Path, run: str, checkpoint: Path | None, max_new_tokens: int,
             click.echo("(conversation reset)", err=True)
             continue
         trimmed = session.trimmed_turns
+        problem = check_text(message, "the message")
         try:
+            if problem is not None:
+                raise ChatInputError(problem)
             if interactive:
                 click.echo("model> ", nl=False, err=True)
             for piece in session.reply(message):
@@ -292,6 +294,8 @@ def chat_cmd(data: Path, run: str, checkpoint: Path | None, max_new_tokens: int,
             click.echo()
         except ChatInputError as err:
             click.echo(f"error: {err}", err=True)
+            if not interactive:  # an empty answer line keeps answers in step with the input lines
+                click.echo()
         if session.trimmed_turns > trimmed:
             click.echo(f"(the oldest {session.trimmed_turns - trimmed} turn(s) were dropped to fit the context)",
                        err=True)
@@ -312,26 +316,26 @@ def chat_cmd(data: Path, run: str, checkpoint: Path | None, max_new_tokens: int,
 @click.option("--format", "file_format", type=click.Choice(["auto", "tsv", "csv", "jsonl"]), default="auto",
               show_default=True, help="File format; auto = from the extension.")
 @click.option("--out-run", default=None, help="Run name of the classifier [default: RUN-classify].")
-@click.option("--train-blocks", type=int, default=None,
+@click.option("--train-blocks", type=POSITIVE_INT, default=None,
               help="Train only the last N decoder blocks plus the head [default: all weights].")
-@click.option("--val-share", type=float, default=0.1, show_default=True, help="Share of texts for validation (by hash).")
-@click.option("--test-share", type=float, default=0.2, show_default=True, help="Share of texts for the test report (by hash).")
-@click.option("--epochs", type=float, default=2.0, show_default=True, help="Passes over the training texts (unless --steps).")
-@click.option("--steps", type=int, default=0, show_default=True, help="Optimizer steps; 0 = from --epochs.")
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Texts per optimizer step (all ranks).")
-@click.option("--micro-batch", type=int, default=0, show_default=True, help="Texts per forward pass; 0 = --batch-size.")
-@click.option("--seq-len", type=int, default=0, show_default=True,
+@click.option("--val-share", type=SHARE, default=0.1, show_default=True, help="Share of texts for validation (by hash).")
+@click.option("--test-share", type=SHARE, default=0.2, show_default=True, help="Share of texts for the test report (by hash).")
+@click.option("--epochs", type=POSITIVE, default=2.0, show_default=True, help="Passes over the training texts (unless --steps).")
+@click.option("--steps", type=COUNT, default=0, show_default=True, help="Optimizer steps; 0 = from --epochs.")
+@click.option("--batch-size", type=POSITIVE_INT, default=16, show_default=True, help="Texts per optimizer step (all ranks).")
+@click.option("--micro-batch", type=COUNT, default=0, show_default=True, help="Texts per forward pass; 0 = --batch-size.")
+@click.option("--seq-len", type=COUNT, default=0, show_default=True,
               help="Tokens per text at most (longer texts are cut, and counted); 0 = the model's context.")
-@click.option("--lr", type=float, default=5e-5, show_default=True, help="Peak learning rate.")
-@click.option("--weight-decay", type=float, default=0.1, show_default=True, help="AdamW weight decay (matrices only).")
+@click.option("--lr", type=NON_NEGATIVE, default=5e-5, show_default=True, help="Peak learning rate.")
+@click.option("--weight-decay", type=NON_NEGATIVE, default=0.1, show_default=True, help="AdamW weight decay (matrices only).")
 @click.option("--resume", is_flag=True, default=False, help="Continue from the newest checkpoint of DATA/runs/OUT_RUN.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also train and report a supervised fastText classifier on the same split.")
 @device_option
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
               help="bf16 autocast or fp32; auto = bf16 on CUDA, fp32 elsewhere.")
-@click.option("--eval-every", type=int, default=None, help="Validation every N steps [default: a fifth of the steps].")
-@click.option("--log-every", type=int, default=10, show_default=True, help="Progress line every N steps.")
+@click.option("--eval-every", type=COUNT, default=None, help="Validation every N steps [default: a fifth of the steps].")
+@click.option("--log-every", type=POSITIVE_INT, default=10, show_default=True, help="Progress line every N steps.")
 @click.option("--seed", type=int, default=1337, show_default=True, help="Seed of the head and of the text order.")
 @tokenizer_option
 def classify_train_cmd(data: Path, run: str, checkpoint: Path | None, labelled: Path, text_column: str,
@@ -392,7 +396,7 @@ def classify_train_cmd(data: Path, run: str, checkpoint: Path | None, labelled: 
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
               help="Classifier checkpoint file or run folder (from `crawlgpt classify-train`).")
 @click.argument("source", type=click.Path(allow_dash=True, dir_okay=False, path_type=Path))
-@click.option("--batch", type=int, default=16, show_default=True, help="Texts per forward pass.")
+@click.option("--batch", type=POSITIVE_INT, default=16, show_default=True, help="Texts per forward pass.")
 @tokenizer_option
 @device_option
 def classify_cmd(data: Path, checkpoint: Path, source: Path, batch: int, tokenizer_path: Path | None,
@@ -402,11 +406,15 @@ def classify_cmd(data: Path, checkpoint: Path, source: Path, batch: int, tokeniz
     from train.errors import TrainError
 
     if str(source) == "-":
-        lines = sys.stdin.read().splitlines()
+        raw, name = sys.stdin.buffer.read(), "standard input"
     else:
         if not source.is_file():
             raise click.ClickException(f"{source} does not exist; pass a text file (one text per line) or -")
-        lines = source.read_text(encoding="utf-8").splitlines()
+        raw, name = source.read_bytes(), str(source)
+    try:
+        lines = read_text_lines(raw, name)
+    except RecordFileError as err:
+        fail(err)
     texts = [line for line in lines if line.strip()]
     if not texts:
         return

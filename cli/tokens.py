@@ -10,6 +10,7 @@ from formats import layout
 from formats.layout import shards_dir, tokenizer_file
 from cli.common import (
     DEFAULT_WORKERS,
+    FiniteFloat,
     build_executor,
     executor_options,
     fail,
@@ -22,7 +23,7 @@ from pipeline.shard_stats import StatsConfig, format_json, format_report, shard_
 from pipeline.stage import format_table
 from formats.token_shards import TokenShardError
 from pipeline.tokenize_stage import ShardsConfig, make_shards
-from pipeline.tokenizer_train import SPLIT_PATTERNS, TOKENIZER_FILE, TokenizerConfig, train_tokenizer
+from pipeline.tokenizer_train import SPLIT_PATTERNS, TokenizerConfig, train_tokenizer
 
 _TOK = TokenizerConfig()
 _SH = ShardsConfig()
@@ -43,9 +44,9 @@ force_option = click.option("--force", is_flag=True, help="Discard outputs made 
               help="Reserved special tokens <|reserved_N|> for later chat formats.")
 @click.option("--min-frequency", type=int, default=_TOK.min_frequency, show_default=True,
               help="Minimum pair count for a merge.")
-@click.option("--sample-mb", type=float, default=0, show_default=True,
+@click.option("--sample-mb", type=FiniteFloat(), default=0, show_default=True,
               help="Train on at most this many MB of text, sampled evenly by document id (0 = whole corpus).")
-@click.option("--heldout-fraction", type=float, default=_TOK.heldout_fraction, show_default=True,
+@click.option("--heldout-fraction", type=FiniteFloat(), default=_TOK.heldout_fraction, show_default=True,
               help="Share of documents held out (as the shards' validation split) to measure compression.")
 @click.option("--from", "source", type=click.Choice(["corpus", "decontaminated"]), default="corpus",
               show_default=True, help="Documents to train on: DATA/corpus, or DATA/decontaminated after "
@@ -89,9 +90,9 @@ def tokenizer_cmd(ctx: click.Context, data: Path, vocab_size: int, pattern: str,
 @data_option
 @click.option("--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS, show_default=True,
               help="Processes, one corpus shard each (the tokenizer also uses threads within a batch).")
-@click.option("--val-fraction", type=float, default=_SH.val_fraction, show_default=True,
+@click.option("--val-fraction", type=FiniteFloat(), default=_SH.val_fraction, show_default=True,
               help="Share of documents in the validation split (chosen by a hash of the document id).")
-@click.option("--max-shard-mb", type=float, default=_SH.max_shard_bytes / 2**20, show_default=True,
+@click.option("--max-shard-mb", type=FiniteFloat(), default=_SH.max_shard_bytes / 2**20, show_default=True,
               help="Start a new token file when one reaches this many MiB of tokens.")
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="tokenizer.json to use [default: DATA/tokenizer/tokenizer.json].")
@@ -117,7 +118,7 @@ def shards_cmd(ctx: click.Context, data: Path, workers: int, val_fraction: float
         recorded = {**recorded, "max_shard_mb": recorded["max_shard_bytes"] / 2**20}
     opts = remembered(ctx, recorded, val_fraction="val_fraction", max_shard_mb="max_shard_mb")
     config = ShardsConfig(val_fraction=opts["val_fraction"], max_shard_bytes=int(round(opts["max_shard_mb"] * 2**20)),
-                          source="raw" if source == "raw" else "corpus")
+                          source="corpus" if source == "decontaminated" else source)
     tok = tokenizer_path or tokenizer_file(data)
     src = data / source
     out = out_dir or shards_dir(data, source)

@@ -23,6 +23,7 @@ from cli.finetune import evaluate_instructions_cmd, sample_instruction_cmd
 from model.presets import PRESETS
 from train.defaults import (CPU_AUTO_STEPS, CPU_MICRO_BATCH, GPU_BATCH_TOKENS, GPU_MIN_STEPS, PRESET_LR,
                             TOKENS_PER_PARAM)
+from cli.common import NON_NEGATIVE, POSITIVE, TEXT, given, sampling_options
 
 PRESET_CHOICES = ["auto", *PRESETS]
 
@@ -59,12 +60,12 @@ def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens
               help=f"Windows per device per forward pass; 0 = auto ({CPU_MICRO_BATCH} on CPU, by preset on GPU).")
 @click.option("--seq-len", type=click.IntRange(min=0), default=0, show_default=True,
               help="Tokens per training window; 0 = the preset's context.")
-@click.option("--lr", type=float, default=None,
+@click.option("--lr", type=NON_NEGATIVE, default=None,
               help="Peak learning rate [default: by preset: " + ", ".join(f"{k} {v:g}" for k, v in PRESET_LR.items()) + "].")
-@click.option("--min-lr", type=float, default=None, help="Final learning rate of the cosine [default: lr / 10].")
+@click.option("--min-lr", type=NON_NEGATIVE, default=None, help="Final learning rate of the cosine [default: lr / 10].")
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=None, help="Linear warmup steps [default: 5% of steps, at most 1000].")
-@click.option("--weight-decay", type=float, default=0.1, show_default=True, help="AdamW weight decay (matrices only).")
-@click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Clip the gradient norm to this (0 = off).")
+@click.option("--weight-decay", type=NON_NEGATIVE, default=0.1, show_default=True, help="AdamW weight decay (matrices only).")
+@click.option("--grad-clip", type=NON_NEGATIVE, default=1.0, show_default=True, help="Clip the gradient norm to this (0 = off).")
 @click.option("--resume", is_flag=True, default=False, show_default=True,
               help="Continue from the newest checkpoint in DATA/runs/RUN (required if it has checkpoints).")
 @click.option("--compile/--no-compile", "compile_", default=None,
@@ -97,7 +98,7 @@ def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens
 @click.option("--eval-tokens", type=click.IntRange(min=0), default=0, show_default=True,
               help="Validation tokens per evaluation; 0 = auto (16,384 on CPU, 2,097,152 on GPU).")
 @click.option("--sample-every", type=click.IntRange(min=0), default=None, help="Sample every N steps [default: --eval-every; 0 = never].")
-@click.option("--prompt", default="The", show_default=True, help="Fixed prompt of the training samples.")
+@click.option("--prompt", type=TEXT, default="The", show_default=True, help="Fixed prompt of the training samples.")
 @click.option("--sample-tokens", type=click.IntRange(min=0), default=48, show_default=True, help="Tokens per training sample.")
 @click.option("--ckpt-every", type=click.IntRange(min=0), default=None,
               help="Checkpoint every N steps, at the end, and on SIGTERM/SIGINT [default: --eval-every].")
@@ -110,7 +111,7 @@ def resolve_auto(preset: str, device: str, steps: int, tokens: int, batch_tokens
               help="Write TensorBoard events to DATA/runs/RUN/tensorboard (when tensorboard is installed).")
 @click.option("--verify-shards/--no-verify-shards", default=True, show_default=True,
               help="Check every shard's sha256 against the manifest at start (slow for many GB).")
-@click.option("--peak-tflops", type=float, default=None,
+@click.option("--peak-tflops", type=POSITIVE, default=None,
               help="Device peak TFLOP/s for MFU [default: looked up from the GPU name; none on CPU].")
 @click.option("--benchmark", "benchmarks", multiple=True, metavar="TASK",
               help="Score this zero-shot benchmark (piqa, lambada, hellaswag, ...) at every evaluation step, into "
@@ -218,6 +219,12 @@ def evaluate_cmd(data: Path, run: str, checkpoint: Path | None, shards: Path | N
 
     ckpt = checkpoint or run_dir(data, run)
     if instructions is not None:
+        for name in ("seq_len", "max_tokens", "shards", "text_path"):
+            if given(click.get_current_context(), name):
+                flag = "--" + {"text_path": "text"}.get(name, name).replace("_", "-")
+                raise click.UsageError(f"{flag} does not apply to --instructions: each example is scored whole, "
+                                       f"up to the model's context; drop {flag}")
+
         return evaluate_instructions_cmd(ckpt, instructions, tokenizer_path or tokenizer_file(data),
                                          batch, device, template)
     try:
@@ -244,15 +251,12 @@ def evaluate_cmd(data: Path, run: str, checkpoint: Path | None, shards: Path | N
 @data_option
 @run_option
 @checkpoint_option
-@click.option("--prompt", default="The", show_default=True, help="Text to continue.")
-@click.option("--instruction", default=None,
+@click.option("--prompt", type=TEXT, default="The", show_default=True, help="Text to continue.")
+@click.option("--instruction", type=TEXT, default=None,
               help="Answer this instruction, formatted with the checkpoint's prompt template (instead of --prompt).")
-@click.option("--input", "input_text", default="", help="Input of --instruction (the Alpaca template's ### Input:).")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=200, show_default=True, help="Tokens to generate at most.")
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.8, show_default=True, help="Softmax temperature; 0 = greedy.")
-@click.option("--top-k", type=click.IntRange(min=0), default=50, show_default=True, help="Sample among the k most likely tokens; 0 = all.")
-@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
-              help="Sample among the smallest set of tokens whose probability reaches p; 1 = all.")
+@click.option("--input", "input_text", type=TEXT, default="",
+              help="Input of --instruction (the Alpaca template's ### Input:).")
+@sampling_options(max_new_tokens=200, temperature=0.8, top_k=50)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed: the same seed gives the same text.")
 @click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True, help="Samples to draw (seeds seed, seed+1, ...).")
 @tokenizer_option

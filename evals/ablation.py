@@ -35,12 +35,14 @@ from train.config import CheckpointConfig, DataConfig, EvalConfig, LogConfig, Op
 from train.checkpoint import latest_checkpoint, load_checkpoint
 from evals.scoring import BenchmarkConfig, CrawlGPTScoring, run_benchmarks
 from train import train
-from train.checkpoint import list_checkpoint_steps, load_checkpoint, model_from_checkpoint
+from train.checkpoint import list_checkpoint_steps, model_from_checkpoint
 from train.data import open_split
 from train.evaluate import load_tokenizer
 
 from formats.figures import pyplot, save_figure
 from formats.manifest import write_text_atomic
+
+from formats.json_records import decode_utf8, parse_record
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +133,13 @@ def read_heldout(path: str | Path, tokenizer, eot_id: int, max_tokens: int) -> n
 
         raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read()
     tokens: list[int] = []
-    for number, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+    for number, line in enumerate(decode_utf8(raw, str(path), AblationError).splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            text = json.loads(line)["text"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise AblationError(f"{path}:{number}: expected a JSON object with a \"text\" field") from err
+        record = parse_record(line, f"{path}:{number}", AblationError)
+        text = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            raise AblationError(f"{path}:{number}: expected a JSON object with a \"text\" string")
         tokens.append(eot_id)
         tokens += tokenizer.encode(text, add_special_tokens=False).ids
         if len(tokens) > max_tokens:

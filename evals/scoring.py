@@ -124,6 +124,15 @@ def is_hf_folder(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / "config.json").is_file()
 
 
+def _check_hf_vocab(path: str | Path, model, tokenizer) -> None:
+    """A tokenizer with ids beyond the model's embedding rows would fail mid-run with an IndexError."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise VocabMismatchError(f"{path}: the tokenizer has {len(tokenizer):,} tokens but the model only "
+                                 f"{rows:,} embedding rows; the folder mixes a tokenizer and a model of different "
+                                 f"vocabularies: export them together (`crawlgpt export`)")
+
+
 def load_scoring_model(path: str | Path, device: torch.device = torch.device("cpu"),
                        tokenizer: str | Path | None = None) -> ScoringModel:
     """A Hugging Face model folder (has config.json), else a crawlgpt checkpoint file or run folder.
@@ -136,7 +145,9 @@ def load_scoring_model(path: str | Path, device: torch.device = torch.device("cp
 
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-        return HFScoring(model, AutoTokenizer.from_pretrained(path), name=str(path))
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        _check_hf_vocab(path, model, tokenizer)
+        return HFScoring(model, tokenizer, name=str(path))
     model, payload, ckpt = load_for_inference(path, device)
     tok_path = find_tokenizer(payload, tokenizer)
     tok = load_tokenizer(tok_path)

@@ -22,13 +22,13 @@ This module needs no torch (the decontaminate stage reads benchmark text through
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from formats.errors import FormatError
+from formats.json_records import read_records, read_text_lines
 
 
 class BenchmarkDataError(FormatError, ValueError):
@@ -75,17 +75,10 @@ class TaskSpec:
 def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     if not path.is_file():
         raise BenchmarkDataError(f"benchmark file {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise BenchmarkDataError(f"{path}:{number}: not a JSON line ({err.msg})") from err
-            if not isinstance(record, dict):
-                raise BenchmarkDataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-            yield number, record
+    for where, record in read_records(path, "jsonl", BenchmarkDataError):
+        if not isinstance(record, dict):
+            raise BenchmarkDataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        yield int(where.rsplit(":", 1)[1]), record
 
 
 def _need(record: dict, path: Path, number: int, *fields: str) -> list:
@@ -106,7 +99,8 @@ def read_piqa(path: Path) -> list[Item]:
     if not labels_path.is_file():
         raise BenchmarkDataError(f"PIQA labels {labels_path} not found beside {path} (the release ships them "
                                  f"as <split>-labels.lst)")
-    labels = [line.strip() for line in labels_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = read_text_lines(labels_path.read_bytes(), str(labels_path), BenchmarkDataError)
+    labels = [line.strip() for line in lines if line.strip()]
     items = []
     for i, (number, record) in enumerate(_jsonl(path)):
         goal, sol1, sol2 = _need(record, path, number, "goal", "sol1", "sol2")

@@ -63,6 +63,16 @@ class GPTConfig:
     """Standard deviation of the normal initialisation; residual output projections are scaled by depth."""
 
     def __post_init__(self) -> None:
+        # Sizes first: a negative width passes the divisibility checks below (-64 % 4 == 0).
+        for name in ("vocab_size", "max_seq_len", "n_layer", "n_head", "n_kv_head", "d_model", "ffn_hidden",
+                     "ffn_multiple_of"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ModelConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+        for name in ("rope_theta", "norm_eps", "init_std"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ModelConfigError(f"{name} must be a finite number > 0, got {value!r}")
         if self.d_model % self.n_head != 0:
             raise ModelConfigError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
         if (self.d_model // self.n_head) % 2 != 0:

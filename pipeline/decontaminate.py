@@ -24,7 +24,6 @@ every task, so editing a benchmark file redoes the stage.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import string
@@ -36,6 +35,7 @@ from typing import Callable, Sequence
 from formats import layout
 from pipeline.documents import Document, DocumentWriter, read_documents
 from pipeline.errors import ConfigError, InputError
+from formats.json_records import read_records
 from formats.manifest import manifest_hash, output_record
 from pipeline.stage import Executor, Progress, ShardStats, ShardTask, report_progress, run_stage, stage_documents
 from formats.benchmark_tasks import TASKS, BenchmarkDataError
@@ -92,20 +92,19 @@ def benchmark_items(spec: str) -> tuple[str, list[tuple[str, tuple[str, ...]]]]:
         raise InputError(f"benchmark file {path} does not exist (from --benchmark {spec!r})")
     if task != "jsonl":
         try:
-            return task, [(item.id, item.passages) for item in TASKS[task].reader(path)]
+            items = [(item.id, item.passages) for item in TASKS[task].reader(path)]
         except BenchmarkDataError as err:
             raise InputError(str(err)) from err
-    items = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise InputError(f"{path}:{number}: not a JSON line ({err.msg})") from err
-                values = record.values() if isinstance(record, dict) else [record]
-                items.append((f"{path.stem}-{number}", tuple(v for v in values if isinstance(v, str))))
-    return path.stem, items
+    else:
+        items = []
+        for where, record in read_records(path, "jsonl", InputError):
+            values = record.values() if isinstance(record, dict) else [record]
+            items.append((f"{path.stem}-{where.rsplit(':', 1)[1]}", tuple(v for v in values if isinstance(v, str))))
+        task = path.stem
+    if not items:
+        raise InputError(f"benchmark file {path} holds no items (from --benchmark {spec!r}); an empty benchmark "
+                         f"would keep every document as clean: pass the benchmark's JSONL file")
+    return task, items
 
 
 class NgramIndex:

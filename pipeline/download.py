@@ -365,6 +365,7 @@ def run_download(
     out = raw_dir(data_dir)
     previous = load_manifest(out) if (out / MANIFEST_NAME).exists() else None
     source, num_files = choose_source(source, num_files, previous)
+    source = as_recorded(source, previous)
     if text_field == DEFAULT_TEXT_FIELD and previous is not None \
             and previous.get("config", {}).get("source") == source:  # as last time unless given again
         text_field = previous.get("config", {}).get("text_field") or DEFAULT_TEXT_FIELD
@@ -426,6 +427,30 @@ def run_download(
     log.info("download: %d files (%d downloaded, %d already there), %d bytes fetched",
              len(tasks), run["downloaded"], run["skipped"], run["fetched_bytes"])
     return {**manifest, "run": run}
+
+
+def local_source_key(source: str) -> str:
+    """What a SOURCE names, for comparing two spellings: a local file, folder or glob as its resolved
+    path (`/a/b`, `/a/x/../b` and a symlink to it are one folder); a crawl id or URL as given."""
+    if "://" in source:
+        return source
+    path = Path(source).expanduser()
+    parts = path.parts
+    wild = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts))
+    base = Path(*parts[:wild]) if wild else Path(".")
+    if not base.exists():
+        return source  # a crawl id, or a path that is not there (its own error comes later)
+    return str(Path(os.path.realpath(base)).joinpath(*parts[wild:]))
+
+
+def as_recorded(source: str, previous: dict | None) -> str:
+    """The recorded spelling of SOURCE when the one given names the same files, so that another
+    spelling of the same folder is not taken as a changed SOURCE (and refused)."""
+    old = (previous or {}).get("config", {}).get("source")
+    if old and old != source and local_source_key(old) == local_source_key(source):
+        log.info("SOURCE %s is the recorded %s", source, old)
+        return old
+    return source
 
 
 def choose_source(source: str | None, num_files: int | None, previous: dict | None) -> tuple[str, int]:

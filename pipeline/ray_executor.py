@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -50,6 +51,12 @@ STAGE_MEMORY_BYTES = {
     "tokenizer": 4 << 30,
 }
 STORAGE_CHECK_FILE = ".ray-storage-check"
+#: Seconds to wait for a Ray head's port to answer before giving up (Ray itself retries for minutes,
+#: printing only its own retry lines).
+CONNECT_TIMEOUT_S = 30.0
+#: The port of a Ray head (GCS) when an address names none, and of Ray Client (`ray://`).
+DEFAULT_GCS_PORT = 6379
+DEFAULT_CLIENT_PORT = 10001
 
 
 class SharedStorageError(PipelineError):
@@ -58,6 +65,42 @@ class SharedStorageError(PipelineError):
 
 class WorkerLostError(PipelineError):
     """A shard's task lost its worker more often than the retries allow."""
+
+
+class RayConnectError(PipelineError):
+    """The Ray head at --ray-address (or RAY_ADDRESS) does not answer."""
+
+
+def head_endpoint(address: str) -> tuple[str, int] | None:
+    """(host, port) a Ray address points at, or None for `auto`/`local` (found by Ray itself)."""
+    if address in ("auto", "local"):
+        return None
+    client = address.startswith("ray://")
+    rest = address.removeprefix("ray://").split("/", 1)[0]
+    host, sep, port = rest.rpartition(":")
+    if not sep:
+        host, port = rest, ""
+    host = host.strip("[]")
+    try:
+        return host, int(port) if port else (DEFAULT_CLIENT_PORT if client else DEFAULT_GCS_PORT)
+    except ValueError:
+        raise RayConnectError(f"--ray-address {address!r} is not host:port (e.g. 10.0.0.5:6379)") from None
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail within timeout_s, in one line, when nothing answers at the Ray head's address."""
+    endpoint = head_endpoint(address)
+    if endpoint is None:
+        return
+    try:
+        with socket.create_connection(endpoint, timeout=timeout_s):
+            pass
+    except OSError as err:
+        why = "no answer" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise RayConnectError(
+            f"cannot reach the Ray head at {address} ({why} within {timeout_s:g} s); start it with "
+            f"`ray start --head --port={endpoint[1]}` on that machine, or fix --ray-address / RAY_ADDRESS "
+            f"(or use --executor local)") from None
 
 
 def _run_on_worker(fn: Callable, task: ShardTask, stage_dir: str, config: Any, cwd: str) -> ShardStats:
@@ -87,6 +130,8 @@ class RayExecutor:
     """Memory Ray reserves per task, unless STAGE_MEMORY_BYTES says more for the stage."""
     max_retries: int = 3
     """Times a task is rerun after its worker died."""
+    connect_timeout_s: float = CONNECT_TIMEOUT_S
+    """Seconds to wait for the head at `address` to answer before a one-line error."""
     name: str = "ray"
     _checked: set = field(default_factory=set, repr=False)
 
@@ -97,6 +142,7 @@ class RayExecutor:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         address = self.address or os.environ.get("RAY_ADDRESS") or None
         if address:
+            check_reachable(address, self.connect_timeout_s)
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
             log.info("ray: no RAY_ADDRESS, starting Ray on this machine")

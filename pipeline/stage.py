@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from pipeline.errors import AccountingError, ConfigError, InputError, StageConfigChanged
+from pipeline.errors import AccountingError, InputError, StageConfigChanged
 from formats.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,

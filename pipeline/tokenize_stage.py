@@ -60,9 +60,11 @@ class ShardsConfig:
     #: A token file is closed when its tokens reach this many bytes (256 MiB = 128M uint16 tokens):
     #: large enough that file count stays small, small enough to write from memory on a laptop.
     max_shard_bytes: int = 256 << 20
-    #: What is tokenized: "corpus" (the curated documents of `make corpus`) or "raw" (every readable
-    #: document of the download stage's files, unfiltered and not deduplicated: the baseline of the
-    #: data ablation, see docs/ablation.md).
+    #: What is tokenized: "corpus" (the curated documents of `make corpus`, or of `make decontaminate`:
+    #: both are the curated corpus and make DATA/shards), "filtered" (filtered, not deduplicated) or
+    #: "raw" (every readable document of the download stage's files, unfiltered and not deduplicated:
+    #: the baseline of the data ablation, see docs/ablation.md). Recorded, so shards of one source are
+    #: never silently replaced by another's in the same folder (a changed config is refused).
     source: str = "corpus"
 
     def validate(self) -> None:
@@ -74,7 +76,7 @@ class ShardsConfig:
             raise ConfigError("source", f"{self.source!r}; choose one of {SOURCES}")
 
 
-SOURCES = ("corpus", "raw")
+SOURCES = ("corpus", "filtered", "raw")
 
 
 _CODECS = FileCache(keep_one=True)
@@ -203,7 +205,7 @@ def make_shards(
     if config.source == "raw":
         inputs = load_raw_files(corpus_dir.parent)
     else:
-        inputs = stage_documents(corpus_dir, "corpus")
+        inputs = stage_documents(corpus_dir, "filter" if config.source == "filtered" else "corpus")
     codec = TextCodec(tokenizer_path)  # fails early, naming `make tokenizer`, if it is missing
     if config.source == "raw":
         names = [shard_name(p) for p in inputs]  # crawl-00000.warc.wet.gz -> crawl-00000, as filter names it

@@ -91,8 +91,8 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file or DCP folder, or a run folder (its newest checkpoint)."""
     path = Path(path)
-    if path.is_dir() and is_sharded_checkpoint(path):
-        return path
+    if path.is_dir() and (is_sharded_checkpoint(path) or _NAME.match(path.name)):
+        return path  # a DCP folder (load_checkpoint says what is missing from a damaged one)
     if path.is_dir():
         newest = latest_checkpoint(path)
         if newest is None:
@@ -192,6 +192,9 @@ def load_checkpoint(path: str | Path, weights: bool = True) -> dict[str, Any]:
     path = Path(path)
     if is_sharded_checkpoint(path):
         return _load_dcp_payload(path, weights)
+    if path.is_dir() and path.suffix == ".dcp":
+        raise CheckpointError(f"{path} has no .metadata; the sharded checkpoint is incomplete: delete its folder to "
+                              f"use the previous one")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -281,13 +284,42 @@ def load_sharded(path: str | Path, state: dict[str, Any], no_dist: bool = False)
     any layout. Collective unless no_dist."""
     import torch.distributed.checkpoint as dcp
 
+    from torch.distributed.checkpoint.api import CheckpointException
+
     try:
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.filterwarnings("ignore", message=".*single process.*")
             dcp.load(state, storage_reader=_SafeReader(str(path)), planner=_safe_planner(), no_dist=no_dist)
-    except Exception as err:
-        raise CheckpointError(f"cannot read sharded checkpoint {path}: {err}; it is incomplete, corrupt or "
-                              f"from another model: delete it to resume from the previous one") from err
+    # CheckpointException derives from BaseException (not Exception): caught by name, or it escapes
+    # as a traceback of every rank's stack.
+    except (Exception, CheckpointException) as err:
+        raise CheckpointError(f"cannot read sharded checkpoint {path}: {_first_failure(err)}; it is incomplete, "
+                              f"corrupt or from another model: delete it to resume from the previous one") from None
+
+
+def _first_failure(err: BaseException) -> str:
+    """One line for a DCP failure: the first rank's own exception, not DCP's multi-rank traceback."""
+    failures = getattr(err, "failures", None)
+    if failures:
+        err = next(iter(failures.values()))[0]
+    lines = str(err).strip().splitlines()
+    if not lines or "weights_only" in str(err):  # torch's hint to load unsafely is never passed on
+        return type(err).__name__
+    return f"{type(err).__name__}: {lines[0]}"
+
+
+def read_dcp_metadata(path: str | Path):
+    """DCP's .metadata of a checkpoint folder (through the restricted unpickler), or a CheckpointError
+    when it is missing, empty, truncated or not DCP metadata."""
+    path = Path(path)
+    try:
+        return _SafeReader(str(path)).read_metadata()
+    except pickle.UnpicklingError as err:  # refused by the restricted unpickler, or not a pickle at all
+        raise CheckpointError(f"cannot read {path / '.metadata'}: {_first_failure(err)}; the checkpoint is "
+                              f"corrupt or not written by this trainer: delete its folder") from None
+    except (Exception, EOFError) as err:  # empty or truncated: EOFError, which click would show as "Aborted!"
+        raise CheckpointError(f"cannot read {path / '.metadata'}: {_first_failure(err)}; the checkpoint is "
+                              f"incomplete or corrupt: delete its folder to use the previous one") from None
 
 
 def _load_dcp_payload(path: Path, weights: bool) -> dict[str, Any]:
@@ -298,7 +330,7 @@ def _load_dcp_payload(path: Path, weights: bool) -> dict[str, Any]:
     if weights:
         from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-        metadata = _SafeReader(str(path)).read_metadata()
+        metadata = read_dcp_metadata(path)
         state = {key: torch.empty(md.size, dtype=md.properties.dtype)
                  for key, md in metadata.state_dict_metadata.items()
                  if key.startswith("model.") and isinstance(md, TensorStorageMetadata)}
@@ -310,8 +342,13 @@ def _load_dcp_payload(path: Path, weights: bool) -> dict[str, Any]:
 def _load_meta(meta_path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(meta_path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot read {meta_path}: {err}; the checkpoint is corrupt: delete its folder") from err
+    except pickle.UnpicklingError:  # torch's message would suggest weights_only=False: never shown
+        raise CheckpointError(f"{meta_path} is not a checkpoint this tool wrote: it asks to build Python objects "
+                              f"other than tensors and plain values, which would run code from the file, so it was "
+                              f"not loaded; delete the checkpoint folder") from None
+    except (Exception, EOFError) as err:  # noqa: BLE001 - truncated, empty, not a torch file
+        raise CheckpointError(f"cannot read {meta_path}: {_first_failure(err)}; the checkpoint is corrupt: delete "
+                              f"its folder") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{meta_path} is not a crawlgpt checkpoint of format {CHECKPOINT_FORMAT}")
     for key in ("step", "model_config"):

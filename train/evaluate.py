@@ -22,7 +22,7 @@ from formats.manifest import sha256_file
 from train.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from train.data import eval_windows, open_split
 from train.distributed import DistContext, all_reduce_sum
-from train.errors import SeqLenError, TrainConfigError, TrainError, VocabMismatchError
+from train.errors import CheckpointKindError, SeqLenError, TrainConfigError, TrainError, VocabMismatchError
 from train.metrics import perplexity
 
 log = logging.getLogger(__name__)
@@ -127,9 +127,22 @@ def check_data_vocab(shards, payload: dict[str, Any], shards_dir: str | Path) ->
 # Checkpoint evaluation (the `evaluate` command)
 
 
+#: Checkpoint kinds that are plain language models; a classifier or a reward model carries a head
+#: of its own and is not one (as a language model it would lose the head, or fail to load).
+LANGUAGE_MODEL_KINDS = ("pretrain", "sft", "dpo", "ppo")
+_KIND_HINTS = {"classify": "a classifier: use `crawlgpt classify`",
+               "reward": "a reward model, which scores answers but does not write them: use `crawlgpt reward-score`"}
+
+
 def load_for_inference(checkpoint: str | Path, device: torch.device) -> tuple[GPT, dict[str, Any], Path]:
+    """A language model checkpoint's GPT (evaluate, sample, export, benchmark): other kinds are refused."""
     path = resolve_checkpoint(checkpoint)
     payload = load_checkpoint(path)
+    kind = payload.get("kind", "pretrain")
+    if kind not in LANGUAGE_MODEL_KINDS:
+        raise CheckpointKindError(f"{path} is a {kind!r} checkpoint, not a language model: it is "
+                                  f"{_KIND_HINTS.get(kind, 'of a kind this command cannot read')}; pass a "
+                                  f"pretrained, sft, dpo or ppo checkpoint")
     model = model_from_checkpoint(payload).to(device).eval()
     log.info("loaded %s (step %d, %s parameters)", path, payload["step"], f"{model.num_params():,}")
     return model, payload, path

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from model.gpt import GPT, GPTConfig, ModelConfigError, preset_config
+from model.gpt import GPT, PRESETS, GPTConfig, ModelConfigError, preset_config
 from train.checkpoint import (
     capture_rng_state,
     check_model_config,
@@ -90,6 +90,14 @@ class TrainResult:
     """Peak CUDA memory of this rank (None on CPU)."""
     model_config: GPTConfig | None = None
     """The model's config."""
+
+
+def preset_of(config: GPTConfig, asked: str) -> str:
+    """The name of the preset whose shape config has (asked first), else "custom": what the log says."""
+    for name in (asked, *PRESETS):
+        if name in PRESETS and all(getattr(config, k) == v for k, v in PRESETS[name].items()):
+            return name
+    return "custom"
 
 
 def resolve_preset(preset: str, device: torch.device) -> str:
@@ -227,6 +235,7 @@ def _model_config(config: TrainConfig, objective: Objective, device: torch.devic
                                                             **config.model_overrides))
     except (TypeError, ModelConfigError) as err:  # an unknown preset or field, widths that do not divide
         raise TrainConfigError("--preset / model_overrides", str(err)) from err
+    preset = preset_of(model_config, preset)  # fine-tuning builds its base's shape, whatever --preset said
     seq_len = objective.seq_len(model_config)
     if seq_len > model_config.max_seq_len:
         raise SeqLenError(
@@ -483,11 +492,12 @@ class _Meter:
 def _evaluate(run: _Run, step: int) -> None:
     """Validation figures from the objective, then the on_eval scorer's (every rank takes part)."""
     figures = run.objective.evaluate(run.forward_model)
-    run.result.val_losses.append((step, figures["val_loss"]))
+    if figures["val_loss"] is not None:  # None: no validation data (e.g. --val-fraction 0)
+        run.result.val_losses.append((step, figures["val_loss"]))
     run.metrics.write({"kind": "val", "step": step, **figures})
     if run.ctx.is_main:
-        log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v:,}"
-                                                  for k, v in figures.items()))
+        log.info("step %d: %s", step, ", ".join(f"{k} n/a" if v is None else f"{k} {v:.4g}"
+                                                  if isinstance(v, float) else f"{k} {v:,}" for k, v in figures.items()))
     if run.scorer is None:
         return
     with autocast_context(run.device, run.bf16):

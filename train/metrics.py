@@ -156,7 +156,7 @@ def plot_losses(metrics_path: str | Path, png_path: str | Path) -> Path | None:
         return None
     records = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train" and "loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "val" and "val_loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "val" and r.get("val_loss") is not None]
     bench = [r for r in records if r.get("kind") == "benchmark"]
     if bench:  # `pretrain --benchmark`: accuracy curves in a second panel
         fig, (ax, bench_ax) = plt.subplots(1, 2, figsize=(14, 5))

@@ -145,7 +145,8 @@ class Objective:
     # ---- evaluation, samples, checkpoints -------------------------------------------------------
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        """Validation figures (every rank calls it; collectives allowed). Must hold "val_loss"."""
+        """Validation figures (every rank calls it; collectives allowed). Must hold "val_loss" (None, and every
+        figure None, when there is no validation data: never zeros)."""
         raise NotImplementedError
 
     def sample(self, model: nn.Module, step: int) -> str | None:

@@ -89,3 +89,31 @@ def test_a_run_name_that_is_not_one_folder_is_refused(data, command):
     out = run(command, "--data", str(data), "--run", "../escape", "--pairs" if command != "ppo" and
               command != "align-compare" else "--prompts", str(data / "pairs.json"))
     assert out.exit_code == 2 and "is not a plain folder name" in out.output
+
+
+def test_an_empty_validation_split_is_reported_as_no_figures_not_zeros(data, tmp_path):
+    out = run("dpo", "--data", str(data), "--run", "novals", "--policy", str(data / "runs" / "x-sft"),
+              "--pairs", str(data / "pairs.json"), "--steps", "1", "--val-fraction", "0")
+    assert out.exit_code == 0, out.output
+    assert "no validation pairs" in out.output and "0.0000" not in out.output
+    vals = [json.loads(line) for line in (data / "runs" / "novals-dpo" / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["kind"] == "val"]
+    assert vals and all(r["val_loss"] is None and r["val_pairs"] == 0 for r in vals)
+    reward_run = data / "runs" / "x-reward"
+    if reward_run.is_dir():
+        out = run("reward-eval", "--data", str(data), "--run", "x", "--pairs", str(data / "pairs.json"),
+                  "--split", "val", "--val-fraction", "0")
+        assert out.exit_code == 0 and "n/a (no pairs in the val split)" in out.output, out.output
+
+
+@pytest.mark.parametrize("content, phrase", [
+    (b'{"prompt": "caf\xe9", "response": "x"}\n', "is not UTF-8 text"),
+    (b"[" * 50_000 + b"]" * 50_000 + b"\n", "nested deeper"),
+    (b'{"prompt": "\\ud800", "response": "x"}\n', "lone surrogate"),
+])
+def test_reward_score_input_that_cannot_be_read_is_a_one_line_error(data, tmp_path, content, phrase):
+    answers = tmp_path / "answers.jsonl"
+    answers.write_bytes(content)
+    out = CliRunner().invoke(main, ["reward-score", "--data", str(data), "--run", "x", "--input", str(answers)])
+    assert out.exit_code == 1 and phrase in out.output and "answers.jsonl:1" in out.output, out.output
+    assert "Traceback" not in out.output

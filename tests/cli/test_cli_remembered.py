@@ -94,3 +94,15 @@ def test_make_without_reference_trains_the_classifier_on_the_default_reference(s
                          env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert read_json(data / "quality" / "manifest.json")["config"]["reference"] == [str(ref.resolve())]
+
+
+def test_count_progress_off_a_terminal_prints_one_line_per_tenth(capsys):
+    from cli.common import CountProgress
+
+    progress = CountProgress("piqa", 95, "requests", tty=False)
+    for _ in range(95):
+        progress.update(1)
+    progress.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err and len(err.splitlines()) == 10
+    assert err.splitlines()[0].startswith("piqa: 1/10 tenths, 10 requests")

@@ -114,6 +114,18 @@ def test_chat_runs_as_a_script_on_piped_standard_input(data, tuned):
     assert len(proc.stdout.splitlines()) == 2
 
 
+def test_piped_chat_answers_every_line_even_one_over_the_context_or_not_utf8(cli, data, tuned):
+    """Each input line gets one stdout line: a refused message an empty one, its error on stderr."""
+    too_long = "word " * 400
+    result = CliRunner().invoke(cli, ["chat", "--data", str(data), "--run", "base", "--device", "cpu",
+                                      "--max-new-tokens", "3", "--temperature", "0"],
+                                input=b"Repeat cat.\n" + too_long.encode() + b"\ncaf\xe9\nRepeat dog.\n")
+    assert result.exit_code == 0, result.output
+    answers = result.stdout.split("\n")[:-1]
+    assert len(answers) == 4 and answers[1] == "" and answers[2] == "", answers
+    assert "more than the model's" in result.stderr and "not UTF-8" in result.stderr
+
+
 def test_chat_with_a_base_checkpoint_says_to_fine_tune_first(cli, data):
     result = CliRunner().invoke(cli, ["chat", "--data", str(data), "--checkpoint", str(data / "runs" / "base"),
                                       "--device", "cpu"], input="hi\n")
@@ -138,6 +150,14 @@ def test_classify_train_reports_and_classify_labels_each_line(cli, data, tmp_pat
     piped = CliRunner().invoke(cli, ["classify", "--data", str(data), "--checkpoint", str(run), "-",
                                      "--device", "cpu"], input="red blue\n")
     assert piped.exit_code == 0 and piped.output.split("\t")[2].strip() == "red blue"
+
+
+def test_classify_input_that_is_not_utf8_is_a_one_line_error_naming_the_line(cli, data, tmp_path):
+    texts = tmp_path / "t.txt"
+    texts.write_bytes(b"hello\ncaf\xe9\n")
+    for args, stdin in (([str(texts)], None), (["-"], texts.read_bytes())):
+        result = CliRunner().invoke(cli, ["classify", "--data", str(data), "--checkpoint", "x", *args], input=stdin)
+        assert result.exit_code == 1 and ":2: is not UTF-8 text" in result.output and "Traceback" not in result.output
 
 
 def test_classify_with_a_base_checkpoint_says_how_to_train_a_classifier(cli, data, tmp_path):

@@ -13,7 +13,7 @@ from pipeline.errors import InputError, StageConfigChanged
 from formats.manifest import output_record, read_json
 from pipeline.stage import ShardStats, ShardTask, run_stage
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "benchmarks"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "benchmarks"
 PIQA = str(FIXTURES / "piqa-valid.jsonl")
 LAMBADA = str(FIXTURES / "lambada_test.jsonl")
 
@@ -96,6 +96,15 @@ def test_benchmark_names_and_missing_files(tmp_path):
     assert index.matches("say two three four now")[0] == 1
     with pytest.raises(InputError, match="does not exist"):
         NgramIndex((str(tmp_path / "nope.jsonl"),), n=13)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n"])
+@pytest.mark.parametrize("name", ["mine.jsonl", "lambada_test.jsonl"])  # any JSONL, and a known task's file
+def test_an_empty_benchmark_file_is_refused_not_taken_as_clean(tmp_path, content, name):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(InputError, match="holds no items.*keep every document"):
+        NgramIndex((str(path),), n=13)
 
 
 def test_decontaminate_command_prints_the_benchmarks(data):

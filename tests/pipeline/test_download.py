@@ -20,6 +20,7 @@ from pipeline.download import (
     download,
     load_raw_files,
     local_path_for,
+    local_source_key,
     run_download,
 )
 from pipeline.errors import ConfigError, InputError, StageConfigChanged
@@ -356,3 +357,22 @@ def test_lid_model_url_download_stays_in_the_models_folder(server, tmp_path):
     path = fetch_model(server.url + "/.%2e/%2e%2e/escape/lid.bin", models, "--lid-model")
     assert models.resolve() in path.resolve().parents
     assert not (tmp_path / "escape").exists()
+
+
+def test_the_same_local_folder_spelled_otherwise_or_through_a_symlink_is_not_a_changed_source(tmp_path):
+    src = tmp_path / "a" / "b"
+    src.mkdir(parents=True)
+    (tmp_path / "a" / "x").mkdir()
+    (src / "d.jsonl").write_text('{"text": "a document"}\n')
+    (tmp_path / "link").symlink_to(src)
+    first = run_download(str(src), 2, tmp_path / "data")
+    for spelling in (f"{tmp_path}/a/x/../b", str(tmp_path / "link"), f"{tmp_path}/a/x/../b/"):
+        again = run_download(spelling, 2, tmp_path / "data")
+        assert again["config"]["source"] == str(src) and again["files"] == first["files"]
+    assert local_source_key(f"{tmp_path}/link/*.jsonl") == local_source_key(f"{src}/*.jsonl")
+    assert local_source_key("CC-MAIN-2024-51") == "CC-MAIN-2024-51"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "e.jsonl").write_text('{"text": "another"}\n')
+    with pytest.raises(StageConfigChanged):
+        run_download(str(other), 2, tmp_path / "data")

@@ -17,6 +17,8 @@ from pipeline.documents import Document, read_documents, write_documents
 from pipeline.errors import AccountingError, InputError, StageConfigChanged
 from formats.manifest import atomic_path, sha256_file
 from pipeline.stage import run_stage, stage_documents
+from formats.manifest import output_record
+from pipeline.stage import ShardStats, ShardTask
 
 
 from stage_fixtures import KeepLongConfig, keep_long, lose_one, make_inputs, output_hashes
@@ -133,7 +135,7 @@ KILL_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_killing_a_stage_at_any_moment_then_rerunning_equals_an_uninterrupted_run(tmp_path):
-    tests_dir = str(Path(__file__).resolve().parents[1])
+    tests_dir = str(Path(__file__).resolve().parents[2])
     ref = tmp_path / "ref"
     script = KILL_SCRIPT.format(tests=tests_dir, tmp=str(ref), inputs=str(tmp_path), sleep=0.05)
     subprocess.run([sys.executable, "-c", script], check=True)

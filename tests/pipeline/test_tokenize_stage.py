@@ -198,3 +198,25 @@ def test_cli_tokenizer_shards_stats_end_to_end(data, tmp_path):
     report = json.loads(r.output)
     assert report["total"]["documents"] == 468
     assert (root / "shards" / "doc_lengths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_shards_from_filtered_record_their_source_and_never_replace_the_curated_shards(data, tmp_path):
+    from cli import main
+
+    root = tmp_path / "data"
+    shutil.copytree(data / "corpus", root / "corpus")
+    shutil.copytree(data / "corpus", root / "filtered")  # stands in for DATA/filtered: a finished stage folder
+    shutil.copytree(data / "tokenizer", root / "tokenizer")
+    runner = CliRunner()
+    r = runner.invoke(main, ["shards", "--data", str(root), "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    curated = shard_hashes(root / "shards")
+    r = runner.invoke(main, ["shards", "--data", str(root), "--workers", "1", "--from", "filtered",
+                             "--out", str(root / "shards")])
+    assert r.exit_code == 1 and "source" in r.output and "Traceback" not in r.output, r.output
+    assert shard_hashes(root / "shards") == curated
+    r = runner.invoke(main, ["shards", "--data", str(root), "--workers", "1", "--from", "filtered"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((root / "shards-filtered" / "manifest.json").read_text())
+    assert manifest["config"]["source"] == "filtered"
+    assert json.loads((root / "shards" / "manifest.json").read_text())["config"]["source"] == "corpus"

@@ -124,7 +124,9 @@ class DPOObjective(PairObjective):
             sums["pairs"] += n
         model.train(was_training)
         s = self.reduce(sums)
-        n = max(s["pairs"], 1)
+        if not s["pairs"]:  # --val-fraction 0: no figures, not zeros
+            return {"val_loss": None, "val_reward_accuracy": None, "val_reward_margin": None, "val_pairs": 0}
+        n = s["pairs"]
         return {"val_loss": s["loss"] / n, "val_reward_accuracy": s["correct"] / n,
                 "val_reward_margin": s["margin"] / n, "val_reward_chosen": s["chosen"] / n,
                 "val_reward_rejected": s["rejected"] / n, "val_pairs": int(s["pairs"])}

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from formats.json_records import read_records
 from train.errors import TrainError
 from train.tune.templates import PromptTemplate
 
@@ -87,34 +88,18 @@ class PairStats:
 
 
 def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
-    """(where, record) for every record of a .json list or a .jsonl file."""
+    """(where, record) for every record of a .json list or a .jsonl file (`formats.json_records`: bytes
+    that are not UTF-8, bad JSON, deep nesting and lone surrogates are one-line errors)."""
     path = Path(path)
     if not path.is_file():
         raise PreferenceDataError(f"{path} does not exist; pass a .json or .jsonl file of preference pairs or prompts")
-    if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"{path.name}:{line_no}", json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise PreferenceDataError(f"{path}:{line_no} is not valid JSON ({err.msg}); fix or remove "
-                                              f"that line") from err
-        return
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise PreferenceDataError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}); a .json file "
-                                  f"holds one list of records, a .jsonl file one record per line") from err
-    if not isinstance(data, list):
-        raise PreferenceDataError(f"{path} holds a JSON {type(data).__name__}, not a list of records")
-    for i, record in enumerate(data):
-        yield f"{path.name}[{i}]", record
+    yield from read_records(path, "jsonl" if path.suffix == ".jsonl" else "json", PreferenceDataError)
 
 
 def _is_messages(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+    """A list of {role, content} messages whose role and content are strings (`"content": null` is not)."""
+    return isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
 
 
 def _prompt_of(record: dict, template: PromptTemplate) -> tuple[str, str] | str:

@@ -134,7 +134,9 @@ class RewardObjective(PairObjective):
             sums["pairs"] += n
         model.train(was_training)
         s = self.reduce(sums)
-        n = max(s["pairs"], 1)
+        if not s["pairs"]:  # --val-fraction 0: no figures, not zeros
+            return {"val_loss": None, "val_accuracy": None, "val_margin": None, "val_pairs": 0}
+        n = s["pairs"]
         return {"val_loss": s["loss"] / n, "val_accuracy": s["correct"] / n, "val_margin": s["margin"] / n,
                 "val_reward_chosen": s["chosen"] / n, "val_reward_rejected": s["rejected"] / n,
                 "val_pairs": int(s["pairs"])}
@@ -171,10 +173,10 @@ class RewardScorer:
 
 @dataclass
 class RewardEval:
-    accuracy: float
-    """Share of pairs with the chosen response scored above the rejected one."""
-    margin: float
-    """Mean reward of chosen minus rejected."""
+    accuracy: float | None
+    """Share of pairs with the chosen response scored above the rejected one (None: no pairs)."""
+    margin: float | None
+    """Mean reward of chosen minus rejected (None: no pairs)."""
     pairs: int
     """Pairs scored."""
     stats: PairStats
@@ -199,8 +201,9 @@ def evaluate_reward_pairs(checkpoint: str | Path, pairs_path: str | Path, tokeni
         chosen, rejected = rewards[:len(chunk)], rewards[len(chunk):]
         correct += (chosen > rejected).sum().item()
         margin += (chosen - rejected).sum().item()
-    n = max(len(pairs), 1)
-    return RewardEval(accuracy=correct / n, margin=margin / n, pairs=len(pairs), stats=data.stats)
+    if not pairs:  # e.g. --split val with --val-fraction 0: no figures, not zeros
+        return RewardEval(accuracy=None, margin=None, pairs=0, stats=data.stats)
+    return RewardEval(accuracy=correct / len(pairs), margin=margin / len(pairs), pairs=len(pairs), stats=data.stats)
 
 
 def score_texts(checkpoint: str | Path, records: list[tuple[str, str, str]], tokenizer_path: str | Path,

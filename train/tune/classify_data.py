@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from formats.json_records import read_records
 from train.errors import TrainError
 
 log = logging.getLogger(__name__)
@@ -59,19 +59,12 @@ def file_format(path: Path, fmt: str = "auto") -> str:
 def _rows(path: Path, fmt: str, text_column: str, label_column: str) -> Iterator[tuple[int, Any, Any]]:
     """(line number, text, label) per row; a value is None when the row lacks it."""
     if fmt == "jsonl":
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ClassifyDataError(f"{path}:{lineno}: is not valid JSON ({err.msg}); each line must be one "
-                                            f"JSON object with {text_column!r} and {label_column!r}") from err
-                if not isinstance(record, dict):
-                    raise ClassifyDataError(f"{path}:{lineno}: is a JSON {type(record).__name__}, not an object "
-                                            f"with {text_column!r} and {label_column!r}")
-                yield lineno, record.get(text_column), record.get(label_column)
+        for where, record in read_records(path, "jsonl", ClassifyDataError):
+            lineno = int(where.rsplit(":", 1)[1])
+            if not isinstance(record, dict):
+                raise ClassifyDataError(f"{where}: is a JSON {type(record).__name__}, not an object "
+                                        f"with {text_column!r} and {label_column!r}")
+            yield lineno, record.get(text_column), record.get(label_column)
         return
     with open(path, encoding="utf-8", newline="") as f:
         # Tab-separated files are read without quoting: SMS text holds stray quote characters.

@@ -33,6 +33,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from formats.json_records import read_records
 from train.errors import TrainError
 from train.tune.templates import ROLES, PromptTemplate, encode_pieces
 
@@ -158,36 +159,13 @@ def read_instructions(path: str | Path) -> tuple[list[Example], ReadStats]:
     if not path.is_file():
         raise InstructDataError(f"instruction file {path} does not exist; pass an Alpaca JSON/JSONL or chat "
                                 f"JSONL file (e.g. ../shared/data/instruct/instruction-data.json)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise InstructDataError(f"{path} is not UTF-8 text ({err}); save it as UTF-8 JSON or JSONL") from err
     stats = ReadStats()
     examples: list[Example] = []
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise _fail(f"{path}:{err.lineno}", f"is not valid JSON ({err.msg}, column {err.colno})",
-                        "fix the JSON (a JSON array of objects, or one object per line)") from err
-        for i, record in enumerate(records):
-            stats.records += 1
-            ex = _parse_record(record, f"{path} item {i}", stats)
-            if ex is not None:
-                examples.append(ex)
-    else:
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            stats.records += 1
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise _fail(f"{path}:{lineno}", f"is not valid JSON ({err.msg}, column {err.colno})",
-                            "each line of a JSONL file must be one JSON object") from err
-            ex = _parse_record(record, f"{path}:{lineno}", stats)
-            if ex is not None:
-                examples.append(ex)
+    for where, record in read_records(path, "auto", InstructDataError):
+        stats.records += 1
+        ex = _parse_record(record, where, stats)
+        if ex is not None:
+            examples.append(ex)
     if not examples:
         raise InstructDataError(f"{path} holds no usable examples ({stats.records} records); {FORMAT_HINT}")
     return examples, stats

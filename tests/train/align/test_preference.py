@@ -80,7 +80,7 @@ def test_a_file_without_any_usable_pair_is_a_clear_error(tmp_path):
     with pytest.raises(PreferenceDataError, match="no usable preference pair.*1 identical"):
         read_preference_pairs(path, T)
     path.write_text('{"instruction": "a", "chosen": "s"\n')
-    with pytest.raises(PreferenceDataError, match=r"p.jsonl:1 is not valid JSON"):
+    with pytest.raises(PreferenceDataError, match=r"p.jsonl:1: is not valid JSON"):
         read_preference_pairs(path, T)
     with pytest.raises(PreferenceDataError, match="does not exist"):
         read_preference_pairs(tmp_path / "missing.json", T)
