@@ -28,6 +28,8 @@ INSTRUCT   ?= ../shared/data/instruct/instruction-data.json
 FORCE      ?=
 # Benchmark files to decontaminate the corpus against (space-separated, [TASK=]PATH); empty = no decontamination.
 DECONTAMINATE ?=
+# PII=1: replace e-mail and public IP addresses with placeholders after dedup (docs/stages.md#pii-redaction).
+PII        ?=
 EVAL_DIR   ?= ../shared/data/eval
 TASKS      ?= piqa,lambada
 LIMIT      ?= 0
@@ -51,17 +53,17 @@ no_reference := $(and $(call user_set,REFERENCE),$(if $(REFERENCE),,1))
 reference_flags = $(if $(call user_set,REFERENCE),--reference '$(REFERENCE)',$(if $(or $(wildcard $(DATA)/filtered/manifest.json),$(if $(DEFAULT_REFERENCE),,1)),,--default-reference '$(DEFAULT_REFERENCE)'))
 quality_flags = $(if $(no_reference),--quality-model none,$(if $(call user_set,REFERENCE),--quality-model $(DATA)/quality/model.bin))
 
-.PHONY: help test test-fast corpus download quality-model filter dedup decontaminate tokenizer shards stats pretrain \
-        sft reward ppo align dpo benchmark export ablation bench bench-eval clean
+.PHONY: help test test-fast corpus download quality-model filter dedup decontaminate pii card tokenizer shards stats \
+        pretrain report sft reward ppo align dpo benchmark export ablation bench bench-eval clean
 
 help:
-	@echo "targets: test corpus (download quality-model filter dedup decontaminate) tokenizer shards stats pretrain"
-	@echo "         sft align (reward ppo) dpo benchmark export ablation bench bench-eval clean"
+	@echo "targets: test corpus (download quality-model filter dedup decontaminate pii) tokenizer shards stats pretrain"
+	@echo "         report sft align (reward ppo) dpo benchmark export ablation bench bench-eval clean"
 	@echo "vars: SOURCE=$(SOURCE) NUM_FILES=$(NUM_FILES) DATA=$(DATA) LANGS=$(LANGS) REFERENCE=$(REFERENCE)"
 	@echo "      WORKERS=$(WORKERS) VOCAB_SIZE=$(VOCAB_SIZE) PRESET=$(PRESET) STEPS=$(STEPS) RUN=$(RUN) FORCE=$(FORCE)"
 	@echo "      INSTRUCT=$(INSTRUCT) PAIRS=$(PAIRS) ALIGN_ARGS=$(ALIGN_ARGS) REWARD_ARGS=$(REWARD_ARGS) PPO_ARGS=$(PPO_ARGS) DPO_ARGS=$(DPO_ARGS)"
 	@echo "      EXECUTOR=$(EXECUTOR) RAY_ADDRESS=$(RAY_ADDRESS)"
-	@echo "      DECONTAMINATE=$(DECONTAMINATE) EVAL_DIR=$(EVAL_DIR) TASKS=$(TASKS) LIMIT=$(LIMIT) EXPORT_DIR=$(EXPORT_DIR)"
+	@echo "      DECONTAMINATE=$(DECONTAMINATE) PII=$(PII) EVAL_DIR=$(EVAL_DIR) TASKS=$(TASKS) LIMIT=$(LIMIT) EXPORT_DIR=$(EXPORT_DIR)"
 	@echo "      ABLATION_PRESET=$(ABLATION_PRESET) ABLATION_STEPS=$(ABLATION_STEPS) ABLATION_SEEDS=$(ABLATION_SEEDS)"
 
 # The virtual environment. torch is installed first, pinned to the CPU build, so that nothing pulls a
@@ -97,17 +99,34 @@ dedup: filter
 
 # Optional: drop documents sharing a 13-gram with a benchmark; later stages then read DATA/decontaminated.
 # (remembered: once DATA/decontaminated exists, later targets go on reading it without DECONTAMINATE=)
-corpus_from = $(if $(or $(strip $(DECONTAMINATE)),$(wildcard $(DATA)/decontaminated/manifest.json)),decontaminated,corpus)
+decontaminated_from = $(if $(or $(strip $(DECONTAMINATE)),$(wildcard $(DATA)/decontaminated/manifest.json)),decontaminated,corpus)
 decontaminate: dedup
 	$(if $(strip $(DECONTAMINATE)),$(CLI) decontaminate --data $(DATA) $(foreach b,$(DECONTAMINATE),--benchmark '$(b)') --workers $(WORKERS) $(exec_flags) $(force_flag),@echo "DECONTAMINATE is empty: no decontamination")
 
-corpus: decontaminate
+# Optional: PII redaction of the corpus (or the decontaminated corpus); later stages then read DATA/redacted.
+# (remembered: once DATA/redacted exists, later targets redo it as needed and read it without PII=1)
+pii_on      = $(or $(filter-out 0,$(strip $(PII))),$(wildcard $(DATA)/redacted/manifest.json))
+corpus_from = $(if $(pii_on),redacted,$(decontaminated_from))
+pii: decontaminate
+	$(if $(pii_on),$(CLI) pii --data $(DATA) --workers $(WORKERS) $(exec_flags) $(force_flag),@echo "PII is not set: no PII redaction")
+
+# The dataset card DATA/corpus/README.md (Hugging Face format), from the stage manifests.
+card: $(VENV)
+	$(CLI) card --data $(DATA)
+
+corpus: pii
+	$(CLI) card --data $(DATA)
 
 tokenizer: corpus
 	$(CLI) tokenizer --data $(DATA) --from $(corpus_from) $(vocab_flags) $(exec_flags) $(force_flag)
 
 shards: tokenizer
 	$(CLI) shards --data $(DATA) --from $(corpus_from) --workers $(WORKERS) $(exec_flags) $(force_flag)
+	$(CLI) card --data $(DATA)
+
+# One self-contained page DATA/report.html from what the stages wrote (docs/report.md).
+report: $(VENV)
+	$(CLI) report --data $(DATA)
 
 stats: $(VENV)
 	$(CLI) stats $(DATA)/shards
