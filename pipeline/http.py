@@ -80,9 +80,9 @@ class OneLineRetry(Retry):
         if isinstance(error, NameResolutionError):
             raise MaxRetryError(_pool, url, error) from error
         retry = super().increment(method, url, response, error, _pool, _stacktrace)
-        host = getattr(_pool, "host", "") if _pool is not None else ""
+        where = f"{_pool.scheme}://{_pool.host}:{_pool.port}" if _pool is not None else ""
         why = f"HTTP {response.status}" if response is not None and error is None else _short(error)
-        log.warning("%s%s: %s; retry %d of %d in %.1fs", host, url or "", why, len(retry.history),
+        log.warning("%s%s: %s; retry %d of %d in %.1fs", where, url or "", why, len(retry.history),
                     len(retry.history) + (retry.total or 0), retry.get_backoff_time())
         return retry
 
