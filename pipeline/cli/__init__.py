@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 #: Modules under pipeline/cli/ that define `register(group)`.
 COMMAND_MODULES = ("download", "filter", "dedup", "decontaminate", "pii", "tokens", "training", "finetune", "align",
-                   "evaluation")
+                   "evaluation", "report")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -18,8 +18,7 @@ _STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:0 16px 48px;color:#222}
 h1{margin:20px 0 4px}h2{margin-top:36px;border-bottom:2px solid #ddd;padding-bottom:4px}
 nav a{margin-right:12px}table{border-collapse:collapse;margin:8px 0}
-td,th{border:1px solid #ddd;padding:3px 8px;text-align:right;vertical-align:top}
-td:first-child,th:first-child{text-align:left}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}td.n{text-align:right}
 pre{white-space:pre-wrap;word-break:break-word;background:#f7f7f7;padding:6px;max-height:16em;overflow:auto;margin:4px 0}
 .doc{border-left:3px solid #c33;padding-left:8px;margin:10px 0}.muted{color:#777}
 del{background:#fcc;text-decoration:none}ins{background:#cfc;text-decoration:none}
@@ -54,8 +53,13 @@ def number(value: Any) -> str:
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{number(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(value: Any) -> str:
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f'<td class="n">{number(value)}</td>' if numeric else f"<td>{number(value)}</td>"
 
 
 def text_block(text: str, max_chars: int = 1500) -> str:

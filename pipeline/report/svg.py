@@ -15,14 +15,14 @@ _COLORS = ("#3366cc", "#dc3912", "#ff9900", "#109618", "#990099", "#0099c6", "#d
 
 def bars(labels: Sequence[str], values: Sequence[float], title: str, width: int = 640) -> str:
     """Horizontal bars, one per label, longest first as given."""
-    row, left = 18, 230
+    row, left = 18, 290
     height = 24 + row * len(labels)
     top = max(values, default=0) or 1
     out = [_open(width, height, title), f'<text x="4" y="14" font-size="12" font-weight="bold">{esc(title)}</text>']
     for i, (label, value) in enumerate(zip(labels, values)):
         y = 22 + i * row
         w = (width - left - 80) * value / top
-        out.append(f'<text x="{left - 6}" y="{y + 12}" font-size="11" text-anchor="end">{esc(label[:38])}</text>')
+        out.append(f'<text x="{left - 6}" y="{y + 12}" font-size="11" text-anchor="end">{esc(label[:48])}</text>')
         out.append(f'<rect x="{left}" y="{y + 2}" width="{w:.1f}" height="{row - 5}" fill="{_COLORS[0]}"/>')
         out.append(f'<text x="{left + w + 4:.1f}" y="{y + 12}" font-size="11">{value:,.0f}</text>')
     return "".join(out) + "</svg>"
