@@ -54,8 +54,7 @@ def _run(run: Path) -> str:
             continue
         for key, value in r.items():
             if isinstance(value, (int, float)) and "loss" in key and not isinstance(value, bool):
-                name = key if r.get("kind") in (None, "train") else f"{r.get('kind')} {key}"
-                series.setdefault(name, []).append((step, float(value)))
+                series.setdefault(key, []).append((step, float(value)))
     if series:
         parts.append(svg.lines(series, f"{run.name}: losses"))
     evals = [r for r in metrics if r.get("kind") == "benchmark"]
