@@ -11,6 +11,7 @@ The same function runs as one process (`crawlgpt pretrain`) or as one rank of a 
 from __future__ import annotations
 
 import logging
+import platform
 import signal
 import threading
 import time
@@ -329,7 +330,7 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
         meta = {"step": step, "loader": loader.state_dict(),
                 "rng": capture_rng_state(), "model_config": model_config.to_dict(),
                 "train_config": config.to_dict(), "data": data_info, "kind": objective.kind,
-                **objective.checkpoint_extra(),
+                "hardware": hardware_info(ctx.device, ctx.world_size), **objective.checkpoint_extra(),
                 "val_loss": result.val_losses[-1][1] if result.val_losses else None}
         path = checkpoint_path(run_dir, step, sharded=layout.sharded_checkpoints)
         if layout.sharded_checkpoints:  # every rank writes its shards (train/parallel.py, DCP)
@@ -471,3 +472,9 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
     if device.type == "cuda":
         result.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
     return result
+
+
+def hardware_info(device: torch.device, world_size: int) -> dict:
+    """What the run trained on, for the model card: the device's name and how many ranks."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "CPU")
+    return {"device": name, "device_type": device.type, "world_size": world_size}
