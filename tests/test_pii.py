@@ -5,7 +5,11 @@ config, and reads DATA/decontaminated when decontamination ran."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +19,7 @@ from pipeline.manifest import output_record, read_json
 from pipeline.pii import PiiConfig, redact, run_pii
 from pipeline.stage import ShardStats, ShardTask, make_executor, run_stage
 
+REPO = Path(__file__).resolve().parents[1]
 EMAIL, IPV4, IPV6 = "email@example.com", "22.214.171.124", "2001:db8::"
 
 
@@ -129,3 +134,26 @@ def test_the_stage_runs_on_the_ray_executor_with_identical_output(data, ray_clus
     remote = run_pii(data, executor=make_executor("ray"))
     assert remote["totals"] == local["totals"]
     assert texts == {d.id: d.text for s in ("a", "b") for d in read_documents(data / "redacted" / f"{s}.parquet")}
+
+
+def _make_dry_run(data, *args: str) -> str:
+    """The commands `make -n shards` would run for DATA=data (nothing is run)."""
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    env = {k: v for k, v in os.environ.items() if k not in ("PII", "DECONTAMINATE", "SOURCE")}
+    run = subprocess.run(["make", "-n", "-C", str(REPO), f"VENV={sys.prefix}", "-o", f"{sys.prefix}/.installed",
+                          f"DATA={data}", "shards", *args], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+def test_make_pii_1_redacts_and_later_targets_remember_it(tmp_path):
+    off = _make_dry_run(tmp_path)
+    assert "crawlgpt pii" not in off and "--from corpus" in off
+    on = _make_dry_run(tmp_path, "PII=1")
+    assert "crawlgpt pii --data" in on and "tokenizer --data" in on and on.count("--from redacted") == 2
+    (tmp_path / "redacted").mkdir()
+    (tmp_path / "redacted" / "manifest.json").write_text("{}")  # as a finished `make corpus PII=1` leaves it
+    later = _make_dry_run(tmp_path)
+    assert "crawlgpt pii --data" in later and later.count("--from redacted") == 2
+    assert "crawlgpt card --data" in later
