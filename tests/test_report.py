@@ -127,7 +127,7 @@ def test_cli_writes_the_page_and_says_where(data):
 
 def test_thresholds_come_from_the_recorded_config():
     m = {"config": {"min_lang_score": 0.65, "gopher_quality": {"min_words": 50},
-                    "fineweb": {"max_short_line_ratio": 0.67}, "c4": {"min_sentences": 5}},
+                    "fineweb": {"max_short_line_ratio": 0.67}, "c4": {"min_sentences": 5, "policy_lines": True}},
          "upstream": {"quality_settings": {"threshold": 0.25}}}
     assert threshold("gopher_min_words", m) == 50
     assert threshold("fineweb_max_short_line_ratio", m) == 0.67
@@ -135,6 +135,7 @@ def test_thresholds_come_from_the_recorded_config():
     assert threshold("lang_low_score", m) == 0.65
     assert threshold("quality_classifier_low", m) == 0.25
     assert threshold("c4_curly_bracket", m) is None
+    assert threshold("c4_policy_lines", m) is None  # a switch, not a threshold
 
 
 def test_word_diff_marks_what_differs_and_escapes_it():

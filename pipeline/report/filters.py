@@ -40,8 +40,9 @@ def threshold(reason: str, m: dict) -> float | None:
             continue
         prefix = family.split("_")[0] + "_"
         name = reason.removeprefix(prefix)
-        if reason.startswith(prefix) and isinstance(values.get(name), (int, float)):
-            return float(values[name])
+        value = values.get(name)
+        if reason.startswith(prefix) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
     return None
 
 
@@ -118,10 +119,11 @@ def dropped_documents(files: list[Path], counts: dict[str, int], per_reason: int
 def _samples_html(samples: dict[str, list[dict]]) -> str:
     parts = []
     for reason in sorted(samples):
-        parts.append(f"<h3>{esc(reason)}</h3>")
+        docs = []
         for row in samples[reason]:
             score = row.get("score")
             value = f"{score:.4g}" if isinstance(score, float) and math.isfinite(score) else "n/a"
-            parts.append(f"<div class=\"doc\"><b>value {esc(value)}</b> · <span class=\"muted\">{esc(row.get('id'))} "
-                         f"{esc(row.get('url') or '')}</span>{text_block(row.get('text') or '', DOC_CHARS)}</div>")
+            docs.append(f"<div class=\"doc\"><b>value {esc(value)}</b> · <span class=\"muted\">{esc(row.get('id'))} "
+                        f"{esc(row.get('url') or '')}</span>{text_block(row.get('text') or '', DOC_CHARS)}</div>")
+        parts.append(f"<details><summary><b>{esc(reason)}</b> ({len(docs)} shown)</summary>{''.join(docs)}</details>")
     return "".join(parts) or "<p>No document was dropped.</p>"

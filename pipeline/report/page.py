@@ -22,7 +22,7 @@ td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}t
 pre{white-space:pre-wrap;word-break:break-word;background:#f7f7f7;padding:6px;max-height:16em;overflow:auto;margin:4px 0}
 .doc{border-left:3px solid #c33;padding-left:8px;margin:10px 0}.muted{color:#777}
 del{background:#fcc;text-decoration:none}ins{background:#cfc;text-decoration:none}
-.charts{display:flex;flex-wrap:wrap;gap:12px}svg{background:#fff;border:1px solid #eee}
+summary{cursor:pointer;margin:6px 0}.charts{display:flex;flex-wrap:wrap;gap:12px}svg{background:#fff;border:1px solid #eee}
 """
 
 

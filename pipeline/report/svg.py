@@ -51,7 +51,9 @@ def histogram(values: Sequence[float], title: str, threshold: float | None = Non
     if threshold is not None and math.isfinite(threshold):
         x = x0 + plot_w * (threshold - lo) / (hi - lo)
         out.append(f'<line x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y0 + plot_h}" stroke="red" stroke-width="2"/>')
-        out.append(f'<text x="{x + 3:.1f}" y="{y0 + 10}" font-size="10" fill="red">threshold {threshold:g}</text>')
+        right = x > x0 + plot_w / 2  # the label on the side with room
+        out.append(f'<text x="{x - 3 if right else x + 3:.1f}" y="{y0 + 10}" font-size="10" fill="red" '
+                   f'text-anchor="{"end" if right else "start"}">threshold {threshold:g}</text>')
     return "".join(out) + "</svg>"
 
 
