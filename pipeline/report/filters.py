@@ -71,8 +71,8 @@ def _languages(kept: list[dict], dropped: list[dict]) -> Section:
     n = max(sum(seen.values()), 1)
     rows = [(lang, c, f"{100 * c / n:.1f}%", kept_langs[lang]) for lang, c in top]
     body = (f"<p class=\"muted\">From a sample of {n:,} documents read by the filter (lid.176 labels).</p>"
-            + table(["language", "documents", "share", "of them kept"], rows)
-            + svg.bars([r[0] for r in rows], [r[1] for r in rows], "documents per language (sample)"))
+            + svg.bars([r[0] for r in rows], [r[1] for r in rows], "documents per language (sample)")
+            + table(["language", "documents", "share", "of them kept"], rows[:10]))
     return Section("languages", "Languages", body)
 
 
