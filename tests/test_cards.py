@@ -104,3 +104,15 @@ def test_a_benchmark_json_older_than_the_checkpoint_is_not_reported(checkpoint, 
     os.utime(bench, None)  # benchmarked after the checkpoint was written: reported
     card = _export(data, tok, tmp_path / "new")
     assert [(r.dataset_name, r.metric_value) for r in card.data.eval_results] == [("piqa", 0.6)]
+
+
+def test_the_model_card_names_the_hardware_a_checkpoint_records(checkpoint, tmp_path):
+    from train.checkpoint import load_checkpoint, save_checkpoint
+
+    data, tok, ckpt = checkpoint
+    payload = load_checkpoint(ckpt)
+    payload["hardware"] = {"device": "NVIDIA H200", "device_type": "cuda", "world_size": 8}
+    save_checkpoint(ckpt, payload)
+    card = _export(data, tok, tmp_path / "hw")
+    assert "| hardware | 8 x NVIDIA H200 (cuda) |" in card.text
+

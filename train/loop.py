@@ -476,5 +476,6 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
 
 def hardware_info(device: torch.device, world_size: int) -> dict:
     """What the run trained on, for the model card: the device's name and how many ranks."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "CPU")
+    cpu = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     return {"device": name, "device_type": device.type, "world_size": world_size}
