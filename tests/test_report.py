@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from pipeline.decontaminate import DecontaminateConfig, run_decontaminate
 from pipeline.dedup.stage import run_dedup
+from pipeline.documents import read_documents
 from pipeline.download import run_download
 from pipeline.errors import InputError
 from pipeline.filter_stage import FilterConfig, run_filter
@@ -23,7 +25,9 @@ from pipeline.report import build_report
 from pipeline.report.dedup import word_diff
 from pipeline.report.filters import threshold
 from pipeline.report.page import CSP, esc
+from pipeline.report.runs import _series
 from pipeline.report.svg import histogram
+from pipeline.stage import stage_documents
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
@@ -48,6 +52,10 @@ def data(shared_data: Path, lid_model_path: Path, tmp_path_factory) -> Path:
     run_download(str(raw), 0, data)
     run_filter(data, FilterConfig(lid_model=str(lid_model_path)))
     run_dedup(data)
+    first = next(d for p in stage_documents(data / "corpus") for d in read_documents(p))  # a page that leaked
+    bench = raw.parent / "leaked.jsonl"
+    bench.write_text(json.dumps({"passage": first.text}) + "\n")
+    run_decontaminate(data, DecontaminateConfig(benchmarks=(str(bench),)))
     run_pii(data)
     run = data / "runs" / "r1"
     run.mkdir(parents=True)
@@ -83,7 +91,8 @@ def test_the_page_holds_every_section_whose_stage_ran(data):
     assert f'content="{CSP}"' in page
     assert "&lt;script&gt;document.title=&#x27;PWNED&#x27;&lt;/script&gt;" in page
     assert "<script" not in page.lower() and "<img" not in page and "<style>body" not in page  # only as text
-    assert "PII replaced" in page and "jane.doe@gmail.com" not in page.split("Dropped documents")[0]
+    assert "PII replaced (decontaminated in)" in page and "jane.doe@gmail.com" not in page.split("Dropped")[0]
+    assert "<td>decontaminate</td>" in page and "<b>benchmark_overlap_leaked</b>" in page
 
 
 def test_the_page_is_small_and_a_rebuild_gives_the_same_bytes(data):
@@ -150,3 +159,13 @@ def test_histogram_draws_the_threshold_inside_the_range():
     line = re.search(r'<line x1="([\d.]+)"', chart)
     assert line and 30 < float(line.group(1)) < 30 + 300  # between the first and the last bar
     assert esc("<a>") == "&lt;a&gt;"
+
+
+def test_alignment_metrics_get_their_own_chart_and_benchmarks_none():
+    metrics = [{"kind": "train", "step": 1, "loss": 2.0, "reward_mean": 0.1, "kl": 0.01, "lr": 1e-3},
+               {"kind": "val", "step": 1, "val_loss": 2.1, "val_accuracy": 0.6},
+               {"kind": "benchmark", "step": 1, "piqa_acc": 0.5}]
+    losses, others = _series(metrics)
+    assert losses == {"loss": [(1, 2.0)], "val_loss": [(1, 2.1)]}
+    assert others == {"reward_mean": [(1, 0.1)], "kl": [(1, 0.01)], "val_accuracy": [(1, 0.6)]}
+

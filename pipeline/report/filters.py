@@ -55,6 +55,10 @@ def sections(data_dir: Path) -> list[Section]:
     dropped = list(sample_rows(rejected_files, ["reason", "score", "meta"], SAMPLE_ROWS))
     out = [_languages(kept, dropped), _distributions(kept, dropped, m)]
     samples = dropped_documents(rejected_files, m["totals"]["dropped"], DOCS_PER_REASON)
+    decontaminated = manifest(data_dir, "decontaminated")
+    if decontaminated is not None and "totals" in decontaminated:  # benchmark_overlap_<task> reasons
+        samples.update(dropped_documents(outputs(data_dir, "decontaminated", decontaminated, rejected=True),
+                                         decontaminated["totals"]["dropped"], DOCS_PER_REASON))
     out.append(Section("dropped", "Dropped documents, by reason", _samples_html(samples)))
     return out
 

@@ -47,16 +47,11 @@ def _run(run: Path) -> str:
     if not (metrics or bench or answers):
         return ""
     parts = [f"<h3>run {esc(run.name)}</h3>"]
-    series: dict[str, list] = {}
-    for r in metrics:
-        step = r.get("step")
-        if not isinstance(step, (int, float)):
-            continue
-        for key, value in r.items():
-            if isinstance(value, (int, float)) and "loss" in key and not isinstance(value, bool):
-                series.setdefault(key, []).append((step, float(value)))
-    if series:
-        parts.append(svg.lines(series, f"{run.name}: losses"))
+    losses, others = _series(metrics)
+    if losses:
+        parts.append(svg.lines(losses, f"{run.name}: losses"))
+    if others:
+        parts.append(svg.lines(others, f"{run.name}: reward, KL, accuracy"))
     evals = [r for r in metrics if r.get("kind") == "benchmark"]
     if evals:
         keys = sorted({k for r in evals for k in r if k not in ("kind", "step")})
@@ -70,6 +65,28 @@ def _run(run: Path) -> str:
                      f"after: {text_block(str(a.get('after_greedy', '')), 500)}"
                      f"reference: {text_block(str(a.get('reference', '')), 500)}</div>")
     return "".join(parts)
+
+
+#: Words in a metric name that put it in the second chart (alignment runs: reward, KL, preference accuracy).
+_OTHER_KEYS = ("reward", "kl", "accuracy", "margin", "win")
+
+
+def _series(metrics: list[dict]) -> tuple[dict, dict]:
+    """(loss series, reward/KL/accuracy series) by metric name: [(step, value)] from metrics.jsonl records."""
+    losses: dict[str, list] = {}
+    others: dict[str, list] = {}
+    for r in metrics:
+        step = r.get("step")
+        if not isinstance(step, (int, float)) or r.get("kind") == "benchmark":
+            continue
+        for key, value in r.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            if "loss" in key:
+                losses.setdefault(key, []).append((step, float(value)))
+            elif any(word in key for word in _OTHER_KEYS):
+                others.setdefault(key, []).append((step, float(value)))
+    return losses, others
 
 
 def _benchmark_file(path: Path) -> str:
