@@ -58,7 +58,7 @@ quality_flags = $(if $(no_reference),--quality-model none,$(if $(call user_set,R
 
 help:
 	@echo "targets: test corpus (download quality-model filter dedup decontaminate pii) tokenizer shards stats pretrain"
-	@echo "         report sft align (reward ppo) dpo benchmark export ablation bench bench-eval clean"
+	@echo "         card report sft align (reward ppo) dpo benchmark export ablation bench bench-eval clean"
 	@echo "vars: SOURCE=$(SOURCE) NUM_FILES=$(NUM_FILES) DATA=$(DATA) LANGS=$(LANGS) REFERENCE=$(REFERENCE)"
 	@echo "      WORKERS=$(WORKERS) VOCAB_SIZE=$(VOCAB_SIZE) PRESET=$(PRESET) STEPS=$(STEPS) RUN=$(RUN) FORCE=$(FORCE)"
 	@echo "      INSTRUCT=$(INSTRUCT) PAIRS=$(PAIRS) ALIGN_ARGS=$(ALIGN_ARGS) REWARD_ARGS=$(REWARD_ARGS) PPO_ARGS=$(PPO_ARGS) DPO_ARGS=$(DPO_ARGS)"
