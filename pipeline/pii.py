@@ -13,7 +13,8 @@ What is not replaced, on purpose:
   `12.05.2024` (a date), `12:30:45` (a time). An IPv4 address must not touch another digit or a dot
   followed by a digit; every candidate must also parse as an address.
 - an address inside a URL *is* replaced (`http://93.184.216.34/x`, `mailto:jane@example.org`): it is
-  the same address.
+  the same address. Unlike datatrove's pattern, the local part of an e-mail address may not hold
+  `/ ? = &`, so `site.com/contact?mail=jo@x.org` loses the address, not the URL.
 
 The stage runs after dedup (and after decontamination when that ran): DATA/decontaminated if it has a
 manifest, else DATA/corpus, in; DATA/redacted out. Every document is kept (the text is edited, so

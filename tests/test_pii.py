@@ -43,7 +43,7 @@ def test_addresses_are_replaced_including_inside_urls(text, expected):
     "version 1.2.3.4.5 and release 10.1.2.3.4, not 999.1.1.1 nor 256.1.1.1",
     "dated 12.05.2024, at 12:30:45, build 2024.01.15.1234",
     "write to jane [at] example [dot] com or jane(at)example.com",
-    "C++: std::vector<int>::iterator; a::b::c; IPv6 scope ::",
+    "C++: std::vector<int>::iterator; a::b::c; IPv6 scope ::; MAC 00:1A:2B:3C:4D:5E; ratio 16:9:4",
 ])
 def test_private_ranges_obfuscated_forms_and_lookalikes_are_left_alone(text):
     assert redact(text) == (text, {})
