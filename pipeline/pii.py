@@ -26,7 +26,6 @@ The manifest's `totals.extra` holds `pii_email`, `pii_ipv4`, `pii_ipv6` (replace
 from __future__ import annotations
 
 import ipaddress
-import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -37,8 +36,6 @@ from pipeline.documents import Document, DocumentWriter, read_documents
 from pipeline.errors import ConfigError
 from pipeline.manifest import manifest_hash, output_record
 from pipeline.stage import Executor, Progress, ShardStats, ShardTask, report_progress, run_stage, stage_documents
-
-log = logging.getLogger(__name__)
 
 STAGE = "pii"
 OUTPUT_DIR = "redacted"
