@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.documents import text_bytes
 from pipeline.errors import InputError
-from pipeline.manifest import atomic_path, load_manifest
+from formats.manifest import atomic_path, load_manifest
 from pipeline.stage import manifest_outputs
 
 CARD_NAME = "README.md"

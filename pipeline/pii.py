@@ -34,7 +34,7 @@ from typing import Callable
 
 from pipeline.documents import Document, DocumentWriter, read_documents
 from pipeline.errors import ConfigError
-from pipeline.manifest import manifest_hash, output_record
+from formats.manifest import manifest_hash, output_record
 from pipeline.stage import Executor, Progress, ShardStats, ShardTask, report_progress, run_stage, stage_documents
 
 STAGE = "pii"

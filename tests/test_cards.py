@@ -66,7 +66,7 @@ def checkpoint(tmp_path_factory):
 
 
 def _export(data, tok, out):
-    from pipeline.cli import main
+    from cli import main
 
     result = CliRunner().invoke(main, ["export", "--data", str(data), "--run", "r", "--out", str(out),
                                        "--tokenizer", str(tok), "--overwrite"])

@@ -32,7 +32,7 @@ def test_an_unresolvable_file_host_fails_at_once_without_retries(tmp_path, caplo
 
 
 def test_the_cli_prints_one_line_and_no_traceback(tmp_path):
-    from pipeline.cli import main
+    from cli import main
 
     result = CliRunner().invoke(main, ["download", "--data", str(tmp_path), "--source", "CC-MAIN-2024-51",
                                        "--base-url", NOWHERE])

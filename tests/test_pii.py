@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.documents import Document, read_documents, write_documents
 from pipeline.errors import StageConfigChanged
-from pipeline.manifest import output_record, read_json
+from formats.manifest import output_record, read_json
 from pipeline.pii import PiiConfig, redact, run_pii
 from pipeline.stage import ShardStats, ShardTask, make_executor, run_stage
 

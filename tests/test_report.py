@@ -127,7 +127,7 @@ def test_a_folder_without_finished_stages_is_a_clear_error(tmp_path):
 
 
 def test_cli_writes_the_page_and_says_where(data):
-    from pipeline.cli import main
+    from cli import main
 
     result = CliRunner().invoke(main, ["report", "--data", str(data)])
     assert result.exit_code == 0, result.output

@@ -16,7 +16,7 @@ import json
 import logging
 from pathlib import Path
 
-from evals.tasks import TASKS
+from formats.benchmark_tasks import TASKS
 from pipeline.cards import pipeline_markdown, yaml_block
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def tokens_trained(run_dir: Path, step: int) -> int | None:
 
 
 def model_card(name: str, export, run_dir: Path, summary: dict | None, license: str = "other") -> str:
-    """The README.md text for an export (`train.export.ExportResult`) of a checkpoint of `run_dir`."""
+    """The README.md text for an export (`train.export.hf.ExportResult`) of a checkpoint of `run_dir`."""
     info = export.info
     results, origin = checkpoint_results(run_dir, export.checkpoint, export.step)
     langs = (summary or {}).get("langs") or ["en"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import InputError
-from pipeline.manifest import atomic_path
+from formats.manifest import atomic_path
 from pipeline.report import dedup, filters, funnel, runs, tokens
 from pipeline.report.page import Section, render_page
 

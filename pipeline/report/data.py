@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pyarrow.parquet as pq
 
-from pipeline.manifest import load_manifest
+from formats.manifest import load_manifest
 from pipeline.stage import manifest_outputs
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from pipeline.dedup.show import jaccard, shingle_set
 from pipeline.dedup.stage import UPSTREAM_DIR, WORK_DIR
 from pipeline.documents import read_document_rows
 from pipeline.errors import InputError
-from pipeline.manifest import load_manifest
+from formats.manifest import load_manifest
 from pipeline.report.data import manifest
 from pipeline.report.page import Section, esc, table
 from pipeline.stage import manifest_outputs, stage_documents

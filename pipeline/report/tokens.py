@@ -10,7 +10,7 @@ import numpy as np
 from pipeline.report import svg
 from pipeline.report.data import manifest
 from pipeline.report.page import Section, esc, table
-from pipeline.token_shards import TokenShardError, open_shard
+from formats.token_shards import TokenShardError, open_shard
 
 log = logging.getLogger(__name__)
 
