@@ -33,11 +33,11 @@ def export_cmd(data: Path, run: str, checkpoint: Path | None, out_dir: Path | No
                tokenizer_path: Path | None, dtype: str, overwrite: bool, card_license: str) -> None:
     """Write a checkpoint as a Hugging Face LlamaForCausalLM folder (transformers, lm-eval, vLLM load it),
     with its model card (README.md: architecture, training, data pipeline, benchmark results)."""
-    from pipeline.cards import corpus_summary
+    from report.dataset_card import corpus_summary
     from pipeline.errors import InputError
     from train.errors import TrainError
     from train.export.hf import ExportConfig, export_checkpoint, export_gguf
-    from train.model_card import model_card, write_model_card
+    from report.model_card import model_card, write_model_card
 
     if out_dir is None and gguf_path is None:
         raise click.UsageError("give --out DIR (Hugging Face folder), --gguf FILE, or both")

@@ -21,7 +21,7 @@ data_option = click.option("--data", type=click.Path(file_okay=False, path_type=
 def report_cmd(data: Path, out: Path | None) -> None:
     """Write DATA/report.html: funnel, languages, rule statistics, dropped documents, duplicate clusters,
     tokenizer, shards and training runs, from what the stages wrote. Opens from disk, needs no network."""
-    from pipeline.report import build_report
+    from report import build_report
 
     try:
         result = build_report(data, out)
@@ -35,7 +35,7 @@ def report_cmd(data: Path, out: Path | None) -> None:
 @data_option
 def card_cmd(data: Path) -> None:
     """Write DATA/corpus/README.md, the corpus's dataset card in the Hugging Face format."""
-    from pipeline.cards import write_dataset_card
+    from report.dataset_card import write_dataset_card
 
     try:
         path = write_dataset_card(data)

@@ -1,6 +1,6 @@
 """Cards in the Hugging Face format: the corpus's dataset card (DATA/corpus/README.md, `crawlgpt card`, written
 by `make corpus` and `make shards`), and the data-pipeline summary that the model card (`crawlgpt export`,
-train/model_card.py) repeats.
+report/model_card.py) repeats.
 
 Everything comes from the stage manifests: the source and its kind, the languages kept, the documents into
 and out of each stage with every drop reason, the dedup, decontamination and PII settings, the token

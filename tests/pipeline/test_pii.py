@@ -19,7 +19,7 @@ from formats.manifest import output_record, read_json
 from pipeline.pii import PiiConfig, redact, run_pii
 from pipeline.stage import ShardStats, ShardTask, make_executor, run_stage
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EMAIL, IPV4, IPV6 = "email@example.com", "22.214.171.124", "2001:db8::"
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.report import svg
-from pipeline.report.data import manifest
-from pipeline.report.page import Section, esc, table
+from report import svg
+from report.data import manifest
+from report.page import Section, esc, table
 from formats.token_shards import TokenShardError, open_shard
 
 log = logging.getLogger(__name__)

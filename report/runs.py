@@ -7,8 +7,8 @@ import json
 import logging
 from pathlib import Path
 
-from pipeline.report import svg
-from pipeline.report.page import Section, esc, table, text_block
+from report import svg
+from report.page import Section, esc, table, text_block
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import math
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from pipeline.report import svg
-from pipeline.report.data import manifest, meta, outputs, sample_rows
-from pipeline.report.page import Section, esc, table, text_block
+from report import svg
+from report.data import manifest, meta, outputs, sample_rows
+from report.page import Section, esc, table, text_block
 
 #: Rows sampled from the kept and from the rejected files (spread over the shards).
 SAMPLE_ROWS = 4000

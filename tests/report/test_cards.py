@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from lm_fixtures import tiny_config, train_tiny_tokenizer, write_tiny_checkpoint
-from pipeline.cards import size_category, write_dataset_card, yaml_block
+from report.dataset_card import size_category, write_dataset_card, yaml_block
 from pipeline.documents import Document
 from pipeline.errors import InputError
 from pipeline.pii import run_pii

@@ -3,7 +3,7 @@
 YAML metadata (license, language, library_name, pipeline_tag, tags, datasets, and a `model-index` with
 the benchmark results found for the exported checkpoint, under lm-evaluation-harness's task and metric
 names), then the architecture and size, training tokens, steps and hardware, the data pipeline in brief
-(from the DATA folder's manifests: pipeline/cards.py), evaluation with chance levels, and limitations.
+(from the DATA folder's manifests: report/dataset_card.py), evaluation with chance levels, and limitations.
 
 Results "for the checkpoint": the benchmark records of metrics.jsonl at the checkpoint's step (the
 trainer's --benchmark hook), else the run's benchmark.json (`make benchmark`) when it is newer than the
@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 from formats.benchmark_tasks import TASKS
-from pipeline.cards import pipeline_markdown, yaml_block
+from report.dataset_card import pipeline_markdown, yaml_block
 
 log = logging.getLogger(__name__)
 

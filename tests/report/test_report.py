@@ -21,12 +21,12 @@ from pipeline.download import run_download
 from pipeline.errors import InputError
 from pipeline.filter_stage import FilterConfig, run_filter
 from pipeline.pii import run_pii
-from pipeline.report import build_report
-from pipeline.report.dedup import word_diff
-from pipeline.report.filters import threshold
-from pipeline.report.page import CSP, esc
-from pipeline.report.runs import _series
-from pipeline.report.svg import histogram
+from report import build_report
+from report.dedup import word_diff
+from report.filters import threshold
+from report.page import CSP, esc
+from report.runs import _series
+from report.svg import histogram
 from pipeline.stage import stage_documents
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

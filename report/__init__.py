@@ -17,8 +17,8 @@ from pathlib import Path
 
 from pipeline.errors import InputError
 from formats.manifest import atomic_path
-from pipeline.report import dedup, filters, funnel, runs, tokens
-from pipeline.report.page import Section, render_page
+from report import dedup, filters, funnel, runs, tokens
+from report.page import Section, render_page
 
 log = logging.getLogger(__name__)
 

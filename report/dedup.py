@@ -17,8 +17,8 @@ from pipeline.dedup.stage import UPSTREAM_DIR, WORK_DIR
 from pipeline.documents import read_document_rows
 from pipeline.errors import InputError
 from formats.manifest import load_manifest
-from pipeline.report.data import manifest
-from pipeline.report.page import Section, esc, table
+from report.data import manifest
+from report.page import Section, esc, table
 from pipeline.stage import manifest_outputs, stage_documents
 
 log = logging.getLogger(__name__)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.documents import text_bytes
-from pipeline.report import svg
-from pipeline.report.data import document_stages, manifest, outputs
-from pipeline.report.page import Section, esc, table
+from report import svg
+from report.data import document_stages, manifest, outputs
+from report.page import Section, esc, table
 
 
 def section(data_dir: Path) -> Section | None:
