@@ -28,6 +28,8 @@ INSTRUCT   ?= ../shared/data/instruct/instruction-data.json
 FORCE      ?=
 # Benchmark files to decontaminate the corpus against (space-separated, [TASK=]PATH); empty = no decontamination.
 DECONTAMINATE ?=
+# PII=1: replace e-mail and public IP addresses with placeholders after dedup (docs/stages.md#pii-redaction).
+PII        ?=
 EVAL_DIR   ?= ../shared/data/eval
 TASKS      ?= piqa,lambada
 LIMIT      ?= 0
@@ -56,17 +58,17 @@ no_reference := $(and $(call user_set,REFERENCE),$(if $(REFERENCE),,1))
 reference_flags = $(if $(call user_set,REFERENCE),--reference $(call q,$(REFERENCE)),$(if $(or $(wildcard $(DATA)/filtered/manifest.json),$(if $(DEFAULT_REFERENCE),,1)),,--default-reference $(call q,$(DEFAULT_REFERENCE))))
 quality_flags = $(if $(no_reference),--quality-model none,$(if $(call user_set,REFERENCE),--quality-model $(call q,$(DATA)/quality/model.bin)))
 
-.PHONY: help test test-fast corpus download quality-model filter dedup decontaminate tokenizer shards stats pretrain \
-        sft reward ppo align dpo benchmark export ablation bench bench-eval clean
+.PHONY: help test test-fast corpus download quality-model filter dedup decontaminate pii card tokenizer shards stats \
+        pretrain report sft reward ppo align dpo benchmark export ablation bench bench-eval clean
 
 help:
-	@echo "targets: test corpus (download quality-model filter dedup decontaminate) tokenizer shards stats pretrain"
-	@echo "         sft align (reward ppo) dpo benchmark export ablation bench bench-eval clean"
+	@echo "targets: test corpus (download quality-model filter dedup decontaminate pii) tokenizer shards stats pretrain"
+	@echo "         card report sft align (reward ppo) dpo benchmark export ablation bench bench-eval clean"
 	@echo "vars: SOURCE=$(SOURCE) NUM_FILES=$(NUM_FILES) DATA=$(DATA) LANGS=$(LANGS) REFERENCE=$(REFERENCE)"
 	@echo "      WORKERS=$(WORKERS) VOCAB_SIZE=$(VOCAB_SIZE) PRESET=$(PRESET) STEPS=$(STEPS) RUN=$(RUN) FORCE=$(FORCE)"
 	@echo "      INSTRUCT=$(INSTRUCT) PAIRS=$(PAIRS) ALIGN_ARGS=$(ALIGN_ARGS) REWARD_ARGS=$(REWARD_ARGS) PPO_ARGS=$(PPO_ARGS) DPO_ARGS=$(DPO_ARGS)"
 	@echo "      EXECUTOR=$(EXECUTOR) RAY_ADDRESS=$(RAY_ADDRESS)"
-	@echo "      DECONTAMINATE=$(DECONTAMINATE) EVAL_DIR=$(EVAL_DIR) TASKS=$(TASKS) LIMIT=$(LIMIT) EXPORT_DIR=$(EXPORT_DIR)"
+	@echo "      DECONTAMINATE=$(DECONTAMINATE) PII=$(PII) EVAL_DIR=$(EVAL_DIR) TASKS=$(TASKS) LIMIT=$(LIMIT) EXPORT_DIR=$(EXPORT_DIR)"
 	@echo "      ABLATION_PRESET=$(ABLATION_PRESET) ABLATION_STEPS=$(ABLATION_STEPS) ABLATION_SEEDS=$(ABLATION_SEEDS)"
 
 # The virtual environment. torch is installed first, pinned to the CPU build, so that nothing pulls a
@@ -102,17 +104,34 @@ dedup: filter
 
 # Optional: drop documents sharing a 13-gram with a benchmark; later stages then read DATA/decontaminated.
 # (remembered: once DATA/decontaminated exists, later targets go on reading it without DECONTAMINATE=)
-corpus_from = $(if $(or $(strip $(DECONTAMINATE)),$(wildcard $(DATA)/decontaminated/manifest.json)),decontaminated,corpus)
+decontaminated_from = $(if $(or $(strip $(DECONTAMINATE)),$(wildcard $(DATA)/decontaminated/manifest.json)),decontaminated,corpus)
 decontaminate: dedup
 	$(if $(strip $(DECONTAMINATE)),$(CLI) decontaminate $(data_flag) $(foreach b,$(DECONTAMINATE),--benchmark $(call q,$(b))) --workers $(WORKERS) $(exec_flags) $(force_flag),@echo "DECONTAMINATE is empty: no decontamination")
 
-corpus: decontaminate
+# Optional: PII redaction of the corpus (or the decontaminated corpus); later stages then read DATA/redacted.
+# (remembered: once DATA/redacted exists, later targets redo it as needed and read it without PII=1)
+pii_on      = $(or $(filter-out 0,$(strip $(PII))),$(wildcard $(DATA)/redacted/manifest.json))
+corpus_from = $(if $(pii_on),redacted,$(decontaminated_from))
+pii: decontaminate
+	$(if $(pii_on),$(CLI) pii $(data_flag) --workers $(WORKERS) $(exec_flags) $(force_flag),@echo "PII is not set: no PII redaction")
+
+# The dataset card DATA/corpus/README.md (Hugging Face format), from the stage manifests.
+card: $(VENV)
+	$(CLI) card $(data_flag)
+
+corpus: pii
+	$(CLI) card $(data_flag)
 
 tokenizer: corpus
 	$(CLI) tokenizer $(data_flag) --from $(corpus_from) $(vocab_flags) $(exec_flags) $(force_flag)
 
 shards: tokenizer
 	$(CLI) shards $(data_flag) --from $(corpus_from) --workers $(WORKERS) $(exec_flags) $(force_flag)
+	$(CLI) card $(data_flag)
+
+# One self-contained page DATA/report.html from what the stages wrote (docs/report.md).
+report: $(VENV)
+	$(CLI) report $(data_flag)
 
 stats: $(VENV)
 	$(CLI) stats $(call q,$(DATA)/shards)

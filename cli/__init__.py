@@ -16,8 +16,8 @@ from cli.common import setup_logging
 log = logging.getLogger(__name__)
 
 #: Modules under cli/ that define `register(group)`.
-COMMAND_MODULES = ("download", "filter", "dedup", "decontaminate", "tokens", "training", "finetune", "align",
-                   "evaluation")
+COMMAND_MODULES = ("download", "filter", "dedup", "decontaminate", "pii", "tokens", "training", "finetune", "align",
+                   "evaluation", "report")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -35,11 +35,17 @@ def _check_export_folder(out_dir: Path, data: Path) -> None:
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
               help="Weight dtype in model.safetensors (float32 is exact; the halves are half the size).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export in --out.")
+@click.option("--license", "card_license", default="other", show_default=True,
+              help="Licence of the weights in the model card's metadata (a Hugging Face licence id).")
 def export_cmd(data: Path, run: str, checkpoint: Path | None, out_dir: Path | None, gguf_path: Path | None,
-               tokenizer_path: Path | None, dtype: str, overwrite: bool) -> None:
-    """Write a checkpoint as a Hugging Face LlamaForCausalLM folder (transformers, lm-eval, vLLM load it)."""
+               tokenizer_path: Path | None, dtype: str, overwrite: bool, card_license: str) -> None:
+    """Write a checkpoint as a Hugging Face LlamaForCausalLM folder (transformers, lm-eval, vLLM load it),
+    with its model card (README.md: architecture, training, data pipeline, benchmark results)."""
     from train.errors import TrainError  # inside the command: keeps torch out of `crawlgpt --help`
     from train.export.hf import ExportConfig, export_checkpoint, export_gguf
+    from report.dataset_card import corpus_summary
+    from report.model_card import model_card, write_model_card
+    from pipeline.errors import InputError
 
     if out_dir is None and gguf_path is None:
         raise click.UsageError("give --out DIR (Hugging Face folder), --gguf FILE, or both")
@@ -56,9 +62,16 @@ def export_cmd(data: Path, run: str, checkpoint: Path | None, out_dir: Path | No
         result = export_checkpoint(ckpt, out_dir, tok, ExportConfig(dtype=dtype, overwrite=overwrite))
     except TrainError as err:
         fail(err)
+    try:
+        summary = corpus_summary(data)
+    except InputError:
+        summary = None  # a checkpoint exported away from its DATA folder: the card says the data is not recorded
+    run_folder = result.checkpoint.parent.parent if result.checkpoint.parent.name == "checkpoints" else ckpt
+    card = write_model_card(result.out_dir, model_card(f"crawlgpt-{run}", result, Path(run_folder), summary,
+                                                       license=card_license))
     rows = [("checkpoint", str(result.checkpoint)), ("exported to", str(result.out_dir)),
             ("parameters", f"{result.num_params:,}"), ("model.safetensors", f"{result.bytes_written / 2**20:.1f} MiB"),
-            ("time", f"{result.seconds:.1f}s")]
+            ("model card", str(card)), ("time", f"{result.seconds:.1f}s")]
     click.echo("\n".join(f"{k:>18}  {v}" for k, v in rows))
     click.echo(f"load it with: AutoModelForCausalLM.from_pretrained({str(result.out_dir)!r})")
 

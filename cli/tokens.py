@@ -48,16 +48,16 @@ force_option = click.option("--force", is_flag=True, help="Discard outputs made 
               help="Train on at most this many MB of text, sampled evenly by document id (0 = whole corpus).")
 @click.option("--heldout-fraction", type=FiniteFloat(), default=_TOK.heldout_fraction, show_default=True,
               help="Share of documents held out (as the shards' validation split) to measure compression.")
-@click.option("--from", "source", type=click.Choice(["corpus", "decontaminated"]), default="corpus",
-              show_default=True, help="Documents to train on: DATA/corpus, or DATA/decontaminated after "
-                                      "`crawlgpt decontaminate`.")
+@click.option("--from", "source", type=click.Choice(["corpus", "decontaminated", "redacted"]), default="corpus",
+              show_default=True, help="Documents to train on: DATA/corpus, DATA/decontaminated after "
+                                      "`crawlgpt decontaminate`, or DATA/redacted after `crawlgpt pii`.")
 @force_option
 @executor_options
 @click.pass_context
 def tokenizer_cmd(ctx: click.Context, data: Path, vocab_size: int, pattern: str, reserved_tokens: int,
                   min_frequency: int, sample_mb: float, heldout_fraction: float, source: str, force: bool, executor: str,
                   ray_address: str | None) -> None:
-    """Train the byte-level BPE tokenizer on DATA/corpus (or DATA/decontaminated); write DATA/tokenizer/tokenizer.json.
+    """Train the byte-level BPE tokenizer on DATA/corpus (or DATA/decontaminated, DATA/redacted); write DATA/tokenizer/tokenizer.json.
 
     Options not given are taken as the last run in DATA recorded them (then the defaults shown)."""
     recorded = recorded_config(data / layout.TOKENIZER)
@@ -96,9 +96,10 @@ def tokenizer_cmd(ctx: click.Context, data: Path, vocab_size: int, pattern: str,
               help="Start a new token file when one reaches this many MiB of tokens.")
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="tokenizer.json to use [default: DATA/tokenizer/tokenizer.json].")
-@click.option("--from", "source", type=click.Choice(["corpus", "decontaminated", "filtered", "raw"]),
+@click.option("--from", "source", type=click.Choice(["corpus", "decontaminated", "redacted", "filtered", "raw"]),
               default="corpus", show_default=True,
-              help="corpus: the curated DATA/corpus; decontaminated: DATA/decontaminated; filtered: DATA/filtered "
+              help="corpus: the curated DATA/corpus; decontaminated: DATA/decontaminated; redacted: DATA/redacted "
+                   "(after `crawlgpt pii`); filtered: DATA/filtered "
                    "(before dedup); raw: every readable document of DATA/raw's files, unfiltered and not "
                    "deduplicated (the data ablation's baseline).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -110,7 +111,7 @@ def tokenizer_cmd(ctx: click.Context, data: Path, vocab_size: int, pattern: str,
 def shards_cmd(ctx: click.Context, data: Path, workers: int, val_fraction: float, max_shard_mb: float,
                tokenizer_path: Path | None, source: str, out_dir: Path | None, force: bool, executor: str,
                ray_address: str | None) -> None:
-    """Tokenize DATA/corpus (or DATA/raw, DATA/filtered, DATA/decontaminated) into packed Arrow token shards under DATA/shards/{train,val}.
+    """Tokenize DATA/corpus (or DATA/raw, DATA/filtered, DATA/decontaminated, DATA/redacted) into packed Arrow token shards under DATA/shards/{train,val}.
 
     Options not given are taken as the last run in DATA recorded them (then the defaults shown)."""
     recorded = recorded_config(shards_dir(data))

@@ -9,6 +9,7 @@ DATA/
   dedup/           dedup's work folders (signatures, buckets, clusters)
   corpus/          dedup: the curated documents
   decontaminated/  decontaminate (optional): the corpus without benchmark 13-grams
+  redacted/        pii (optional): the corpus with e-mail and public IP addresses replaced
   tokenizer/       tokenizer: tokenizer.json
   shards/          shards: token shards of the corpus (shards-raw/, shards-filtered/ for the ablation)
   runs/RUN/        every training run: metrics.jsonl, loss.png, checkpoints/
@@ -29,6 +30,7 @@ FILTERED = "filtered"
 DEDUP = "dedup"
 CORPUS = "corpus"
 DECONTAMINATED = "decontaminated"
+REDACTED = "redacted"
 TOKENIZER = "tokenizer"
 TOKENIZER_FILE = "tokenizer.json"
 SHARDS = "shards"
@@ -48,5 +50,5 @@ def run_dir(data: str | Path, run: str) -> Path:
 
 
 def shards_dir(data: str | Path, source: str = CORPUS) -> Path:
-    """DATA/shards for the curated corpus (or its decontaminated version), DATA/shards-SOURCE otherwise."""
-    return Path(data) / (SHARDS if source in (CORPUS, DECONTAMINATED) else f"{SHARDS}-{source}")
+    """DATA/shards for the curated corpus (or its decontaminated or redacted version), DATA/shards-SOURCE otherwise."""
+    return Path(data) / (SHARDS if source in (CORPUS, DECONTAMINATED, REDACTED) else f"{SHARDS}-{source}")

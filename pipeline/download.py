@@ -31,8 +31,17 @@ from urllib3.exceptions import MaxRetryError
 
 from formats import layout
 from pipeline.errors import InputError
-from pipeline.http import DEFAULT_BASE_URL, RETRY_STATUSES, DownloadConfig, DownloadError, thread_session
-from formats.manifest import MANIFEST_NAME, OMIT_IF_NONE, config_dict, load_manifest, read_json, sha256_file
+from pipeline.http import (
+    DEFAULT_BASE_URL,
+    RETRY_STATUSES,
+    DownloadConfig,
+    DownloadError,
+    thread_session,
+    unreachable_message,
+    unresolved_host,
+)
+from formats.manifest import MANIFEST_NAME, OMIT_IF_NONE, config_dict, load_manifest, read_json
+from formats.manifest import sha256_file
 from pipeline.readers import gzip_problem
 from pipeline.sources import CRAWL_ID_RE, DEFAULT_TEXT_FIELD, resolve_source
 from pipeline.stage import Executor, LocalExecutor, Progress, ShardStats, ShardTask, report_progress, run_stage
@@ -173,6 +182,9 @@ def _fetch_one(
         try:
             complete = _transfer(session, url, part, config, on_bytes, stop)
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            host = unresolved_host(exc)
+            if host is not None:  # no network or a wrong host name: retrying will not help
+                raise DownloadError(unreachable_message(url, host)) from exc
             if exc.args and isinstance(exc.args[0], MaxRetryError):
                 # urllib3 already retried connecting `retries` times with backoff: do not multiply that
                 raise DownloadError(

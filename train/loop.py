@@ -13,6 +13,7 @@ The same function runs as one process (`crawlgpt pretrain`) or as one rank of a 
 from __future__ import annotations
 
 import logging
+import platform
 import signal
 import threading
 import time
@@ -524,7 +525,7 @@ def _checkpoint(run: _Run, step: int) -> Path:
     meta = {"step": step, "loader": run.loader.state_dict(),
             "rng": capture_rng_state(), "model_config": run.model_config.to_dict(),
             "train_config": config.to_dict(), "data": run.data_info, "kind": run.objective.kind,
-            **run.objective.checkpoint_extra(),
+            "hardware": hardware_info(ctx.device, ctx.world_size), **run.objective.checkpoint_extra(),
             "val_loss": result.val_losses[-1][1] if result.val_losses else None}
     path = checkpoint_path(Path(config.run_dir), step, sharded=layout.sharded_checkpoints)
     if layout.sharded_checkpoints:  # every rank writes its shards (train/parallel.py, DCP)
@@ -615,3 +616,10 @@ def _finish(run: _Run, meter: _Meter) -> TrainResult:
     if run.device.type == "cuda":
         result.peak_memory_bytes = torch.cuda.max_memory_allocated(run.device)
     return result
+
+
+def hardware_info(device: torch.device, world_size: int) -> dict:
+    """What the run trained on, for the model card: the device's name and how many ranks."""
+    cpu = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
+    return {"device": name, "device_type": device.type, "world_size": world_size}

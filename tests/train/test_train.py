@@ -184,6 +184,7 @@ def test_a_checkpoint_holds_everything_needed_to_resume(tmp_path, shards):
     assert {"python", "numpy", "torch"} <= set(payload["rng"])
     assert payload["train_config"]["max_steps"] == 3
     assert payload["data"]["tokenizer_hash"] == "synthetic"
+    assert payload["hardware"]["device_type"] == "cpu" and payload["hardware"]["world_size"] == 1  # for the card
 
 
 def test_resume_after_sigterm_reaches_bitwise_the_same_weights_as_an_uninterrupted_run(tmp_path, shards):

@@ -30,7 +30,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,10 @@ class ExportResult:
     """Size of model.safetensors."""
     seconds: float
     """Wall time of the export."""
+    step: int = 0
+    """The checkpoint's step."""
+    info: dict = field(default_factory=dict)
+    """What the checkpoint records about its training (kind, train_config, hardware), for the model card."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,7 +243,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer: st
     num_params = _count(payload["model"], model_config)
     result = ExportResult(out_dir=out_dir, checkpoint=path, num_params=num_params,
                           bytes_written=(out_dir / "model.safetensors").stat().st_size,
-                          seconds=time.perf_counter() - start)
+                          seconds=time.perf_counter() - start, step=int(payload["step"]),
+                          info={k: payload[k] for k in ("kind", "train_config", "hardware", "model_config", "data")
+                                if k in payload})
     log.info("exported %s (step %d) to %s in %.1fs", path, payload["step"], out_dir, result.seconds)
     return result
 
