@@ -17,7 +17,8 @@ from pipeline.documents import Document, read_documents, write_documents
 from pipeline.errors import StageConfigChanged
 from formats.manifest import output_record, read_json
 from pipeline.pii import PiiConfig, redact, run_pii
-from pipeline.stage import ShardStats, ShardTask, make_executor, run_stage
+from cli.common import make_executor
+from pipeline.stage import ShardStats, ShardTask, run_stage
 
 REPO = Path(__file__).resolve().parents[2]
 EMAIL, IPV4, IPV6 = "email@example.com", "22.214.171.124", "2001:db8::"
