@@ -136,7 +136,10 @@ class RayExecutor:
     _checked: set = field(default_factory=set, repr=False)
 
     def connect(self) -> None:
-        """Join the cluster (once per process). Usage statistics are off unless the user turned them on."""
+        """Join the cluster (once per process). Usage statistics are off unless the user turned them on.
+        An address given explicitly is checked first, even when this process already joined a cluster."""
+        if self.address:
+            check_reachable(self.address, self.connect_timeout_s)
         if ray.is_initialized():
             return
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

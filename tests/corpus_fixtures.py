@@ -38,6 +38,16 @@ def make_corpus(root: Path, shards: dict[str, list[Document]]) -> Path:
     return root / "corpus"
 
 
+def finished_stage(root: Path, name: str, shards: dict[str, list[Document]]) -> Path:
+    """A finished stage folder root/NAME holding `shards` (shard name -> documents), as a stage leaves it."""
+    tasks = []
+    for shard, docs in shards.items():
+        write_documents(root / f"in-{name}" / f"{shard}.parquet", docs)
+        tasks.append(ShardTask(shard, (str(root / f"in-{name}" / f"{shard}.parquet"),)))
+    run_stage(name, root / name, {"test": name}, tasks, copy_docs)
+    return root / name
+
+
 def synthetic_docs(n: int, seed: int, prefix: str) -> list[Document]:
     rng = random.Random(seed)
     docs = []

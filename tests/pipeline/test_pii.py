@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.documents import Document, read_documents, write_documents
+from pipeline.documents import Document, read_documents
 from pipeline.errors import StageConfigChanged
-from formats.manifest import output_record, read_json
+from formats.manifest import read_json
 from pipeline.pii import PiiConfig, redact, run_pii
 from cli.common import make_executor
-from pipeline.stage import ShardStats, ShardTask, run_stage
+from corpus_fixtures import finished_stage
 
 REPO = Path(__file__).resolve().parents[2]
 EMAIL, IPV4, IPV6 = "email@example.com", "22.214.171.124", "2001:db8::"
@@ -68,24 +68,9 @@ def test_a_second_pass_leaves_the_text_as_it_is():
     assert redact(once) == (once, {"email": 1})  # the placeholder is an address too; IPv6's is documentation
 
 
-def _copy(task: ShardTask, stage_dir, config) -> ShardStats:
-    docs = list(read_documents(task.inputs[0]))
-    out = stage_dir / f"{task.name}.parquet"
-    write_documents(out, docs)
-    return ShardStats(docs_in=len(docs), kept=len(docs), outputs=[output_record(out, len(docs), stage_dir)])
-
-
-def _stage(tmp_path, name: str, shards: dict) -> None:
-    tasks = []
-    for shard, docs in shards.items():
-        write_documents(tmp_path / f"in-{name}" / f"{shard}.parquet", docs)
-        tasks.append(ShardTask(shard, (str(tmp_path / f"in-{name}" / f"{shard}.parquet"),)))
-    run_stage(name, tmp_path / name, {"test": name}, tasks, _copy)
-
-
 @pytest.fixture()
 def data(tmp_path):
-    _stage(tmp_path, "corpus", {
+    finished_stage(tmp_path, "corpus", {
         "a": [Document("a-1", "Mail me: jo@example.net or 8.8.4.4", meta={"lang": "en"}),
               Document("a-2", "Nothing personal here; router 192.168.0.1.")],
         "b": [Document("b-1", "ip 2001:4860:4860::8888 and 1.1.1.1 and 1.0.0.1")]})
@@ -120,7 +105,7 @@ def test_rerun_skips_finished_shards_and_a_changed_config_is_refused(data, caplo
 
 
 def test_the_stage_reads_the_decontaminated_corpus_when_there_is_one(data):
-    _stage(data, "decontaminated", {"a": [Document("a-1", "only 9.9.9.9 left")]})
+    finished_stage(data, "decontaminated", {"a": [Document("a-1", "only 9.9.9.9 left")]})
     m = run_pii(data)
     assert m["input"] == "decontaminated" and m["totals"]["docs_in"] == 1
     assert m["totals"]["extra"]["pii_ipv4"] == 1

@@ -16,7 +16,7 @@ from report.dataset_card import size_category, write_dataset_card, yaml_block
 from pipeline.documents import Document
 from pipeline.errors import InputError
 from pipeline.pii import run_pii
-from test_pii import _stage
+from corpus_fixtures import finished_stage
 
 hub = pytest.importorskip("huggingface_hub")
 yaml = pytest.importorskip("yaml")
@@ -35,7 +35,7 @@ def test_size_category(n, name):
 
 @pytest.fixture()
 def data(tmp_path):
-    _stage(tmp_path, "corpus", {"a": [Document(f"a-{i}", f"Doc {i} mail x{i}@mail.org") for i in range(1200)]})
+    finished_stage(tmp_path, "corpus", {"a": [Document(f"a-{i}", f"Doc {i} mail x{i}@mail.org") for i in range(1200)]})
     run_pii(tmp_path)
     return tmp_path
 
