@@ -43,6 +43,11 @@ def _run_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+def _optional_run_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`_run_name` for an option whose default (None) is derived from --run."""
+    return None if value is None else _run_name(ctx, param, value)
+
+
 run_option = click.option("--run", "--run-name", "run", default="default", show_default=True, callback=_run_name,
                           help="Run name: its files go to DATA/runs/RUN/. Under torchrun spell it --run-name (torchrun reads --run as its own --run-path).")
 device_option = click.option("--device", default="auto", show_default=True,
