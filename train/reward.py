@@ -209,7 +209,9 @@ def score_texts(checkpoint: str | Path, records: list[tuple[str, str, str]], tok
     scorer = RewardScorer(checkpoint, device, bf16=device.type == "cuda")
     tokenizer = open_tokenizer(tokenizer_path, scorer.payload)
     eot = scorer.data["eot_id"]
-    prompts = [encode_prompt(tokenizer, scorer.template.prompt(instruction, inp), eot)[-(scorer.context - 1):]
+    template = scorer.template
+    prompts = [encode_prompt(tokenizer, template.instruction_prompt_pieces(instruction, inp), template,
+                             eot)[-(scorer.context - 1):]
                for instruction, inp, _ in records]
     responses = [encode_response(tokenizer, response, eot) for *_, response in records]
     return scorer.score(prompts, responses, batch_size).tolist()
