@@ -49,6 +49,7 @@ from train.distributed import (
     wrap_model,
 )
 from train.errors import (
+    NonFiniteLossError,
     RunDirError,
     SeqLenError,
     TrainConfigError,
@@ -144,6 +145,19 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None,
         objective.close()
         if created_group:
             destroy_distributed()
+
+
+def check_finite(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, ctx: DistContext) -> None:
+    """Stop at the first step whose loss or gradient norm is NaN or infinite (on any rank), before the
+    optimizer applies it or a checkpoint keeps it: training on it only spreads NaN through the weights."""
+    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+        grad_norm = grad_norm.full_tensor()
+    values = torch.stack([loss.float(), grad_norm.detach().float().to(loss.device)])
+    if any_rank(not bool(torch.isfinite(values).all()), ctx):
+        raise NonFiniteLossError(
+            f"step {step}: loss {values[0].item():.6g}, gradient norm {values[1].item():.6g}: not finite; stopped "
+            f"before the optimizer step (no checkpoint holds it). Check --lr, --beta, --weight-decay and the other "
+            f"float options, or resume from the last checkpoint with a lower --lr")
 
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -373,6 +387,7 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
             lr = learning_rate(step, config.optim.lr, config.optim.min_lr, warmup_steps, decay_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            step_loss = torch.zeros((), device=device)
             for micro_step in range(grad_accum):
                 t0 = time.perf_counter()
                 batch = loader.next_batch()
@@ -385,12 +400,14 @@ def _train(config: TrainConfig, ctx: DistContext, on_step: Callable[[int], None]
                         with autocast_context(device, bf16):
                             loss, extras = objective.loss(wrapped, batch)
                         (loss / grad_accum).backward()  # the mean over micro-batches, as one big batch
-                interval_loss += loss.detach() / grad_accum
+                step_loss += loss.detach().float() / grad_accum
                 for name, value in extras.items():
                     interval_extras[name] = interval_extras.get(name, 0.0) + value.detach().float() / grad_accum
                 interval_tokens += objective.batch_tokens(batch) / layout.model_parallel_size  # tp/pp share it
             max_norm = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
             grad_norm = parallel.clip_gradients(trainable_parameters(model), max_norm, layout)  # global norm
+            check_finite(step_loss, grad_norm, step + 1, ctx)  # before the step: nothing non-finite is applied
+            interval_loss += step_loss
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
