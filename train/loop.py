@@ -58,6 +58,7 @@ from train.evaluate import autocast_context
 from train.objective import LoopInfo, Objective, PretrainObjective, padded_vocab
 from train import parallel
 from train.metrics import PLOT_NAME, MetricsWriter, format_progress, mfu, peak_flops, plot_losses, truncate_metrics
+from train.run_lock import run_folder_lock
 from train.schedule import default_warmup_steps, learning_rate
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,8 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None,
         objective = PretrainObjective(config.data.shards_dir, config.eval.tokenizer_path,
                                       config.eval.sample_prompt, config.eval.sample_tokens)
     try:
-        return _train(config, ctx, on_step, objective)
+        with run_folder_lock(config.run_dir, ctx.is_main, lambda flag: any_rank(flag, ctx)):
+            return _train(config, ctx, on_step, objective)
     finally:
         objective.close()
         if created_group:
