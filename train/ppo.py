@@ -350,6 +350,9 @@ class PPOObjective(Objective):
             self.scorer = RewardScorer(self.reward_checkpoint, info.device, info.bf16, "--reward-model")
             check_same_tokenizer(self.payload, self.policy_path, self.scorer.payload, self.scorer.path)
             self.reward_fn = self.scorer.score
+            verdict = self.scorer.payload.get("reward_verdict")
+            if isinstance(verdict, dict) and verdict.get("guessing") and info.ctx.is_main:
+                log.warning("reward model %s: %s", self.scorer.path, verdict.get("reason"))
             if self.cfg.value_init == "reward":
                 self.rm_payload = load_checkpoint(self.scorer.path)
                 if self.rm_payload["model_config"]["max_seq_len"] < self.payload["model_config"]["max_seq_len"]:

@@ -36,6 +36,7 @@ from train.preference import (
     encode_response,
     load_preference_data,
 )
+from train.reward_verdict import RewardVerdict, judge_reward_model
 from train.templates import template_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class RewardObjective(PairObjective):
     def __init__(self, *args, center_coef: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.center_coef = center_coef
+        self.verdict: RewardVerdict | None = None
+        """Of the latest evaluation; stored in every checkpoint (`reward_verdict`)."""
 
     def build_model(self, config: GPTConfig) -> nn.Module:
         return RewardModel(config)
@@ -135,9 +138,15 @@ class RewardObjective(PairObjective):
         model.train(was_training)
         s = self.reduce(sums)
         n = max(s["pairs"], 1)
+        self.verdict = judge_reward_model(s["correct"] / n, s["margin"] / n, int(s["pairs"]))
         return {"val_loss": s["loss"] / n, "val_accuracy": s["correct"] / n, "val_margin": s["margin"] / n,
                 "val_reward_chosen": s["chosen"] / n, "val_reward_rejected": s["rejected"] / n,
-                "val_pairs": int(s["pairs"])}
+                "val_pairs": int(s["pairs"]), "val_accuracy_low": self.verdict.low,
+                "val_accuracy_high": self.verdict.high, "val_guessing": int(self.verdict.guessing)}
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        verdict = self.verdict.to_dict() if self.verdict is not None else None
+        return {**super().checkpoint_extra(), "reward_verdict": verdict}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -175,6 +175,9 @@ def reward_train_cmd(policy, pairs, center_coef, batch_pairs, max_len, **o) -> N
     _run_training(config, objective, "reward model", [("val_loss", "validation loss"),
                                                       ("val_accuracy", "pair accuracy"),
                                                       ("val_margin", "mean margin")])
+    if objective.verdict is not None and _is_main_process():
+        click.echo(("warning: " if objective.verdict.guessing else "") + objective.verdict.reason,
+                   err=objective.verdict.guessing)
 
 
 def _reward_checkpoint(data: Path, run: str, checkpoint: Path | None) -> Path:
