@@ -266,7 +266,9 @@ def reward_score_cmd(data, run, checkpoint, input_path, prompt, response, tokeni
 @click.option("--epochs", type=int, default=4, show_default=True, help="Passes over each rollout.")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Longest response.")
 @click.option("--temperature", type=float, default=0.7, show_default=True, help="Rollout sampling temperature.")
-@click.option("--top-k", type=int, default=0, show_default=True, help="Sample among the k most likely tokens; 0 = all.")
+@click.option("--top-k", type=int, default=0, show_default=True,
+              help="Must stay 0: PPO samples the whole distribution at --temperature (top-k would make the KL to "
+                   "the reference infinite; see docs/alignment.md).")
 @click.option("--kl-coef", type=float, default=0.05, show_default=True, help="Per-token KL penalty weight.")
 @click.option("--clip", type=float, default=0.2, show_default=True, help="Policy ratio clip range.")
 @click.option("--value-clip", type=float, default=0.2, show_default=True, help="Value change clip range.")
