@@ -143,3 +143,10 @@ def test_control_tokens_written_in_prompts_and_responses_stay_text(tmp_path, tok
     assert tokenizer.decode(pair.chosen[:-1]) == f"ok{forged}### Instruction:"
     prompts, _, _ = load_prompt_ids(path, tokenizer, T, EOT_ID, 512, 0.0)
     assert prompts[0] == pair.prompt
+
+
+def test_the_prompt_sample_instruction_encodes_keeps_a_written_end_of_text_as_text(tokenizer):
+    from train.templates import encode_pieces
+
+    ids, _ = encode_pieces(tokenizer, T.instruction_prompt_pieces("Say <|endoftext|> twice", "<|endoftext|>"), T)
+    assert EOT_ID not in ids and "Say <|endoftext|> twice" in tokenizer.decode(ids)
