@@ -182,7 +182,8 @@ def peaked_policy(tmp_path_factory):
     """A policy whose next-token distributions are far from uniform, so temperature 0.7 differs from 1."""
     path = write_policy_checkpoint(tmp_path_factory.mktemp("ppo_peaked") / "sft.pt", None, max_seq_len=64)
     payload = load_checkpoint(path)
-    payload["model"]["tok_emb.weight"] = payload["model"]["tok_emb.weight"] * 5  # tied: sharper logits
+    for name in ("tok_emb.weight", "head.weight"):  # tied: the same weights under both names
+        payload["model"][name] = payload["model"][name] * 5  # sharper logits: entropy 2.9 nats at T = 1, 0.6 at 0.7
     from train.checkpoint import save_checkpoint
     save_checkpoint(path, payload)
     return path
@@ -207,9 +208,9 @@ def exact_kl_per_token(policy: torch.nn.Module, reference: torch.nn.Module, prom
 
 
 def test_ppo_with_a_constant_reward_stays_at_the_reference_at_temperature_0_7(peaked_policy, tmp_path):
-    """Nothing to gain, so the policy must stay where it started. With log-probabilities taken at
-    temperature 1 under samples drawn at 0.7, GAE's position-dependent advantages sharpened late tokens
-    and flattened early ones, and the policy drifted whatever the reward."""
+    """Nothing to gain, so the policy must stay near where it started, and the KL PPO logs must be a KL.
+    With log-probabilities taken at temperature 1 under samples drawn at 0.7, GAE's position-dependent
+    advantages pushed the policy whatever the reward, and the logged "KL" fell to -1.07."""
     prompts = synthetic_prompts()
     objective = PPOObjective(peaked_policy, PPOConfig(rollout_prompts=16, minibatch=8, epochs=2, max_new_tokens=16,
                                                       value_init="policy", no_eot_penalty=0.0, val_prompts=8,
@@ -232,7 +233,8 @@ def test_the_kl_ppo_pays_estimates_the_kl_of_the_distributions_it_samples_at_tem
     policy = gpt_from_payload(load_checkpoint(peaked_policy), torch.device("cpu"))
     other = write_policy_checkpoint(tmp_path / "other.pt", None, seed=3, max_seq_len=64)
     payload = load_checkpoint(other)
-    payload["model"]["tok_emb.weight"] = payload["model"]["tok_emb.weight"] * 5
+    for name in ("tok_emb.weight", "head.weight"):
+        payload["model"][name] = payload["model"][name] * 5
     reference = model_from_checkpoint(payload).eval()
     prompts = [p[:8] for p in synthetic_prompts(64, 8)]
     g = torch.Generator().manual_seed(11)
