@@ -55,3 +55,15 @@ def test_names_outside_the_list_are_refused(tmp_path, module, name):
     (path / ".metadata").write_bytes(body)
     with pytest.raises(CheckpointError, match="refusing"):
         load_checkpoint(path)
+
+
+def test_resuming_into_a_sharded_layout_refuses_the_payload_in_one_line(tmp_path):
+    """The path of `pretrain --resume` on a DCP checkpoint: load_sharded, not load_checkpoint."""
+    from train.checkpoint import load_sharded
+
+    path = write_dcp_checkpoint(tmp_path / "step-00000001.dcp")
+    marker = tmp_path / "pwned"
+    (path / ".metadata").write_bytes(dotted_name_payload(f"touch {marker}"))
+    with pytest.raises(CheckpointError, match="refusing torch.distributed.checkpoint.filesystem:os.system"):
+        load_sharded(path, {"model": {"w": torch.zeros(2, 3)}}, no_dist=True)
+    assert not marker.exists()

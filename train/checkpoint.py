@@ -283,6 +283,9 @@ def load_sharded(path: str | Path, state: dict[str, Any], no_dist: bool = False)
     any layout. Collective unless no_dist."""
     import torch.distributed.checkpoint as dcp
 
+    # Read (and so vet) .metadata here first: a refused one is then a CheckpointError, not wrapped by DCP
+    # into a CheckpointException (a BaseException) with every rank's traceback.
+    _SafeReader(str(path)).read_metadata()
     try:
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.filterwarnings("ignore", message=".*single process.*")
