@@ -201,6 +201,7 @@ def reward_eval_cmd(data, run, checkpoint, pairs, split, val_fraction, batch, to
     from train import TrainError
     from train.distributed import resolve_device
     from train.reward import evaluate_reward_pairs
+    from train.reward_verdict import judge_reward_model
 
     try:
         ev = evaluate_reward_pairs(_reward_checkpoint(data, run, checkpoint), pairs,
@@ -212,6 +213,7 @@ def reward_eval_cmd(data, run, checkpoint, pairs, split, val_fraction, batch, to
     click.echo(f"{'read':>16}  {ev.stats.summary()}")
     click.echo(f"{'accuracy':>16}  {ev.accuracy:.4f}")
     click.echo(f"{'mean margin':>16}  {ev.margin:.4f}")
+    click.echo(f"{'verdict':>16}  {judge_reward_model(ev.accuracy, ev.margin, ev.pairs).reason}")
 
 
 @click.command("reward-score")
