@@ -12,8 +12,8 @@ from align_fixtures import make_config, val_records, write_byte_tokenizer, write
 from align_fixtures import write_reward_checkpoint
 from train import train
 from train.checkpoint import load_checkpoint, save_checkpoint
-from train.ppo import PPOConfig, PPOObjective
-from train.reward import RewardObjective
+from train.align.ppo import PPOConfig, PPOObjective
+from train.align.reward import RewardObjective
 from train.reward_verdict import judge_reward_model, wilson_interval
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -61,6 +61,6 @@ def test_reward_train_stores_the_verdict_and_ppo_warns_on_a_guessing_reward_mode
     save_checkpoint(rm, payload)
     ppo = PPOObjective(policy, PPOConfig(rollout_prompts=4, minibatch=4, epochs=1, max_new_tokens=8, val_prompts=2),
                        reward_checkpoint=rm, prompts_path=pairs, tokenizer_path=tok, val_fraction=0.25)
-    with caplog.at_level(logging.WARNING, logger="train.ppo"):
+    with caplog.at_level(logging.WARNING, logger="train.align.ppo"):
         train(make_config(tmp_path / "ppo", 1), objective=ppo)
     assert any("the reward model is guessing" in r.getMessage() and str(rm) in r.getMessage() for r in caplog.records)

@@ -12,7 +12,7 @@ import pytest
 
 from align_fixtures import make_config, write_byte_tokenizer, write_pairs, write_policy_checkpoint
 from train import RunDirError, train
-from train.dpo import DPOObjective
+from train.align.dpo import DPOObjective
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TESTS = Path(__file__).resolve().parent
@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, {tests!r})
 from align_fixtures import make_config
 from train import train
-from train.dpo import DPOObjective
+from train.align.dpo import DPOObjective
 
 root = Path({root!r})
 

