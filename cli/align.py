@@ -201,7 +201,7 @@ def reward_eval_cmd(data, run, checkpoint, pairs, split, val_fraction, batch, to
     from train import TrainError
     from train.distributed import resolve_device
     from train.align.reward import evaluate_reward_pairs
-    from train.reward_verdict import judge_reward_model
+    from train.align.reward_verdict import judge_reward_model
 
     try:
         ev = evaluate_reward_pairs(_reward_checkpoint(data, run, checkpoint), pairs,

@@ -36,7 +36,7 @@ from train.align.preference import (
     encode_response,
     load_preference_data,
 )
-from train.reward_verdict import RewardVerdict, judge_reward_model
+from train.align.reward_verdict import RewardVerdict, judge_reward_model
 from train.tune.templates import template_from_checkpoint
 
 log = logging.getLogger(__name__)

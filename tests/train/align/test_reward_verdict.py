@@ -14,7 +14,7 @@ from train import train
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.align.ppo import PPOConfig, PPOObjective
 from train.align.reward import RewardObjective
-from train.reward_verdict import judge_reward_model, wilson_interval
+from train.align.reward_verdict import judge_reward_model, wilson_interval
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
