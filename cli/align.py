@@ -180,6 +180,9 @@ def reward_train_cmd(policy, pairs, center_coef, batch_pairs, max_len, **o) -> N
     _run_training(config, objective, "reward model", [("val_loss", "validation loss"),
                                                       ("val_accuracy", "pair accuracy"),
                                                       ("val_margin", "mean margin")])
+    if objective.verdict is not None and is_main():
+        click.echo(("warning: " if objective.verdict.guessing else "") + objective.verdict.reason,
+                   err=objective.verdict.guessing)
 
 
 def _reward_checkpoint(data: Path, run: str, checkpoint: Path | None) -> Path:
@@ -203,6 +206,7 @@ def reward_eval_cmd(data, run, checkpoint, pairs, split, val_fraction, batch, to
     from train import TrainError  # inside the command: keeps torch out of `crawlgpt --help`
     from train.distributed import resolve_device
     from train.align.reward import evaluate_reward_pairs
+    from train.align.reward_verdict import judge_reward_model
 
     try:
         ev = evaluate_reward_pairs(_reward_checkpoint(data, run, checkpoint), pairs,
@@ -217,6 +221,7 @@ def reward_eval_cmd(data, run, checkpoint, pairs, split, val_fraction, batch, to
         return
     click.echo(f"{'accuracy':>16}  {ev.accuracy:.4f}")
     click.echo(f"{'mean margin':>16}  {ev.margin:.4f}")
+    click.echo(f"{'verdict':>16}  {judge_reward_model(ev.accuracy, ev.margin, ev.pairs).reason}")
 
 
 @click.command("reward-score")
@@ -271,7 +276,9 @@ def reward_score_cmd(data, run, checkpoint, input_path, prompt, response, tokeni
 @click.option("--epochs", type=POSITIVE_INT, default=4, show_default=True, help="Passes over each rollout.")
 @click.option("--max-new-tokens", type=POSITIVE_INT, default=64, show_default=True, help="Longest response.")
 @click.option("--temperature", type=POSITIVE, default=0.7, show_default=True, help="Rollout sampling temperature.")
-@click.option("--top-k", type=COUNT, default=0, show_default=True, help="Sample among the k most likely tokens; 0 = all.")
+@click.option("--top-k", type=COUNT, default=0, show_default=True,
+              help="Must stay 0: PPO samples the whole distribution at --temperature (top-k would make the KL to "
+                   "the reference infinite; see docs/alignment.md).")
 @click.option("--kl-coef", type=NON_NEGATIVE, default=0.05, show_default=True, help="Per-token KL penalty weight.")
 @click.option("--clip", type=POSITIVE, default=0.2, show_default=True, help="Policy ratio clip range.")
 @click.option("--value-clip", type=POSITIVE, default=0.2, show_default=True, help="Value change clip range.")

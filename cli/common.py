@@ -53,6 +53,11 @@ def run_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+def optional_run_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`run_name` for an option whose default (None) is derived from --run (e.g. --out-run)."""
+    return None if value is None else run_name(ctx, param, value)
+
+
 run_option = click.option("--run", "--run-name", "run", default="default", show_default=True, callback=run_name,
                           help="Run name: its files go to DATA/runs/RUN/. Under torchrun spell it --run-name (torchrun reads --run as its own --run-path).")
 device_option = click.option("--device", default="auto", show_default=True,

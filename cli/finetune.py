@@ -16,7 +16,8 @@ from pathlib import Path
 import click
 
 from formats.layout import run_dir, tokenizer_file
-from cli.common import checkpoint_option, data_option, device_option, fail, is_main, run_option, tokenizer_option
+from cli.common import (checkpoint_option, data_option, device_option, fail, is_main, optional_run_name, run_option,
+                        tokenizer_option)
 from cli.common import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SHARE, TEXT, check_text, sampling_options
 from formats.json_records import RecordFileError, read_text_lines
 
@@ -47,7 +48,8 @@ def _resolve_device(device: str):
 @checkpoint_option
 @click.option("--instructions", type=click.Path(dir_okay=False, path_type=Path), default=Path(DEFAULT_INSTRUCTIONS),
               show_default=True, help="Alpaca JSON/JSONL (instruction, input, output) or chat JSONL (messages).")
-@click.option("--out-run", default=None, help="Run name of the fine-tuned model [default: RUN-sft].")
+@click.option("--out-run", default=None, callback=optional_run_name,
+              help="Run name of the fine-tuned model [default: RUN-sft].")
 @click.option("--template", type=click.Choice(["alpaca", "chat"]), default=None,
               help="Prompt template [default: the base checkpoint's; alpaca for a pretrained model].")
 @click.option("--train-on-prompt", is_flag=True, default=False,
@@ -315,7 +317,8 @@ def chat_cmd(data: Path, run: str, checkpoint: Path | None, max_new_tokens: int,
 @click.option("--label-column", default="label", show_default=True, help="Name of the label column (or JSON field).")
 @click.option("--format", "file_format", type=click.Choice(["auto", "tsv", "csv", "jsonl"]), default="auto",
               show_default=True, help="File format; auto = from the extension.")
-@click.option("--out-run", default=None, help="Run name of the classifier [default: RUN-classify].")
+@click.option("--out-run", default=None, callback=optional_run_name,
+              help="Run name of the classifier [default: RUN-classify].")
 @click.option("--train-blocks", type=POSITIVE_INT, default=None,
               help="Train only the last N decoder blocks plus the head [default: all weights].")
 @click.option("--val-share", type=SHARE, default=0.1, show_default=True, help="Share of texts for validation (by hash).")

@@ -26,6 +26,7 @@ output head runs only at the continuation positions, not at every position.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -120,6 +121,26 @@ class HFScoring(ScoringModel):
         return self._head(hidden)
 
 
+class ModelFolderError(ValueError):
+    """A Hugging Face model folder that crawlgpt will not load (it asks to run its own code)."""
+
+
+def check_no_custom_code(path: Path) -> None:
+    """Refuse a folder whose config names its own Python classes (`auto_map`): never run a folder's code."""
+    for name in ("config.json", "tokenizer_config.json"):
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            config = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise ModelFolderError(f"{file} is not readable JSON ({err}); is {path} a model folder?") from None
+        if isinstance(config, dict) and config.get("auto_map"):
+            raise ModelFolderError(f"{file} has an auto_map: the model folder asks to run its own Python code, "
+                                   f"which crawlgpt never does; use a folder of a standard architecture "
+                                   f"(e.g. one written by `crawlgpt export`)")
+
+
 def is_hf_folder(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / "config.json").is_file()
 
@@ -143,9 +164,11 @@ def load_scoring_model(path: str | Path, device: torch.device = torch.device("cp
     if is_hf_folder(path):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        check_no_custom_code(Path(path))
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        # trust_remote_code=False: transformers must never import Python files from the folder (nor ask).
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         _check_hf_vocab(path, model, tokenizer)
         return HFScoring(model, tokenizer, name=str(path))
     model, payload, ckpt = load_for_inference(path, device)

@@ -286,6 +286,9 @@ def load_sharded(path: str | Path, state: dict[str, Any], no_dist: bool = False)
 
     from torch.distributed.checkpoint.api import CheckpointException
 
+    # Read (and so vet) .metadata here first: a refused one is then a CheckpointError, not wrapped by DCP
+    # into a CheckpointException (a BaseException) with every rank's traceback.
+    _SafeReader(str(path)).read_metadata()
     try:
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.filterwarnings("ignore", message=".*single process.*")
@@ -357,29 +360,46 @@ def _load_meta(meta_path: Path) -> dict[str, Any]:
     return payload
 
 
-class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles DCP's .metadata: its own dataclasses, torch sizes, dtypes and layouts, nothing else."""
+class MetadataRefusedError(CheckpointError, pickle.UnpicklingError):
+    """A DCP .metadata file names something other than DCP metadata, sizes and dtypes: never loaded."""
 
-    _TORCH_NAMES = {"Size", "device", "dtype", "layout", "memory_format"}
+
+#: Every (module, name) that DCP's .metadata pickles (torch 2.x's metadata and filesystem modules); a
+#: name outside this list, or any dotted name, is refused.
+_DCP_NAMES = {
+    ("torch.distributed.checkpoint.metadata", name) for name in (
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+        "ChunkStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING")
+} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch.distributed.checkpoint.planner", "LoadItemType"),
+    ("torch.distributed.checkpoint.planner", "WriteItemType"),
+    ("torch.serialization", "_get_layout"),  # a layout by its name
+    ("torch", "Size"), ("torch", "device"), ("torch", "dtype"), ("torch", "layout"), ("torch", "memory_format"),
+    ("collections", "OrderedDict"),
+} | {("builtins", name) for name in ("set", "frozenset", "tuple", "list", "dict", "slice", "range", "complex",
+                                    "bytearray")} \
+  | {("pathlib", name) for name in ("Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath")}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP's .metadata: an explicit list of its dataclasses, torch sizes, dtypes and layouts.
+
+    A dotted name is refused outright: protocol 4 resolves `module` + `a.b` as getattr(getattr(module,
+    "a"), "b"), so an allowed module would otherwise hand out everything it imports (`os.system`)."""
 
     def find_class(self, module: str, name: str):
-        if module.startswith("torch.distributed.checkpoint.") or module == "torch.distributed.checkpoint":
+        if "." not in name and ((module, name) in _DCP_NAMES or self._is_torch_constant(module, name)):
             return super().find_class(module, name)
-        if module == "torch" and (name in self._TORCH_NAMES
-                                  or isinstance(getattr(torch, name, None), (torch.dtype, torch.layout,
-                                                                             torch.memory_format))):
-            return super().find_class(module, name)
-        if module == "collections" and name == "OrderedDict":
-            return super().find_class(module, name)
-        if module in ("builtins", "__builtin__") and name in {"set", "frozenset", "tuple", "list", "dict",
-                                                             "slice", "range", "complex", "bytearray"}:
-            return super().find_class(module, name)
-        if module == "torch.serialization" and name == "_get_layout":  # a layout by its name
-            return super().find_class(module, name)
-        if module == "pathlib" and name in {"Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"}:
-            return super().find_class(module, name)  # the folder it was written to
-        raise pickle.UnpicklingError(f"refusing {module}.{name} in a checkpoint's .metadata: only DCP metadata, "
-                                     f"sizes and dtypes are allowed")
+        raise MetadataRefusedError(f"refusing {module}:{name} in a checkpoint's .metadata (only DCP metadata, "
+                                   f"sizes and dtypes are loaded): the checkpoint was not written by this "
+                                   f"trainer, do not use it")
+
+    @staticmethod
+    def _is_torch_constant(module: str, name: str) -> bool:
+        """torch.float32, torch.strided, torch.contiguous_format, ...: dtypes, layouts, memory formats."""
+        return module == "torch" and isinstance(getattr(torch, name, None),
+                                                (torch.dtype, torch.layout, torch.memory_format))
 
 
 def _safe_reader_class():

@@ -47,3 +47,7 @@ class CheckpointKindError(CheckpointError):
 
 class RunDirError(TrainError):
     """A run folder already holds checkpoints and neither resume nor a new run name was given."""
+
+
+class NonFiniteLossError(TrainError):
+    """The loss (or the gradient norm) of a step is NaN or infinite: the step is not applied."""

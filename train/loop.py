@@ -52,6 +52,7 @@ from train.distributed import (
     wrap_model,
 )
 from train.errors import (
+    NonFiniteLossError,
     RunDirError,
     SeqLenError,
     TrainConfigError,
@@ -60,6 +61,7 @@ from train.evaluate import autocast_context
 from train.objective import LoopInfo, Objective, PretrainObjective, padded_vocab
 from train import parallel
 from train.metrics import PLOT_NAME, MetricsWriter, format_progress, mfu, peak_flops, plot_losses, truncate_metrics
+from train.run_lock import run_folder_lock
 from train.schedule import default_warmup_steps, learning_rate
 
 log = logging.getLogger(__name__)
@@ -158,11 +160,25 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None,
         objective = PretrainObjective(config.data.shards_dir, config.eval.tokenizer_path,
                                       config.eval.sample_prompt, config.eval.sample_tokens)
     try:
-        return _train(_setup(config, ctx, objective, on_eval), on_step)
+        with run_folder_lock(config.run_dir, ctx.is_main, lambda flag: any_rank(flag, ctx)):
+            return _train(_setup(config, ctx, objective, on_eval), on_step)
     finally:
         objective.close()
         if created_group:
             destroy_distributed()
+
+
+def check_finite(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, ctx: DistContext) -> None:
+    """Stop at the first step whose loss or gradient norm is NaN or infinite (on any rank), before the
+    optimizer applies it or a checkpoint keeps it: training on it only spreads NaN through the weights."""
+    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+        grad_norm = grad_norm.full_tensor()
+    values = torch.stack([loss.float(), grad_norm.detach().float().to(loss.device)])
+    if any_rank(not bool(torch.isfinite(values).all()), ctx):
+        raise NonFiniteLossError(
+            f"step {step}: loss {values[0].item():.6g}, gradient norm {values[1].item():.6g}: not finite; stopped "
+            f"before the optimizer step (no checkpoint holds it). Check --lr, --beta, --weight-decay and the other "
+            f"float options, or resume from the last checkpoint with a lower --lr")
 
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -424,12 +440,13 @@ def _step(run: _Run, step: int) -> _StepOut:
                     loss, extras = objective.loss(run.wrapped, batch)
             if run.layout.pipeline is None:
                 (loss / run.grad_accum).backward()  # the mean over micro-batches, as one big batch
-        out.loss += loss.detach() / run.grad_accum
+        out.loss += loss.detach().float() / run.grad_accum
         for name, value in extras.items():
             out.extras[name] = out.extras.get(name, 0.0) + value.detach().float() / run.grad_accum
         out.tokens += objective.batch_tokens(batch) / run.layout.model_parallel_size  # tp/pp share it
     max_norm = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
     out.grad_norm = parallel.clip_gradients(trainable_parameters(run.model), max_norm, run.layout)  # global norm
+    check_finite(out.loss, out.grad_norm, step + 1, run.ctx)  # before the step: nothing non-finite is applied
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     return out

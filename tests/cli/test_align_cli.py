@@ -34,6 +34,7 @@ def test_reward_then_ppo_then_dpo_then_judge(data):
     out = run("reward-train", *common, "--pairs", str(data / "pairs.json"), "--steps", "3", "--lr", "1e-3")
     assert out.exit_code == 0, out.output
     assert "pair accuracy" in out.output and (data / "runs" / "x-reward" / "alignment.png").is_file()
+    assert "(95 % interval 0.566-1.000 over 5 pairs)" in out.output  # 5 of 5 right: the verdict line at the end
 
     out = run("ppo", *common, "--prompts", str(data / "pairs.json"), "--iterations", "1", "--rollout-prompts", "4",
               "--minibatch", "2", "--epochs", "1", "--max-new-tokens", "8", "--val-prompts", "2", "--micro-batch", "2")
@@ -48,6 +49,7 @@ def test_reward_then_ppo_then_dpo_then_judge(data):
 
     out = run("reward-eval", "--data", str(data), "--run", "x", "--pairs", str(data / "pairs.json"))
     assert out.exit_code == 0 and "accuracy" in out.output and "24 (all)" in out.output
+    assert "verdict" in out.output and "95 % interval" in out.output
 
     out = run("reward-score", "--data", str(data), "--run", "x", "--prompt", "What is 1 plus 1?", "--response", "2")
     assert out.exit_code == 0 and '"reward":' in out.output

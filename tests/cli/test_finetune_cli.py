@@ -181,3 +181,12 @@ def test_every_fine_tuning_option_has_help_text(cli):
         for param in cli.commands[name].params:
             if isinstance(param, click.Option):
                 assert param.help, f"{name} {param.opts} has no help"
+
+
+@pytest.mark.parametrize("command", ["sft", "classify-train"])
+@pytest.mark.parametrize("out_run", ["../x", "/tmp/x", "a/b", ".."])
+def test_an_out_run_that_is_not_one_folder_name_is_refused(cli, tmp_path, command, out_run):
+    result = CliRunner().invoke(cli, [command, "--data", str(tmp_path), "--out-run", out_run])
+    assert result.exit_code == 2, result.output
+    assert "not a plain folder name" in result.output and "--out-run" in result.output
+    assert list(tmp_path.iterdir()) == []  # nothing written, in DATA or beside it

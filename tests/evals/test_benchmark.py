@@ -15,7 +15,6 @@ from evals.scoring import (
     BenchmarkConfig,
     encode_request,
     evaluate_items,
-    load_items,
     load_scoring_model,
     run_benchmarks,
     score_requests,
@@ -183,3 +182,43 @@ def test_benchmark_command_prints_the_table_and_writes_json(checkpoint, tokenize
     bad = CliRunner().invoke(main, ["benchmark", "--checkpoint", str(checkpoint), "--tasks", "mmlu",
                                     "--eval-dir", str(FIXTURES)])
     assert bad.exit_code != 0 and "unknown benchmark" in bad.output
+
+
+@pytest.mark.parametrize("config_file", ["config.json", "tokenizer_config.json"])
+def test_a_model_folder_with_its_own_code_is_refused_and_its_code_never_runs(checkpoint, tokenizer_path, tmp_path,
+                                                                            config_file):
+    pytest.importorskip("transformers")
+    import json
+
+    from evals.scoring import ModelFolderError
+    from train.export.hf import export_checkpoint
+
+    out = export_checkpoint(checkpoint, tmp_path / "hf", tokenizer_path).out_dir
+    marker = tmp_path / "ran"
+    (out / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    config = json.loads((out / config_file).read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "evil.EvilModel", "AutoConfig": "evil.EvilConfig",
+                          "AutoTokenizer": ["evil.EvilTokenizer", None]}
+    (out / config_file).write_text(json.dumps(config))
+    with pytest.raises(ModelFolderError, match="auto_map.*own Python code"):
+        load_scoring_model(out)
+    assert not marker.exists()
+
+
+def test_transformers_is_told_never_to_run_a_folders_code(checkpoint, tokenizer_path, tmp_path, monkeypatch):
+    """Beyond the auto_map check: every from_pretrained call passes trust_remote_code=False."""
+    transformers = pytest.importorskip("transformers")
+    from train.export.hf import export_checkpoint
+
+    out = export_checkpoint(checkpoint, tmp_path / "hf", tokenizer_path).out_dir
+    seen = []
+    for cls in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        original = cls.from_pretrained.__func__
+
+        def spy(klass, *args, _original=original, **kwargs):
+            seen.append(kwargs.get("trust_remote_code"))
+            return _original(klass, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    load_scoring_model(out)
+    assert seen == [False, False]

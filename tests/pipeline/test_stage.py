@@ -17,8 +17,6 @@ from pipeline.documents import Document, read_documents, write_documents
 from pipeline.errors import AccountingError, InputError, StageConfigChanged
 from formats.manifest import atomic_path, sha256_file
 from pipeline.stage import run_stage, stage_documents
-from formats.manifest import output_record
-from pipeline.stage import ShardStats, ShardTask
 
 
 from stage_fixtures import KeepLongConfig, keep_long, lose_one, make_inputs, output_hashes

@@ -14,8 +14,6 @@ from tokenizers import Tokenizer
 from pipeline.documents import read_documents
 from pipeline.errors import ConfigError, InputError, StageConfigChanged
 from formats.manifest import sha256_file
-from formats.manifest import output_record
-from pipeline.stage import ShardStats, ShardTask, run_stage
 from formats.token_shards import split_of
 from pipeline.tokenizer_train import (
     EOT_TOKEN,

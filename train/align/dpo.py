@@ -15,7 +15,9 @@ A DPO checkpoint (kind "dpo") is a plain GPT with the template: `sample`, `evalu
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +27,7 @@ from model.gpt import GPT, GPTConfig
 from train.align.functional import dpo_loss, sequence_logprobs
 from train.align.common import PairObjective, SequenceBatch, collate_pairs, gpt_from_payload
 from train.checkpoint import load_model_state
-from train.errors import TrainConfigError
+from train.errors import RunDirError, TrainConfigError
 from train.evaluate import autocast_context, sample_tokens
 from train.objective import LoopInfo
 
@@ -54,6 +56,7 @@ class DPOObjective(PairObjective):
 
     def setup(self, info: LoopInfo) -> None:
         super().setup(info)
+        self.reference_sha256 = checkpoint_sha256(self.policy_path)
         self.reference = gpt_from_payload(self.payload, info.device)
         if self.reference_mode == "precompute":
             self.ref_train = self._reference_logprobs(self.data.train)
@@ -141,5 +144,30 @@ class DPOObjective(PairObjective):
             new = new[:new.index(self.eot_id)]
         return self.tokenizer.decode(new)
 
+    def check_resume(self, payload: dict[str, Any], path) -> None:
+        """The frozen reference must be the one the run started from, not whatever --policy names now
+        (a run folder resolves to its newest checkpoint, which may have changed since)."""
+        saved = payload.get("dpo", {}).get("reference_sha256")
+        if saved is not None and saved != self.reference_sha256:
+            started = payload.get("init_checkpoint", "?")
+            raise RunDirError(f"{path} was trained against the reference {started} (sha256 {saved[:12]}), but "
+                              f"--policy now gives {self.policy_path} (sha256 {self.reference_sha256[:12]}): resume "
+                              f"with --policy {started}, or start a new --run")
+
     def checkpoint_extra(self) -> dict[str, Any]:
-        return {**super().checkpoint_extra(), "dpo": {"beta": self.beta, "average_logprobs": self.average}}
+        return {**super().checkpoint_extra(), "dpo": {"beta": self.beta, "average_logprobs": self.average,
+                                                      "reference_sha256": self.reference_sha256}}
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """sha256 of a checkpoint file, or of a DCP folder's files (names and bytes, in name order)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

@@ -36,9 +36,10 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torc
     return out * mask
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) at each position: logits (B, T, V), targets (B, T) with -1 = none -> (B, T), 0 where none."""
-    logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(target) at each position under softmax(logits / temperature), the distribution a sampler at
+    that temperature draws from: logits (B, T, V), targets (B, T) with -1 = none -> (B, T), 0 where none."""
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)  # (B, T, V)
     picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T)
     return picked * (targets >= 0)
 
@@ -52,9 +53,9 @@ def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, average: bool
     return total
 
 
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the softmax at each position: (B, T, V) -> (B, T)."""
-    logp = F.log_softmax(logits.float(), dim=-1)
+def entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / temperature) at each position: (B, T, V) -> (B, T)."""
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)
     return -(logp.exp() * logp).sum(-1)
 
 

@@ -1,7 +1,8 @@
 """Aligned policies against their starting point: each answers the same held-out prompts with the same
 sampling seed, the reward model judges every answer, and the win rate (ties count half) says how often
 the aligned answer scored higher. The KL each policy paid is log π − log π_baseline summed over its own
-answers' tokens (the quantity PPO's penalty keeps small), averaged over prompts.
+answers' tokens (the quantity PPO's penalty keeps small), averaged over prompts, with both
+log-probabilities taken at the sampling temperature (at 1 for greedy answers).
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def compare_policies(policies: list[str | Path], baseline: str | Path, reward_ch
         answers = answer(model)
         scores = scorer.score(prompts, answers)
         wins = (scores > base_scores).float() + 0.5 * (scores == base_scores).float()
-        kl = sequence_kl(model, base_model, prompts, answers, eot, device, bf16)
+        # At the sampling temperature: the distributions the answers came from (greedy: temperature 1).
+        kl = sequence_kl(model, base_model, prompts, answers, eot, device, bf16, temperature=temperature or 1.0)
         name = f"{payload.get('kind')} {path.parent.parent.name} step {payload['step']}"
         report.rows.append(PolicyRow(name=name, win_rate=wins.mean().item(), score=scores.mean().item(),
                                      kl=kl.mean().item(), length=sum(len(a) for a in answers) / len(answers)))

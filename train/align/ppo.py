@@ -2,7 +2,8 @@
 
 One iteration: take the next `rollout_prompts` prompts; sample a response to each from the current
 policy (KV cache, temperature 0.7); score prompt + response with the frozen reward model; compute
-the per-token log-probabilities of the policy and of the frozen reference and the value estimates;
+the per-token log-probabilities of the policy and of the frozen reference (both at the sampling
+temperature: the distribution the responses came from; top-k is refused) and the value estimates;
 per-token reward = −kl_coef (log π − log π_ref), plus the score on the last response token, minus
 `no_eot_penalty` when the response never produced end-of-text; GAE advantages (γ, λ), whitened over
 the batch; then `epochs` passes over the rollout in shuffled minibatches, each one optimizer step of
@@ -91,9 +92,10 @@ class PPOConfig:
     max_new_tokens: int = 64
     """Longest response; prompts longer than the context minus this are skipped."""
     temperature: float = 0.7
-    """Sampling temperature of the rollouts."""
+    """Sampling temperature of the rollouts; every log-probability (policy, old policy, reference, KL) is
+    taken at it, so the ratios and the KL refer to the distribution the responses came from."""
     top_k: int | None = None
-    """Sample among the k most likely tokens (None = all, the common recipe)."""
+    """Must stay None: PPO samples from the whole distribution (see `__post_init__`)."""
     vf_coef: float = 0.1
     """Weight of the value loss."""
     no_eot_penalty: float = 1.0
@@ -116,6 +118,13 @@ class PPOConfig:
             raise TrainConfigError("--gamma/--lam", f"must be in [0, 1], got {self.gamma}, {self.lam}")
         if self.temperature <= 0:
             raise TrainConfigError("--temperature", f"rollouts sample: must be > 0, got {self.temperature}")
+        if self.top_k is not None:
+            # The policy's log-probabilities would have to be those of its own top-k truncation, and the
+            # reference's top k differs from the policy's: a sampled token outside the reference's set has
+            # probability 0 there, an infinite KL. TRL likewise samples PPO rollouts with temperature only.
+            raise TrainConfigError("--top-k", f"PPO samples from the whole distribution at --temperature; got "
+                                   f"{self.top_k}. Top-k would make the KL to the reference infinite for tokens "
+                                   f"outside the reference's own top k: leave --top-k at 0")
         if self.value_init not in VALUE_INITS:
             raise TrainConfigError("--value-init", f"must be one of {VALUE_INITS}, got {self.value_init!r}")
         if (self.rollout_prompts * self.epochs) % self.minibatch:
@@ -234,8 +243,9 @@ class RolloutLoader:
             logits, values = module(idx, targets)
             ref_logits, _ = obj.reference(idx, targets)
         module.train(was_training)
-        logprobs = token_logprobs(logits, targets)
-        ref_logprobs = token_logprobs(ref_logits, targets)
+        # Under the distribution the responses were sampled from: logits / temperature (TRL does the same).
+        logprobs = token_logprobs(logits, targets, cfg.temperature)
+        ref_logprobs = token_logprobs(ref_logits, targets, cfg.temperature)
         values = values.float() * mask
         rewards, kl = kl_penalised_rewards(logprobs, ref_logprobs, scores_penalised, mask, cfg.kl_coef)
         advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
@@ -341,6 +351,9 @@ class PPOObjective(Objective):
             self.scorer = RewardScorer(self.reward_checkpoint, info.device, info.bf16, "--reward-model")
             check_same_tokenizer(self.payload, self.policy_path, self.scorer.payload, self.scorer.path)
             self.reward_fn = self.scorer.score
+            verdict = self.scorer.payload.get("reward_verdict")
+            if isinstance(verdict, dict) and verdict.get("guessing") and info.ctx.is_main:
+                log.warning("reward model %s: %s", self.scorer.path, verdict.get("reason"))
             if self.cfg.value_init == "reward":
                 self.rm_payload = load_checkpoint(self.scorer.path)
                 if self.rm_payload["model_config"]["max_seq_len"] < self.payload["model_config"]["max_seq_len"]:
@@ -435,13 +448,13 @@ class PPOObjective(Objective):
         idx, targets = batch["idx"].to(device), batch["targets"].to(device)
         mask = (targets >= 0).float()
         logits, values = model(idx, targets)
-        logprobs = token_logprobs(logits, targets)
+        logprobs = token_logprobs(logits, targets, cfg.temperature)  # as the rollout's, at the sampling temperature
         pg_loss, clip_frac, approx_kl = ppo_policy_loss(logprobs, batch["logprobs"].to(device),
                                                         batch["advantages"].to(device), mask, cfg.clip)
         vf_loss, vf_clip_frac = ppo_value_loss(values.float(), batch["values"].to(device),
                                                batch["returns"].to(device), mask, cfg.value_clip)
         with torch.no_grad():
-            ent = masked_mean(entropy(logits), mask)
+            ent = masked_mean(entropy(logits, cfg.temperature), mask)
         extras = {"policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach(), "clip_frac": clip_frac,
                   "value_clip_frac": vf_clip_frac, "approx_kl": approx_kl, "entropy": ent}
         extras.update({k: torch.tensor(v, device=device) for k, v in batch["stats"].items()})
@@ -467,7 +480,8 @@ class PPOObjective(Objective):
         scores = self.score(prompts, responses).float().cpu()
         ended = torch.tensor([r[-1] == self.eot_id for r in responses])
         scores = scores - cfg.no_eot_penalty * (~ended).float()
-        kl = sequence_kl(module.policy, self.reference, prompts, responses, self.eot_id, info.device, info.bf16)
+        kl = sequence_kl(module.policy, self.reference, prompts, responses, self.eot_id, info.device, info.bf16,
+                         temperature=cfg.temperature)
         sums = {"score": scores.sum().item(), "kl": kl.sum().item(), "len": float(sum(len(r) for r in responses)),
                 "no_eot": (~ended).sum().item(), "n": float(len(prompts))}
         keys = list(sums)
@@ -493,8 +507,12 @@ class PPOObjective(Objective):
 
 @torch.no_grad()
 def sequence_kl(policy: GPT, reference: GPT, prompts: list[list[int]], responses: list[list[int]], eot_id: int,
-                device: torch.device, bf16: bool = False, batch_size: int = 8) -> torch.Tensor:
-    """Sum over response tokens of log π − log π_ref, per sequence (N,): the KL estimate PPO pays."""
+                device: torch.device, bf16: bool = False, batch_size: int = 8,
+                temperature: float = 1.0) -> torch.Tensor:
+    """Sum over response tokens of log π − log π_ref, per sequence (N,): the KL estimate PPO pays.
+
+    Both log-probabilities are those of softmax(logits / temperature), the distribution the responses
+    were sampled from; the estimate is a KL only under that distribution."""
     out = []
     was_training = policy.training
     policy.eval()
@@ -502,8 +520,8 @@ def sequence_kl(policy: GPT, reference: GPT, prompts: list[list[int]], responses
         batch = collate_sequences(prompts[start:start + batch_size], responses[start:start + batch_size], eot_id)
         idx, targets = batch.idx.to(device), batch.targets.to(device)
         with autocast_context(device, bf16):
-            lp = token_logprobs(policy(idx, targets)[0], targets)
-            ref = token_logprobs(reference(idx, targets)[0], targets)
+            lp = token_logprobs(policy(idx, targets)[0], targets, temperature)
+            ref = token_logprobs(reference(idx, targets)[0], targets, temperature)
         out.append((lp - ref).sum(-1).cpu())
     policy.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)

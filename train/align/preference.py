@@ -28,6 +28,7 @@ from typing import Any, Iterator
 from formats.json_records import read_records
 from train.errors import TrainError
 from train.tune.templates import PromptTemplate
+from train.tune.templates import encode_pieces, encode_plain
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,15 @@ class PreferenceDataError(TrainError):
     """A preference or prompt file that cannot be read, or that yields no usable record."""
 
 
+#: A prompt as template pieces (text, is_response, is_special): message text is encoded as plain text, only
+#: the template's own special tokens become control ids (`train.tune.templates.encode_pieces`).
+Pieces = tuple[tuple[str, bool, bool], ...]
+
+
 @dataclass(frozen=True)
 class PreferencePair:
-    prompt: str
-    """The prompt rendered with the template, up to where the response starts."""
+    prompt: Pieces
+    """The prompt as template pieces, up to where the response starts."""
     chosen: str
     """The preferred response (without end-of-text)."""
     rejected: str
@@ -48,6 +54,15 @@ class PreferencePair:
     """sha256 of the unrendered prompt: decides the train/validation side."""
     where: str
     """file:record, for messages."""
+
+    @property
+    def prompt_text(self) -> str:
+        """The prompt rendered as text (for messages and tests; encoding uses the pieces)."""
+        return render(self.prompt)
+
+
+def render(pieces: Pieces) -> str:
+    return "".join(text for text, _, _ in pieces)
 
 
 @dataclass(frozen=True)
@@ -102,17 +117,18 @@ def _is_messages(value: Any) -> bool:
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
 
 
-def _prompt_of(record: dict, template: PromptTemplate) -> tuple[str, str] | str:
-    """(rendered prompt, unrendered key text), or the name of the skip reason."""
+def _prompt_of(record: dict, template: PromptTemplate) -> tuple[Pieces, str] | str:
+    """(prompt pieces, unrendered key text), or the name of the skip reason."""
     if isinstance(record.get("instruction"), str):
         inp = record.get("input") or ""
         if not isinstance(inp, str):
             return "bad_field"
-        return template.prompt(record["instruction"], inp), record["instruction"] + "\n" + inp
+        return (tuple(template.instruction_prompt_pieces(record["instruction"], inp)),
+                record["instruction"] + "\n" + inp)
     if isinstance(record.get("prompt"), str):
-        return template.prompt(record["prompt"]), record["prompt"]
+        return tuple(template.instruction_prompt_pieces(record["prompt"])), record["prompt"]
     if _is_messages(record.get("prompt")):
-        return template.chat_prompt(record["prompt"]), json.dumps(record["prompt"], sort_keys=True)
+        return tuple(template.chat_prompt_pieces(record["prompt"])), json.dumps(record["prompt"], sort_keys=True)
     return "missing_field"
 
 
@@ -138,7 +154,7 @@ def _pair_of(record: Any, template: PromptTemplate) -> tuple[str, str, str, str]
         if chosen[:-1] != rejected[:-1]:
             return "prompts_differ"
         prefix = chosen[:-1]
-        return (template.chat_prompt(prefix), chosen[-1]["content"], rejected[-1]["content"],
+        return (tuple(template.chat_prompt_pieces(prefix)), chosen[-1]["content"], rejected[-1]["content"],
                 json.dumps(prefix, sort_keys=True))
     if not isinstance(chosen, str) or not isinstance(rejected, str):
         return "bad_field"
@@ -178,8 +194,8 @@ def read_preference_pairs(path: str | Path, template: PromptTemplate) -> tuple[l
     return pairs, stats
 
 
-def read_prompts(path: str | Path, template: PromptTemplate) -> tuple[list[tuple[str, str]], PairStats]:
-    """(rendered prompt, key) for every record with a prompt (preference files work: responses are ignored).
+def read_prompts(path: str | Path, template: PromptTemplate) -> tuple[list[tuple[Pieces, str]], PairStats]:
+    """(prompt pieces, key) for every record with a prompt (preference files work: responses are ignored).
 
     Chat records without a `prompt` contribute the messages before the last assistant turn."""
     stats = PairStats()
@@ -193,7 +209,7 @@ def read_prompts(path: str | Path, template: PromptTemplate) -> tuple[list[tuple
         if isinstance(got, str) and _is_messages(record.get("chosen")) and record["chosen"] \
                 and record["chosen"][-1]["role"] == "assistant":
             prefix = record["chosen"][:-1]
-            got = (template.chat_prompt(prefix), json.dumps(prefix, sort_keys=True))
+            got = (tuple(template.chat_prompt_pieces(prefix)), json.dumps(prefix, sort_keys=True))
         if isinstance(got, str):
             stats.skipped[got] += 1
             continue
@@ -221,15 +237,18 @@ def split_by_key(items: list, keys: list[str], val_fraction: float) -> tuple[lis
     return train, val
 
 
-def encode_prompt(tokenizer, prompt: str, eot_id: int) -> list[int]:
-    return [eot_id] + tokenizer.encode(prompt).ids
+def encode_prompt(tokenizer, prompt: Pieces, template: PromptTemplate, eot_id: int) -> list[int]:
+    """End-of-text, then the prompt encoded as SFT and chat encode it: special-token strings written in
+    the text stay text, only the template's own markers are control tokens."""
+    return [eot_id] + encode_pieces(tokenizer, list(prompt), template)[0]
 
 
 def encode_response(tokenizer, response: str, eot_id: int) -> list[int]:
-    return tokenizer.encode(response).ids + [eot_id]
+    """The response as plain text (a forged `<|endoftext|>` in it stays text), then end-of-text."""
+    return encode_plain(tokenizer, response) + [eot_id]
 
 
-def tokenize_pairs(pairs: list[PreferencePair], tokenizer, eot_id: int, max_len: int,
+def tokenize_pairs(pairs: list[PreferencePair], tokenizer, template: PromptTemplate, eot_id: int, max_len: int,
                    stats: PairStats) -> list[TokenPair]:
     """Token ids of each pair; responses cut so prompt + response fits max_len tokens.
 
@@ -237,7 +256,7 @@ def tokenize_pairs(pairs: list[PreferencePair], tokenizer, eot_id: int, max_len:
     responses become identical once cut (identical_after_cut)."""
     out = []
     for pair in pairs:
-        prompt = encode_prompt(tokenizer, pair.prompt, eot_id)
+        prompt = encode_prompt(tokenizer, pair.prompt, template, eot_id)
         room = max_len - len(prompt)
         if room < 2:
             stats.skipped["prompt_too_long"] += 1
@@ -270,9 +289,9 @@ def load_preference_data(path: str | Path, tokenizer, template: PromptTemplate, 
     """Read, split (by prompt hash) and tokenize a preference file."""
     pairs, stats = read_preference_pairs(path, template)
     train, val = split_by_key(pairs, [p.key for p in pairs], val_fraction)
-    train_tokens = tokenize_pairs(train, tokenizer, eot_id, max_len, stats)
+    train_tokens = tokenize_pairs(train, tokenizer, template, eot_id, max_len, stats)
     kept_train = stats.kept
-    val_tokens = tokenize_pairs(val, tokenizer, eot_id, max_len, stats)
+    val_tokens = tokenize_pairs(val, tokenizer, template, eot_id, max_len, stats)
     stats.kept = kept_train + len(val_tokens)
     if not train_tokens:
         raise PreferenceDataError(f"{path}: no training pair left ({stats.summary()})")
@@ -287,8 +306,8 @@ def load_prompt_ids(path: str | Path, tokenizer, template: PromptTemplate, eot_i
     """Token ids of the train and validation prompts; prompts over max_prompt_len tokens are skipped."""
     prompts, stats = read_prompts(path, template)
     ids, keys = [], []
-    for text, key in prompts:
-        tokens = encode_prompt(tokenizer, text, eot_id)
+    for pieces, key in prompts:
+        tokens = encode_prompt(tokenizer, pieces, template, eot_id)
         if len(tokens) > max_prompt_len:
             stats.skipped["prompt_too_long"] += 1
             continue

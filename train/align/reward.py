@@ -36,6 +36,7 @@ from train.align.preference import (
     encode_response,
     load_preference_data,
 )
+from train.align.reward_verdict import RewardVerdict, judge_reward_model
 from train.tune.templates import template_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class RewardObjective(PairObjective):
     def __init__(self, *args, center_coef: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.center_coef = center_coef
+        self.verdict: RewardVerdict | None = None
+        """Of the latest evaluation; stored in every checkpoint (`reward_verdict`)."""
 
     def build_model(self, config: GPTConfig) -> nn.Module:
         return RewardModel(config)
@@ -135,11 +138,18 @@ class RewardObjective(PairObjective):
         model.train(was_training)
         s = self.reduce(sums)
         if not s["pairs"]:  # --val-fraction 0: no figures, not zeros
+            self.verdict = judge_reward_model(0.0, 0.0, 0)
             return {"val_loss": None, "val_accuracy": None, "val_margin": None, "val_pairs": 0}
         n = s["pairs"]
+        self.verdict = judge_reward_model(s["correct"] / n, s["margin"] / n, int(s["pairs"]))
         return {"val_loss": s["loss"] / n, "val_accuracy": s["correct"] / n, "val_margin": s["margin"] / n,
                 "val_reward_chosen": s["chosen"] / n, "val_reward_rejected": s["rejected"] / n,
-                "val_pairs": int(s["pairs"])}
+                "val_pairs": int(s["pairs"]), "val_accuracy_low": self.verdict.low,
+                "val_accuracy_high": self.verdict.high, "val_guessing": int(self.verdict.guessing)}
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        verdict = self.verdict.to_dict() if self.verdict is not None else None
+        return {**super().checkpoint_extra(), "reward_verdict": verdict}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -212,7 +222,9 @@ def score_texts(checkpoint: str | Path, records: list[tuple[str, str, str]], tok
     scorer = RewardScorer(checkpoint, device, bf16=device.type == "cuda")
     tokenizer = open_tokenizer(tokenizer_path, scorer.payload)
     eot = scorer.data["eot_id"]
-    prompts = [encode_prompt(tokenizer, scorer.template.prompt(instruction, inp), eot)[-(scorer.context - 1):]
+    template = scorer.template
+    prompts = [encode_prompt(tokenizer, template.instruction_prompt_pieces(instruction, inp), template,
+                             eot)[-(scorer.context - 1):]
                for instruction, inp, _ in records]
     responses = [encode_response(tokenizer, response, eot) for *_, response in records]
     return scorer.score(prompts, responses, batch_size).tolist()

@@ -15,6 +15,9 @@ anything else that speaks Llama:
 - `tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json`: our byte-level BPE as a
   `PreTrainedTokenizerFast` with `<|endoftext|>` as bos, eos and unk, and the chat template of an SFT
   checkpoint when it carries one.
+- `crawlgpt_export.json`: marks the folder as an export of ours (checkpoint, step, files). `--out` must be
+  a new or empty folder or such an export; `--overwrite` replaces an export and removes the files an
+  earlier export wrote that this one does not (only names an export writes: a user's files stay).
 
 Rotary layout: model/gpt.py rotates the pair (x[i], x[i + hd/2]) of each head ("rotate half"), which is
 what Hugging Face's Llama does, so q and k rows are copied unchanged. A model that rotated interleaved
@@ -194,8 +197,45 @@ def find_tokenizer(payload: dict[str, Any], explicit: str | Path | None) -> Path
                       f"tokenizer.json); pass --tokenizer DATA/tokenizer/tokenizer.json")
 
 
-EXPORT_FILES = ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
-                "tokenizer_config.json", "special_tokens_map.json")
+#: What an export writes, in the order it is moved into place: config.json last, so a folder with a
+#: config.json is complete.
+EXPORT_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                "model.safetensors", "crawlgpt_export.json", "config.json")
+#: The marker that says a folder is an export of ours (which checkpoint, which files).
+EXPORT_MARKER = "crawlgpt_export.json"
+#: Every name an export of any version may have left: --overwrite removes these, nothing else.
+OWN_FILES = (*EXPORT_FILES, "chat_template.jinja")
+
+
+def is_our_export(out_dir: Path) -> bool:
+    """A folder written by `crawlgpt export`: it has our marker, or (older exports) weights whose
+    safetensors metadata names crawlgpt as their source."""
+    if (out_dir / EXPORT_MARKER).is_file():
+        return True
+    weights = out_dir / "model.safetensors"
+    if not weights.is_file():
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return (f.metadata() or {}).get("source") == "crawlgpt"
+    except Exception:  # noqa: BLE001 - not a safetensors file at all: not ours
+        return False
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Write only into a new or empty folder, or over an export of ours with --overwrite."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"--out {out_dir} is a file; give a folder")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not is_our_export(out_dir):
+        found = ", ".join(sorted(p.name for p in out_dir.iterdir())[:3])
+        raise ExportError(f"--out {out_dir} is not empty ({found}, ...) and is not an export of crawlgpt; "
+                          f"give a new or empty folder (--overwrite only replaces a previous export)")
+    if not overwrite:
+        raise ExportError(f"{out_dir} already holds an export; pass --overwrite to replace it or choose another --out")
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer: str | Path | None = None,
@@ -207,11 +247,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer: st
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"--out {out_dir} is a file; give a folder")
-    if (out_dir / "config.json").exists() and not config.overwrite:
-        raise ExportError(f"{out_dir} already holds an export (config.json); pass --overwrite to replace it "
-                          f"or choose another --out")
+    check_out_dir(out_dir, config.overwrite)
     model, payload, path = load_for_inference(checkpoint, torch.device("cpu"))
     tok_path = find_tokenizer(payload, tokenizer)
     check_tokenizer(tok_path, load_tokenizer(tok_path), payload)
@@ -234,9 +270,13 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer: st
                                                  "max_length": model_config.max_seq_len})
     tokenizer_files(tok_path, tmp, model_config.max_seq_len, payload.get("chat_template"))
     _write_json(tmp / "config.json", hf_config(model_config, eot_id, config.dtype))
+    _write_json(tmp / EXPORT_MARKER, {"checkpoint": str(path), "step": payload["step"], "files": list(EXPORT_FILES)})
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").unlink(missing_ok=True)  # an interrupted overwrite leaves no complete-looking folder
+    for name in OWN_FILES:  # a previous export's files this one does not write (a stale chat template)
+        if name not in EXPORT_FILES:
+            (out_dir / name).unlink(missing_ok=True)
     for name in EXPORT_FILES:
         (tmp / name).replace(out_dir / name)
     shutil.rmtree(tmp, ignore_errors=True)

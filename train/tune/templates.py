@@ -133,6 +133,10 @@ class PromptTemplate:
         """The header of the next assistant turn (chat), appended to a conversation to prompt an answer."""
         return [(self.turn_start, False, True), ("assistant\n", False, False)] if self.name == "chat" else []
 
+    def chat_prompt_pieces(self, messages: list[dict]) -> list[tuple[str, bool, bool]]:
+        """The pieces of `chat_prompt(messages)`: the conversation, then the next assistant header."""
+        return self.pieces(messages) + self.generation_pieces()
+
     def special_tokens(self) -> list[str]:
         """Special-token strings the rendered text may contain (encoded as their single ids)."""
         return [self.eot_token, self.turn_start, self.turn_end] if self.name == "chat" else [self.eot_token]
@@ -171,11 +175,12 @@ def encode_text(tokenizer, text: str, template: PromptTemplate) -> list[int]:
                 template.check_tokenizer(tokenizer)  # raises a TemplateError naming the token
             ids.append(token_id)
         elif piece:
-            ids.extend(_encode_plain(tokenizer, piece))
+            ids.extend(encode_plain(tokenizer, piece))
     return ids
 
 
-def _encode_plain(tokenizer, text: str) -> list[int]:
+def encode_plain(tokenizer, text: str) -> list[int]:
+    """Token ids of text in which special-token strings (`<|endoftext|>`, `<|reserved_N|>`) stay text."""
     previous = getattr(tokenizer, "encode_special_tokens", None)
     if previous is not None:
         tokenizer.encode_special_tokens = True
@@ -207,7 +212,7 @@ def encode_pieces(tokenizer, pieces: list[tuple[str, bool, bool]],
     def flush() -> None:
         nonlocal plain
         if plain:
-            new = _encode_plain(tokenizer, plain)
+            new = encode_plain(tokenizer, plain)
             ids.extend(new)
             mask.extend([plain_response] * len(new))
             plain = ""

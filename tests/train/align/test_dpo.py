@@ -124,3 +124,48 @@ def test_dpo_under_ddp_follows_the_single_process_run(files, tmp_path):
     two = json.loads((tmp_path / "two" / "losses.json").read_text())
     # 2 ranks x 2 pairs and 1 rank x 2 micro-batches of 2 pairs see the same 4 pairs per step
     assert [round(v, 4) for _, v in two] == pytest.approx([round(v, 4) for _, v in single.train_losses], abs=2e-4)
+
+
+def test_a_non_finite_loss_stops_the_run_before_the_step_is_applied_or_checkpointed(files, tmp_path):
+    from train import CheckpointConfig
+    from train.checkpoint import list_checkpoints
+    from train.errors import NonFiniteLossError
+
+    config = make_config(tmp_path / "beta", 4, checkpoint=CheckpointConfig(every_steps=1, keep_last=5))
+    with pytest.raises(NonFiniteLossError, match=r"^step 1: loss nan.*not finite.*--beta") as err:
+        train(config, objective=objective(files, beta=float("nan")))
+    assert "\n" not in str(err.value)
+    assert list_checkpoints(tmp_path / "beta") == []
+
+
+def test_an_infinite_learning_rate_stops_at_the_first_non_finite_loss(files, tmp_path):
+    from train.errors import NonFiniteLossError
+
+    steps = []
+    with pytest.raises(NonFiniteLossError, match=r"^step 2: .*not finite"):
+        train(make_config(tmp_path / "lr", 4, lr=float("inf")), objective=objective(files), on_step=steps.append)
+    assert steps == [1]
+
+
+def test_a_resumed_dpo_uses_the_reference_it_started_with(files, tmp_path):
+    """--policy is an sft run folder whose newest checkpoint changes while DPO is interrupted: the
+    resume is refused with the recorded file to use, and resuming with it equals the straight run."""
+    import shutil
+
+    from train import RunDirError
+    from train.checkpoint import checkpoint_path
+
+    sft_run = tmp_path / "sft"
+    first = checkpoint_path(sft_run, 10)
+    first.parent.mkdir(parents=True)
+    shutil.copyfile(files["policy"], first)
+    straight = train(make_config(tmp_path / "a", 4), objective=objective({**files, "policy": sft_run}))
+    train(make_config(tmp_path / "b", 2), objective=objective({**files, "policy": sft_run}))
+    write_policy_checkpoint(checkpoint_path(sft_run, 20), files["tok"], seed=7)  # sft went on meanwhile
+    with pytest.raises(RunDirError, match=f"trained against the reference {first}.*resume with --policy {first}"):
+        train(make_config(tmp_path / "b", 4, resume=True), objective=objective({**files, "policy": sft_run}))
+    resumed = train(make_config(tmp_path / "b", 4, resume=True), objective=objective({**files, "policy": first}))
+    wa, wb = load_checkpoint(straight.checkpoint)["model"], load_checkpoint(resumed.checkpoint)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert load_checkpoint(resumed.checkpoint)["dpo"]["reference_sha256"] == \
+        load_checkpoint(straight.checkpoint)["dpo"]["reference_sha256"]

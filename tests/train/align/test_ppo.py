@@ -21,6 +21,7 @@ from train.align.common import CheckpointKindError, gpt_from_payload
 from train.checkpoint import load_checkpoint, model_from_checkpoint
 from train.metrics import read_metrics
 from train.align.ppo import PPOConfig, PPOObjective, generate_responses
+from train.align.ppo import sequence_kl
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -161,3 +162,90 @@ def test_the_value_model_starts_as_the_reward_model_or_as_the_policy_with_a_zero
             assert not model.value.score.weight.any()
             assert torch.equal(model.value.gpt.tok_emb.weight, policy["model"]["tok_emb.weight"])
         assert torch.equal(model.policy.tok_emb.weight, policy["model"]["tok_emb.weight"])
+
+
+# ---- the distribution PPO samples from ------------------------------------------------------------
+
+
+def test_the_log_probability_of_a_token_at_a_temperature_is_that_of_the_scaled_softmax():
+    from train.align.functional import token_logprobs
+
+    logits = torch.tensor([[[2.0, 1.0, 0.0]]])  # (B=1, T=1, V=3)
+    target = torch.tensor([[1]])
+    # at T = 0.5 the logits are 4, 2, 0: log p(1) = 2 - log(e^4 + e^2 + 1) = 2 - log(62.9872) = -2.14286
+    assert token_logprobs(logits, target, temperature=0.5).item() == pytest.approx(-2.14286, abs=1e-4)
+    # at T = 1: 1 - log(e^2 + e + 1) = 1 - log(11.1073) = -1.40761
+    assert token_logprobs(logits, target).item() == pytest.approx(-1.40761, abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def peaked_policy(tmp_path_factory):
+    """A policy whose next-token distributions are far from uniform, so temperature 0.7 differs from 1."""
+    path = write_policy_checkpoint(tmp_path_factory.mktemp("ppo_peaked") / "sft.pt", None, max_seq_len=64)
+    payload = load_checkpoint(path)
+    for name in ("tok_emb.weight", "head.weight"):  # tied: the same weights under both names
+        payload["model"][name] = payload["model"][name] * 5  # sharper logits: entropy 2.9 nats at T = 1, 0.6 at 0.7
+    from train.checkpoint import save_checkpoint
+    save_checkpoint(path, payload)
+    return path
+
+
+def exact_kl_along(policy, reference, ids: list[int], prompt_len: int, temperature: float) -> float:
+    """Sum over the answer's positions of KL(π_T ‖ π_ref,T) of the next-token distributions (whole vocabulary)."""
+    idx = torch.tensor([ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(policy(idx, idx)[0][0, prompt_len - 1:-1].float() / temperature, -1)
+        logq = torch.log_softmax(reference(idx, idx)[0][0, prompt_len - 1:-1].float() / temperature, -1)
+    return (logp.exp() * (logp - logq)).sum().item()
+
+
+def exact_kl_per_token(policy: torch.nn.Module, reference: torch.nn.Module, prompts, temperature: float) -> float:
+    """KL(π_T ‖ π_ref,T) summed over the whole vocabulary, averaged over the positions of the policy's
+    own sampled answers: the true divergence, independent of the estimate PPO logs."""
+    g = torch.Generator().manual_seed(5)
+    responses = generate_responses(policy, prompts, 16, temperature, None, g, 256, torch.device("cpu"))
+    total = sum(exact_kl_along(policy, reference, p + r, len(p), temperature) for p, r in zip(prompts, responses))
+    return total / sum(len(r) for r in responses)
+
+
+def test_ppo_with_a_constant_reward_stays_at_the_reference_at_temperature_0_7(peaked_policy, tmp_path):
+    """Nothing to gain, so the policy must stay near where it started, and the KL PPO logs must be a KL.
+    With log-probabilities taken at temperature 1 under samples drawn at 0.7, GAE's position-dependent
+    advantages pushed the policy whatever the reward, and the logged "KL" fell to -1.07."""
+    prompts = synthetic_prompts()
+    objective = PPOObjective(peaked_policy, PPOConfig(rollout_prompts=16, minibatch=8, epochs=2, max_new_tokens=16,
+                                                      value_init="policy", no_eot_penalty=0.0, val_prompts=8,
+                                                      temperature=0.7),
+                             reward_fn=lambda prompts, responses: torch.ones(len(responses)),
+                             prompt_ids=(prompts[:32], prompts[32:]))
+    result = train(make_config(tmp_path / "run", 8 * objective.cfg.steps_per_iteration, lr=1e-3, micro=8),
+                   objective=objective)
+    trained = model_from_checkpoint(load_checkpoint(result.checkpoint)).eval()
+    reference = gpt_from_payload(load_checkpoint(peaked_policy), torch.device("cpu"))
+    kl = exact_kl_per_token(trained, reference, [p[:8] for p in prompts[32:]], 0.7)
+    assert kl < 0.05, kl
+    records = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    assert min(r["kl"] for r in records) > -0.3, [r["kl"] for r in records]  # a KL: not below 0 beyond noise
+
+
+def test_the_kl_ppo_pays_estimates_the_kl_of_the_distributions_it_samples_at_temperature_0_7(peaked_policy, tmp_path):
+    """Summed over a sampled answer, log π − log π_ref has the expectation of the exact per-position KL
+    of the two temperature-0.7 distributions along it; at temperature 1 it estimated something else."""
+    policy = gpt_from_payload(load_checkpoint(peaked_policy), torch.device("cpu"))
+    other = write_policy_checkpoint(tmp_path / "other.pt", None, seed=3, max_seq_len=64)
+    payload = load_checkpoint(other)
+    for name in ("tok_emb.weight", "head.weight"):
+        payload["model"][name] = payload["model"][name] * 5
+    reference = model_from_checkpoint(payload).eval()
+    prompts = [p[:8] for p in synthetic_prompts(64, 8)]
+    g = torch.Generator().manual_seed(11)
+    responses = generate_responses(policy, prompts, 16, 0.7, None, g, 256, torch.device("cpu"))
+    estimate = sequence_kl(policy, reference, prompts, responses, 256, torch.device("cpu"), temperature=0.7)
+    exact = torch.tensor([exact_kl_along(policy, reference, p + r, len(p), 0.7) for p, r in zip(prompts, responses)])
+    assert exact.mean().item() > 0.5  # the two models differ: a KL worth estimating
+    assert estimate.mean().item() == pytest.approx(exact.mean().item(), rel=0.15)
+
+
+def test_top_k_is_refused_in_ppo_with_the_reason():
+    with pytest.raises(TrainConfigError, match="--top-k.*reference"):
+        PPOConfig(top_k=40)

@@ -31,6 +31,8 @@ def test_training_lifts_validation_accuracy_and_margin(trained):
     assert before["step"] == 0 and after["step"] == 15
     assert after["val_accuracy"] == 1.0 and after["val_accuracy"] > before["val_accuracy"]
     assert after["val_margin"] > before["val_margin"] and after["val_loss"] < before["val_loss"]
+    verdict = load_checkpoint(trained["result"].checkpoint)["reward_verdict"]
+    assert not verdict["guessing"] and "better than chance" in verdict["reason"]  # 10 of 10 pairs: above 0.72
 
 
 def test_checkpoint_holds_a_plain_trunk_and_the_head(trained):

@@ -173,3 +173,36 @@ def test_gguf_file_reads_back_with_llama_cpp_names_and_rotary_order(tmp_path, to
     torch.testing.assert_close(permute_interleaved_to_half(q, 4), ours.blocks[1].attn.wq.weight.detach())
     torch.testing.assert_close(permute_interleaved_to_half(k, 2), ours.blocks[1].attn.wk.weight.detach())
     assert not torch.equal(q, ours.blocks[1].attn.wq.weight.detach())
+
+
+def test_export_refuses_a_non_empty_folder_that_is_not_an_export_even_with_overwrite(exported, tokenizer_path,
+                                                                                     tmp_path):
+    _, _, result = exported
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "tokenizer.json").write_text("my own tokenizer")
+    for overwrite in (False, True):
+        with pytest.raises(ExportError, match="not empty.*not an export of crawlgpt"):
+            export_checkpoint(result.checkpoint, out, tokenizer_path, ExportConfig(overwrite=overwrite))
+    assert (out / "tokenizer.json").read_text() == "my own tokenizer" and len(list(out.iterdir())) == 1
+
+
+def test_export_into_an_empty_folder_works(exported, tokenizer_path, tmp_path):
+    _, _, result = exported
+    (tmp_path / "empty").mkdir()
+    assert (export_checkpoint(result.checkpoint, tmp_path / "empty", tokenizer_path).out_dir / "config.json").is_file()
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["marked", "older export without marker"])
+def test_overwrite_removes_stale_files_of_the_previous_export_and_keeps_the_users(exported, tokenizer_path,
+                                                                                tmp_path, legacy):
+    _, _, result = exported
+    out = export_checkpoint(result.checkpoint, tmp_path / "hf", tokenizer_path).out_dir
+    if legacy:
+        (out / "crawlgpt_export.json").unlink()  # recognised by its weights' metadata instead
+    (out / "chat_template.jinja").write_text("{{ stale }}")  # what a previous export wrote
+    (out / "README.md").write_text("my notes")
+    export_checkpoint(result.checkpoint, out, tokenizer_path, ExportConfig(overwrite=True))
+    assert not (out / "chat_template.jinja").exists()
+    assert (out / "README.md").read_text() == "my notes" and (out / "crawlgpt_export.json").is_file()
+    transformers.AutoTokenizer.from_pretrained(out)  # still a complete folder
