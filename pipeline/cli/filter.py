@@ -27,7 +27,15 @@ from pipeline.filter_stage import (
     run_filter,
     with_rule_overrides,
 )
-from pipeline.manifest import MANIFEST_NAME
+from pipeline.filter_eval import (
+    evaluate_labelled,
+    format_summary,
+    plot_score_distributions,
+    read_labelled_pages,
+    reason_rows,
+    report_json,
+)
+from pipeline.manifest import MANIFEST_NAME, write_json_atomic
 from pipeline.filters.classifier import NORMALIZATIONS
 from pipeline.filters.language import LID_OPTION, default_lid_model_path
 from pipeline.filters.models import resolve_model
@@ -41,6 +49,7 @@ _Q = QualityTrainConfig(reference=("-",))
 def register(group: click.Group) -> None:
     group.add_command(filter_command)
     group.add_command(quality_train_command)
+    group.add_command(evaluate_filter_command)
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -94,38 +103,8 @@ def filter_command(
 
     Options not given are taken as the last run in DATA recorded them (then the defaults shown)."""
     try:
-        recorded = recorded_config(filter_dir(data))
-        opts = remembered(ctx, recorded, lang_threshold="min_lang_score", quality_threshold="quality_threshold",
-                          quality_label="quality_label", quality_normalization="quality_normalization",
-                          quality_pareto_alpha="quality_pareto_alpha", text_field="text_field")
-        listed = remembered(ctx, {k: ",".join(recorded[k]) for k in ("langs", "rules") if k in recorded},
-                            langs="langs", rules="rules")
-        langs_t, rules_t = _csv(listed["langs"]), _csv(listed["rules"])
-        if lid_model:
-            lid_path = resolve_model(lid_model, data / "models", LID_OPTION)
-        elif recorded.get("lid_model") and Path(recorded["lid_model"]).is_file():
-            lid_path = recorded["lid_model"]
-        else:
-            lid_path = default_lid_model_path()
-        quality_path = _quality_model(quality_model, data, recorded)
-        config = FilterConfig(
-            lid_model=str(lid_path),
-            langs=langs_t,
-            min_lang_score=opts["lang_threshold"],
-            rules=rules_t,
-            quality_model=str(quality_path) if quality_path else None,
-            quality_threshold=opts["quality_threshold"],
-            quality_label=opts["quality_label"],
-            quality_normalization=opts["quality_normalization"],
-            quality_pareto_alpha=opts["quality_pareto_alpha"],
-            text_field=opts["text_field"],
-        )
-        # the rule thresholds as recorded, then any --set on top
-        config = dataclasses.replace(config, **{
-            family: type(getattr(config, family))(**as_tuples(recorded[family]))
-            for family in RULES if isinstance(recorded.get(family), dict)
-        })
-        config = with_rule_overrides(config, _parse_overrides(overrides))
+        config = _filter_config(ctx, data, lid_model, quality_model, overrides)
+        quality_path = config.quality_model
         quality_pareto_alpha = config.quality_pareto_alpha
         if workers < 1:
             raise ConfigError("--workers", f"must be at least 1, got {workers}")
@@ -144,6 +123,45 @@ def filter_command(
         fail(err)
         return
     click.echo(f"kept documents: {filter_dir(data)}/*.parquet; rejected (with reasons): {filter_dir(data)}/rejected/")
+
+
+def _filter_config(ctx: click.Context, data: Path, lid_model: str | None, quality_model: str | None,
+                   overrides: tuple[str, ...]) -> FilterConfig:
+    """The FilterConfig of the chain options in `ctx`: as given, else as the last filter run in DATA
+    recorded them, else the defaults (shared by `filter` and `evaluate-filter`)."""
+    recorded = recorded_config(filter_dir(data))
+    opts = remembered(ctx, recorded, lang_threshold="min_lang_score", quality_threshold="quality_threshold",
+                      quality_label="quality_label", quality_normalization="quality_normalization",
+                      quality_pareto_alpha="quality_pareto_alpha", text_field="text_field")
+    listed = remembered(ctx, {k: ",".join(recorded[k]) for k in ("langs", "rules") if k in recorded},
+                        langs="langs", rules="rules")
+    langs_t, rules_t = _csv(listed["langs"]), _csv(listed["rules"])
+    if lid_model:
+        lid_path = resolve_model(lid_model, data / "models", LID_OPTION)
+    elif recorded.get("lid_model") and Path(recorded["lid_model"]).is_file():
+        lid_path = recorded["lid_model"]
+    else:
+        lid_path = default_lid_model_path()
+    quality_path = _quality_model(quality_model, data, recorded)
+    config = FilterConfig(
+        lid_model=str(lid_path),
+        langs=langs_t,
+        min_lang_score=opts["lang_threshold"],
+        rules=rules_t,
+        quality_model=str(quality_path) if quality_path else None,
+        quality_threshold=opts["quality_threshold"],
+        quality_label=opts["quality_label"],
+        quality_normalization=opts["quality_normalization"],
+        quality_pareto_alpha=opts["quality_pareto_alpha"],
+        text_field=opts["text_field"],
+    )
+    # the rule thresholds as recorded, then any --set on top
+    config = dataclasses.replace(config, **{
+        family: type(getattr(config, family))(**as_tuples(recorded[family]))
+        for family in RULES if isinstance(recorded.get(family), dict)
+    })
+    config = with_rule_overrides(config, _parse_overrides(overrides))
+    return config
 
 
 def _quality_model(option: str | None, data: Path, recorded: dict) -> Path | None:
@@ -261,3 +279,65 @@ def _print_quality_summary(manifest: dict, out: Path) -> None:
         "(negatives are raw crawl pages, some of them good, so precision and AUC understate the classifier)\n"
         f"model: {out / manifest['model']['path']}"
     )
+
+
+#: The options of `filter` that configure the chain; `evaluate-filter` takes them too, with the same help.
+_CHAIN_OPTIONS = ("data", "langs", "lang_threshold", "lid_model", "quality_model", "quality_threshold",
+                  "quality_label", "quality_normalization", "quality_pareto_alpha", "rules", "overrides",
+                  "text_field")
+
+
+def _chain_options(command: click.Command) -> click.Command:
+    """Give `command` the chain options of `filter` (one definition, one help text)."""
+    command.params[:0] = [p for p in filter_command.params if p.name in _CHAIN_OPTIONS]
+    return command
+
+
+@_chain_options
+@click.command("evaluate-filter")
+@click.option("--labels", required=True, type=click.Path(path_type=Path),
+              help="JSONL of pages people judged: 'text' (see --text-field), 'label' 1 (good) or 0 (bad), any "
+                   "other fields kept for --slice.")
+@click.option("--slice", "slices", multiple=True,
+              help="Also report per value of this field of the labelled pages (e.g. unanimous). Repeatable.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Write the figures (overall, per slice, per reason) to this JSON file.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None,
+              help="Write a PNG of the good and bad pages' quality scores with the threshold (needs a quality model).")
+@click.pass_context
+def evaluate_filter_command(
+    ctx: click.Context, data: Path, langs: str, lang_threshold: float, lid_model: str | None,
+    quality_model: str | None, quality_threshold: float | None, quality_label: str | None,
+    quality_normalization: str | None, quality_pareto_alpha: float | None, rules: str, overrides: tuple[str, ...],
+    text_field: str, labels: Path, slices: tuple[str, ...], json_out: Path | None, plot: Path | None,
+) -> None:
+    """Run the filter chain (configured as `filter` would be, from the same options and DATA) over pages
+    people labelled, and print what it keeps and drops: good kept, bad dropped, balanced accuracy,
+    precision of the kept pages, each score's ROC AUC, and per drop reason the good and bad pages it
+    dropped."""
+    try:
+        config = _filter_config(ctx, data, lid_model, quality_model, overrides)
+        pages = read_labelled_pages(labels, text_field=config.text_field)
+        report = evaluate_labelled(config, pages, slices)
+        click.echo(format_summary(f"{labels.name}", report["all"]))
+        for name, summary in report["slices"].items():
+            click.echo(format_summary(f"  slice {name}", summary))
+        click.echo("\ndecisions per reason (the first filter that drops a page names it)")
+        click.echo(format_table(reason_rows(report["all"]), ["reason", "good pages", "bad pages"]))
+        if json_out is not None:
+            write_json_atomic(json_out, {"labels": str(labels), "chain": _chain_summary(config), **report_json(report)})
+            click.echo(f"figures: {json_out}")
+        if plot is not None:
+            click.echo(f"score distributions: {plot_score_distributions(report, plot)}")
+    except PipelineError as err:
+        fail(err)
+
+
+def _chain_summary(config: FilterConfig) -> dict:
+    settings = quality_settings(config)
+    return {
+        "langs": list(config.langs),
+        "rules": list(config.rules),
+        "quality_model": config.quality_model,
+        "quality_threshold": None if settings is None else settings.threshold,
+    }
