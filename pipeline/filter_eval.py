@@ -33,6 +33,7 @@ import numpy as np
 from pipeline.documents import Document
 from pipeline.errors import InputError
 from pipeline.filter_stage import FilterConfig, build_chain, decide, quality_settings
+from pipeline.filters.base import Filter
 from pipeline.manifest import atomic_path
 from pipeline.quality_train import roc_auc
 
@@ -114,10 +115,10 @@ def _parse_line(line: str, where: str, text_field: str, label_field: str) -> Lab
 # --- running the chain ---------------------------------------------------------------------------
 
 
-def judge_pages(config: FilterConfig, pages: Iterable[LabelledPage]) -> list[PageOutcome]:
-    """Run the chain of `config` over `pages`; score every page with every scorer in the chain."""
-    chain = build_chain(config)
-    scorers = [f for f in chain if hasattr(f, "score") and hasattr(f, "score_name")]
+def judge_pages(chain: list[Filter], pages: Iterable[LabelledPage]) -> list[PageOutcome]:
+    """Run `chain` (from `build_chain`) over `pages`; score every page with every scorer in the chain."""
+    scorers = [f for f in chain if hasattr(f, "score_name")]
+    scorers += [f.quality_scorer for f in chain if getattr(f, "quality_scorer", None) is not None]
     outcomes = []
     for page in pages:
         doc = Document(id=page.id, text=page.text)
@@ -162,9 +163,12 @@ def summarize(outcomes: list[PageOutcome]) -> dict:
     }
 
 
-def evaluate_labelled(config: FilterConfig, pages: list[LabelledPage], slice_fields: tuple[str, ...] = ()) -> dict:
+def evaluate_labelled(
+    config: FilterConfig, pages: list[LabelledPage], slice_fields: tuple[str, ...] = (), labels_sha256: str | None = None
+) -> dict:
     """The report: figures over all pages and per value of each slice field, plus the outcomes."""
-    outcomes = judge_pages(config, pages)
+    chain = build_chain(config)
+    outcomes = judge_pages(chain, pages)
     report: dict[str, Any] = {"all": summarize(outcomes), "slices": {}}
     for name in slice_fields:
         values = sorted({json.dumps(o.fields.get(name)) for o in outcomes})
@@ -175,7 +179,16 @@ def evaluate_labelled(config: FilterConfig, pages: list[LabelledPage], slice_fie
             part = [o for o in outcomes if json.dumps(o.fields.get(name)) == value]
             report["slices"][f"{name}={value}"] = summarize(part)
     settings = quality_settings(config)
-    report["quality_threshold"] = None if settings is None or config.quality_pareto_alpha else settings.threshold
+    decides = any(f.name == "quality_classifier" for f in chain) and not config.quality_pareto_alpha
+    report["quality_threshold"] = settings.threshold if decides and settings is not None else None
+    page = next((f for f in chain if f.name == "page_model"), None)
+    report["page_threshold"] = page.threshold if page is not None else None
+    report["warnings"] = []
+    trained_on = page.model.info.get("labels", {}).get("sha256") if page is not None else None
+    if trained_on and labels_sha256 == trained_on:
+        report["warnings"].append(
+            "the page model was trained on these very pages: the figures above are its fit, not what it does on "
+            "new pages; its cross-validated figures are in the model file (info.cross_validated)")
     report["outcomes"] = outcomes
     return report
 

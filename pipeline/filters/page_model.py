@@ -29,6 +29,8 @@ from pipeline.filters.gopher import BULLETS, GOPHER_STOP_WORDS, dup_ngram_chars,
 from pipeline.filters.text_stats import TextStats, ends_sentence
 
 PAGE_MODEL_OPTION = "--page-model"
+#: The page model shipped with crawlgpt (`--page-model web`): see docs/filter.md for how it was made.
+BUNDLED_PAGE_MODEL = Path(__file__).resolve().parent / "assets" / "page-model-web.json"
 FORMAT = "crawlgpt-page-model"
 VERSION = 1
 
@@ -135,21 +137,28 @@ class PageModel:
 
 
 def fit_page_model(
-    matrix: np.ndarray, labels: np.ndarray, features: tuple[str, ...], l2: float = 1.0, threshold: float = 0.5
+    matrix: np.ndarray,
+    labels: np.ndarray,
+    features: tuple[str, ...],
+    l2: float = 1.0,
+    threshold: float = 0.5,
+    sample_weight: np.ndarray | None = None,
 ) -> PageModel:
     """Fit an L2-regularised logistic regression with class-balanced weights (Newton's method).
 
-    The classes are weighted so that each counts as much as the other: a threshold of 0.5 then aims at
-    balanced accuracy, whatever share of the pages is good.
+    The classes are weighted so that each counts as much as the other (after `sample_weight`, 1 per
+    page by default): a threshold of 0.5 then aims at balanced accuracy, whatever share is good.
     """
     x = np.asarray(matrix, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
+    base = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     scale[scale < 1e-9] = 1.0
     z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
-    n_pos, n_neg = y.sum(), len(y) - y.sum()
-    sample_w = np.where(y == 1, len(y) / (2 * max(n_pos, 1)), len(y) / (2 * max(n_neg, 1)))
+    n_pos, n_neg = base[y == 1].sum(), base[y == 0].sum()
+    total = n_pos + n_neg
+    sample_w = base * np.where(y == 1, total / (2 * max(n_pos, 1e-12)), total / (2 * max(n_neg, 1e-12)))
     penalty = np.full(z.shape[1], l2)
     penalty[-1] = 0.0  # the bias is not shrunk
     beta = np.zeros(z.shape[1])
@@ -229,6 +238,8 @@ class PageModelFilter:
                              "pass the --quality-model it was trained with")
         self.model = model
         self.lid = lid
+        #: The chain's quality classifier, if any (`filter_eval` reports its score too).
+        self.quality_scorer = quality
         self.quality = quality if model.needs_quality_score else None
         self.threshold = model.threshold if threshold is None else threshold
 
