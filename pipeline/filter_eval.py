@@ -225,8 +225,9 @@ def _nan_to_none(x: Any) -> Any:
     return x
 
 
-def plot_score_distributions(report: dict, path: str | Path, score: str = "quality_score") -> Path:
-    """A PNG of the good and bad pages' `score` distributions, with the threshold as a line."""
+def plot_score_distributions(report: dict, path: str | Path, score: str | None = None) -> Path:
+    """A PNG of the good and bad pages' `score` distributions (default: the quality score, else the page
+    model's), with the threshold as a line."""
     # matplotlib is imported here: loading it costs a second, and only this plot needs it
     import matplotlib
 
@@ -234,8 +235,10 @@ def plot_score_distributions(report: dict, path: str | Path, score: str = "quali
     import matplotlib.pyplot as plt
 
     outcomes = report["outcomes"]
-    if not any(score in o.scores for o in outcomes):
-        raise InputError(f"--plot: the chain computes no {score}; pass --quality-model to plot the quality scores")
+    names = {k for o in outcomes for k in o.scores}
+    score = score or next((n for n in ("quality_score", "page_score") if n in names), None)
+    if score not in names:
+        raise InputError("--plot: the chain computes no score to plot; pass --quality-model or --page-model")
     path = Path(path)
     bins = np.linspace(0.0, 1.0, 41)
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
