@@ -108,10 +108,12 @@ def _csv(value: str) -> tuple[str, ...]:
 def filter_command(
     ctx: click.Context, data: Path, langs: str, lang_threshold: float, lid_model: str | None,
     quality_model: str | None, quality_threshold: float | None, quality_label: str | None,
-    quality_normalization: str | None, quality_pareto_alpha: float | None, rules: str, overrides: tuple[str, ...],
-    text_field: str, workers: int, force: bool, executor: str, ray_address: str | None,
+    quality_normalization: str | None, quality_pareto_alpha: float | None, page_model: str | None,
+    page_threshold: float | None, rules: str | None, overrides: tuple[str, ...], text_field: str, workers: int,
+    force: bool, executor: str, ray_address: str | None,
 ) -> None:
-    """Keep documents in LANGS that pass the Gopher, C4 and FineWeb rules (and the quality classifier);
+    """Keep documents in LANGS that pass the Gopher rules and the page model (or, with --page-model none, the
+    Gopher, C4 and FineWeb rules), and the quality classifier;
     write them to DATA/filtered/, and every dropped document with its reason to DATA/filtered/rejected/.
 
     Options not given are taken as the last run in DATA recorded them (then the defaults shown)."""
