@@ -195,14 +195,17 @@ def main() -> None:
             if name in results:
                 r = results[name]
                 rows.append((name, f"{r['all']['balanced_accuracy']:.3f}", f"{r['all']['good_kept']:.1%}",
-                             f"{r['all']['bad_dropped']:.1%}", f"{r['unanimous']['balanced_accuracy']:.3f}"))
+                             f"{r['all']['bad_dropped']:.1%}", f"{r['all']['precision']:.3f}",
+                             f"{r['unanimous']['balanced_accuracy']:.3f}"))
         c = cv["all"]
         rows.append(("ours now (10x5-fold CV)", f"{c['balanced_accuracy'][0]:.3f} ± {c['balanced_accuracy'][1]:.3f}",
                      f"{c['good_kept'][0]:.1%} ± {c['good_kept'][1]:.1%}", f"{c['bad_dropped'][0]:.1%} ± {c['bad_dropped'][1]:.1%}",
+                     f"{c['precision'][0]:.3f} ± {c['precision'][1]:.3f}",
                      f"{cv['unanimous']['balanced_accuracy'][0]:.3f} ± {cv['unanimous']['balanced_accuracy'][1]:.3f}"))
         print(f"\nlabelled web pages ({len(pages)}, {int(unanimous.sum())} unanimous); quality classifier ROC AUC "
               f"{results['ours before']['quality_auc']:.3f}")
-        print(format_table(rows, ["", "balanced acc.", "good kept", "bad dropped", "balanced acc. (unanimous)"]))
+        print(format_table(rows, ["", "balanced acc.", "good kept", "bad dropped", "precision",
+                                  "balanced acc. (unanimous)"]))
 
         if not args.skip_crawl:
             crawl_res = crawl_dev(crawl, work, {"ours before": before, "ours now": now}, args.workers, args.skip_datatrove)

@@ -2,7 +2,7 @@
 
 Each raw file is one shard. Every document goes through a fixed chain of filters, cheapest and most
 decisive first: language ID, Gopher quality, C4, FineWeb, Gopher repetition, then the quality
-classifier. The first filter that says drop decides the document's reason; the rest are not run. The
+classifier and the page model (`filters/page_model.py`). The first filter that says drop decides the document's reason; the rest are not run. The
 order is fixed (`RULES`; the config only selects families), so a rerun gives the same reasons.
 
 Outputs in DATA/filtered/ (the common document-stage layout):
@@ -13,7 +13,8 @@ Outputs in DATA/filtered/ (the common document-stage layout):
   reason `unreadable:<code>`), so nothing leaves the pipeline unaccounted for;
 - `manifest.json`: counts per reason, per shard and in total, written last.
 
-A new quality model (or lid model) changes the stage's upstream fingerprint, so every shard is redone.
+A new quality model (or lid model, or page model) changes the stage's upstream fingerprint, so every
+shard is redone.
 """
 
 from __future__ import annotations

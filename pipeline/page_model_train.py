@@ -127,13 +127,14 @@ def cross_validate(
     slices: dict[str, np.ndarray] | None = None,
     extra: np.ndarray | None = None,
 ) -> dict:
-    """Repeated stratified k-fold figures of the chain with a page model: {slice: {metric: [mean, sd]}}.
+    """Repeated stratified k-fold figures of the chain with a page model: {slice: {metric: [mean, sd]}}
+    for balanced accuracy, good kept, bad dropped and precision of the kept pages.
 
     Every page is decided by a model fitted on the other folds (plus the extra positives, which are
     never tested); the figures are computed over all pages once per repeat.
     """
     slices = {"all": np.ones(len(labels), dtype=bool), **(slices or {})}
-    per_repeat: dict[str, list[tuple[float, float, float]]] = {name: [] for name in slices}
+    per_repeat: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in slices}
     rng = np.random.default_rng(config.seed)
     for _ in range(config.repeats):
         folds = stratified_folds(labels, config.folds, rng)
@@ -143,13 +144,15 @@ def cross_validate(
             model = _fit(signals.matrix[train], labels[train], signals.features, config, extra)
             keep[test] = signals.base_keep[test] & (model.probabilities(signals.matrix[test]) >= config.threshold)
         for name, mask in slices.items():
-            per_repeat[name].append(balanced_accuracy(labels[mask], keep[mask]))
+            kept = keep[mask]
+            precision = float(labels[mask][kept].mean()) if kept.any() else math.nan
+            per_repeat[name].append((*balanced_accuracy(labels[mask], kept), precision))
     out = {}
     for name, rows in per_repeat.items():
         arr = np.array(rows)
         out[name] = {
             metric: [round(float(arr[:, j].mean()), 4), round(float(arr[:, j].std()), 4)]
-            for j, metric in enumerate(("balanced_accuracy", "good_kept", "bad_dropped"))
+            for j, metric in enumerate(("balanced_accuracy", "good_kept", "bad_dropped", "precision"))
         }
         out[name]["pages"] = int(slices[name].sum())
     return out
