@@ -156,3 +156,24 @@ def test_the_cli_default_is_the_bundled_model_with_the_gopher_rules(tmp_path, li
     assert result.exit_code == 0, result.output
     chain = json.loads(out.read_text())["chain"]
     assert chain["page_model"] == str(BUNDLED_PAGE_MODEL) and chain["rules"] == list(WEB_RULES)
+
+
+def test_a_data_folder_filtered_before_page_models_goes_on_with_its_recorded_chain(tmp_path, lid_model_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    labelled_file(raw / "pages.jsonl")
+    data = tmp_path / "data"
+    run_download(str(raw), 0, data)
+    args = ["filter", "--data", str(data), "--workers", "1", "--lid-model", str(lid_model_path)]
+    result = CliRunner().invoke(cli, args + ["--page-model", "none", "--quality-model", "none"])
+    assert result.exit_code == 0, result.output
+    manifest_path = data / "filtered" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["config"]["rules"] == ["gopher_quality", "c4", "fineweb", "gopher_repetition"]  # no page model
+    for key in ("page_model", "page_threshold"):  # as a run made before page models existed recorded it
+        manifest["config"].pop(key)
+    manifest_path.write_text(json.dumps(manifest))
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "1 already done" in result.output
+    assert "page_model" not in json.loads(manifest_path.read_text())["chain"]
