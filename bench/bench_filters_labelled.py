@@ -202,8 +202,8 @@ def main() -> None:
                      f"{c['good_kept'][0]:.1%} ± {c['good_kept'][1]:.1%}", f"{c['bad_dropped'][0]:.1%} ± {c['bad_dropped'][1]:.1%}",
                      f"{c['precision'][0]:.3f} ± {c['precision'][1]:.3f}",
                      f"{cv['unanimous']['balanced_accuracy'][0]:.3f} ± {cv['unanimous']['balanced_accuracy'][1]:.3f}"))
-        print(f"\nlabelled web pages ({len(pages)}, {int(unanimous.sum())} unanimous); quality classifier ROC AUC "
-              f"{results['ours before']['quality_auc']:.3f}")
+        print(f"\nlabelled web pages ({len(pages)}, {int(unanimous.sum())} unanimous); ROC AUC: quality classifier "
+              f"{results['ours before']['quality_auc']:.3f}, page model (CV) {c['roc_auc'][0]:.3f} ± {c['roc_auc'][1]:.3f}")
         print(format_table(rows, ["", "balanced acc.", "good kept", "bad dropped", "precision",
                                   "balanced acc. (unanimous)"]))
 

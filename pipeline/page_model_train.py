@@ -34,6 +34,7 @@ from pipeline.filter_stage import FilterConfig, build_chain, decide
 from pipeline.filters.page_model import FEATURES, PageModel, fit_page_model, page_features
 from pipeline.filters.text_stats import TextStats
 from pipeline.manifest import sha256_file
+from pipeline.quality_train import roc_auc
 from pipeline.readers import ReaderConfig, Unreadable, read_file
 
 log = logging.getLogger(__name__)
@@ -128,31 +129,34 @@ def cross_validate(
     extra: np.ndarray | None = None,
 ) -> dict:
     """Repeated stratified k-fold figures of the chain with a page model: {slice: {metric: [mean, sd]}}
-    for balanced accuracy, good kept, bad dropped and precision of the kept pages.
+    for balanced accuracy, good kept, bad dropped, precision of the kept pages, and the ROC AUC of the
+    page model's out-of-fold probability (over all pages, also those the rules drop).
 
     Every page is decided by a model fitted on the other folds (plus the extra positives, which are
     never tested); the figures are computed over all pages once per repeat.
     """
     slices = {"all": np.ones(len(labels), dtype=bool), **(slices or {})}
-    per_repeat: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in slices}
+    per_repeat: dict[str, list[tuple[float, ...]]] = {name: [] for name in slices}
     rng = np.random.default_rng(config.seed)
     for _ in range(config.repeats):
         folds = stratified_folds(labels, config.folds, rng)
-        keep = np.zeros(len(labels), dtype=bool)
+        prob = np.zeros(len(labels))
         for k in range(config.folds):
             train, test = folds != k, folds == k
             model = _fit(signals.matrix[train], labels[train], signals.features, config, extra)
-            keep[test] = signals.base_keep[test] & (model.probabilities(signals.matrix[test]) >= config.threshold)
+            prob[test] = model.probabilities(signals.matrix[test])
+        keep = signals.base_keep & (prob >= config.threshold)
         for name, mask in slices.items():
-            kept = keep[mask]
-            precision = float(labels[mask][kept].mean()) if kept.any() else math.nan
-            per_repeat[name].append((*balanced_accuracy(labels[mask], kept), precision))
+            kept, y = keep[mask], labels[mask]
+            precision = float(y[kept].mean()) if kept.any() else math.nan
+            auc = roc_auc(prob[mask][y == 1], prob[mask][y == 0])
+            per_repeat[name].append((*balanced_accuracy(y, kept), precision, auc))
     out = {}
     for name, rows in per_repeat.items():
         arr = np.array(rows)
         out[name] = {
             metric: [round(float(arr[:, j].mean()), 4), round(float(arr[:, j].std()), 4)]
-            for j, metric in enumerate(("balanced_accuracy", "good_kept", "bad_dropped", "precision"))
+            for j, metric in enumerate(("balanced_accuracy", "good_kept", "bad_dropped", "precision", "roc_auc"))
         }
         out[name]["pages"] = int(slices[name].sum())
     return out

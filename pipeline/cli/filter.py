@@ -448,8 +448,10 @@ def page_model_train_command(
         rows.append((name, cv["pages"], f"{base['balanced_accuracy']:.3f}",
                      f"{cv['balanced_accuracy'][0]:.3f} ± {cv['balanced_accuracy'][1]:.3f}",
                      f"{cv['good_kept'][0]:.1%} ± {cv['good_kept'][1]:.1%}",
-                     f"{cv['bad_dropped'][0]:.1%} ± {cv['bad_dropped'][1]:.1%}"))
+                     f"{cv['bad_dropped'][0]:.1%} ± {cv['bad_dropped'][1]:.1%}",
+                     f"{cv['roc_auc'][0]:.3f} ± {cv['roc_auc'][1]:.3f}"))
     click.echo(f"page model over {len(model.features)} features, after language ID and rules "
                f"{','.join(config.rules) or 'none'}; {repeats} x {folds}-fold cross-validation:")
-    click.echo(format_table(rows, ["pages", "n", "BA without", "BA with (CV)", "good kept (CV)", "bad dropped (CV)"]))
+    click.echo(format_table(rows, ["pages", "n", "BA without", "BA with (CV)", "good kept (CV)", "bad dropped (CV)",
+                                   "ROC AUC (CV)"]))
     click.echo(f"page model: {out} (use: crawlgpt filter --page-model {out} --rules {','.join(config.rules)})")
