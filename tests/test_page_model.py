@@ -177,3 +177,12 @@ def test_a_data_folder_filtered_before_page_models_goes_on_with_its_recorded_cha
     assert result.exit_code == 0, result.output
     assert "1 already done" in result.output
     assert "page_model" not in json.loads(manifest_path.read_text())["chain"]
+
+
+def test_page_model_train_measures_the_chain_filter_runs_with_a_page_model(tmp_path, lid_model_path):
+    out = tmp_path / "model.json"
+    result = CliRunner().invoke(cli, [
+        "page-model-train", "--data", str(tmp_path / "data"), "--labels", str(labelled_file(tmp_path / "l.jsonl")),
+        "--out", str(out), "--lid-model", str(lid_model_path), "--quality-model", "none", "--repeats", "1"])
+    assert result.exit_code == 0, result.output
+    assert load_page_model(out).info["chain"]["rules"] == list(WEB_RULES)

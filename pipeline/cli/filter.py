@@ -143,19 +143,21 @@ def filter_command(
 
 
 def _filter_config(ctx: click.Context, data: Path, lid_model: str | None, quality_model: str | None,
-                   page_model: str | None, overrides: tuple[str, ...]) -> FilterConfig:
+                   page_model: str | None, overrides: tuple[str, ...],
+                   default_rules: tuple[str, ...] | None = None) -> FilterConfig:
     """The FilterConfig of the chain options in `ctx`: as given, else as the last filter run in DATA
-    recorded them, else the defaults (shared by `filter` and `evaluate-filter`)."""
+    recorded them, else the defaults (shared by `filter`, `evaluate-filter` and `page-model-train`).
+    Rules neither given nor recorded: `default_rules`, else WEB_RULES with a page model and all without."""
     recorded = recorded_config(filter_dir(data))
+    with_page = {"page_threshold": "page_threshold"} if "page_threshold" in ctx.params else {}
     opts = remembered(ctx, recorded, lang_threshold="min_lang_score", quality_threshold="quality_threshold",
                       quality_label="quality_label", quality_normalization="quality_normalization",
-                      quality_pareto_alpha="quality_pareto_alpha", text_field="text_field",
-                      page_threshold="page_threshold")
+                      quality_pareto_alpha="quality_pareto_alpha", text_field="text_field", **with_page)
     listed = remembered(ctx, {k: ",".join(recorded[k]) for k in ("langs", "rules") if k in recorded},
                         langs="langs", rules="rules")
     page_path = _page_model(page_model, recorded)
     if listed["rules"] is None:  # neither given nor recorded
-        listed["rules"] = ",".join(WEB_RULES if page_path else RULES)
+        listed["rules"] = ",".join(default_rules or (WEB_RULES if page_path else RULES))
     langs_t, rules_t = _csv(listed["langs"]), _csv(listed["rules"])
     if lid_model:
         lid_path = resolve_model(lid_model, data / "models", LID_OPTION)
@@ -175,7 +177,7 @@ def _filter_config(ctx: click.Context, data: Path, lid_model: str | None, qualit
         quality_normalization=opts["quality_normalization"],
         quality_pareto_alpha=opts["quality_pareto_alpha"],
         page_model=page_path,
-        page_threshold=opts["page_threshold"],
+        page_threshold=opts.get("page_threshold"),
         text_field=opts["text_field"],
     )
     # the rule thresholds as recorded, then any --set on top
@@ -333,13 +335,17 @@ _CHAIN_OPTIONS = ("data", "langs", "lang_threshold", "lid_model", "quality_model
                   "rules", "overrides", "text_field")
 
 
-def _chain_options(command: click.Command) -> click.Command:
-    """Give `command` the chain options of `filter` (one definition, one help text)."""
-    command.params[:0] = [p for p in filter_command.params if p.name in _CHAIN_OPTIONS]
-    return command
+def _chain_options(*left_out: str):
+    """Give a command the chain options of `filter` but `left_out` (one definition, one help text)."""
+
+    def add(command: click.Command) -> click.Command:
+        command.params[:0] = [p for p in filter_command.params if p.name in _CHAIN_OPTIONS and p.name not in left_out]
+        return command
+
+    return add
 
 
-@_chain_options
+@_chain_options()
 @click.command("evaluate-filter")
 @click.option("--labels", required=True, type=click.Path(path_type=Path),
               help="JSONL of pages people judged: 'text' (see --text-field), 'label' 1 (good) or 0 (bad), any "
@@ -349,7 +355,7 @@ def _chain_options(command: click.Command) -> click.Command:
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
               help="Write the figures (overall, per slice, per reason) to this JSON file.")
 @click.option("--plot", type=click.Path(path_type=Path), default=None,
-              help="Write a PNG of the good and bad pages' quality scores with the threshold (needs a quality model).")
+              help="Write a PNG of the good and bad pages' quality scores (else page-model scores) with the threshold.")
 @click.pass_context
 def evaluate_filter_command(
     ctx: click.Context, data: Path, langs: str, lang_threshold: float, lid_model: str | None,
@@ -394,7 +400,7 @@ def _chain_summary(config: FilterConfig) -> dict:
     }
 
 
-@_chain_options
+@_chain_options("page_model", "page_threshold")
 @click.command("page-model-train")
 @click.option("--labels", required=True, type=click.Path(path_type=Path),
               help="JSONL of pages people judged: 'text', 'label' 1 (good) or 0 (bad), other fields for --slice.")
@@ -422,9 +428,8 @@ def _chain_summary(config: FilterConfig) -> dict:
 def page_model_train_command(
     ctx: click.Context, data: Path, langs: str, lang_threshold: float, lid_model: str | None,
     quality_model: str | None, quality_threshold: float | None, quality_label: str | None,
-    quality_normalization: str | None, quality_pareto_alpha: float | None, page_model: str | None,
-    page_threshold: float | None, rules: str | None, overrides: tuple[str, ...], text_field: str, labels: Path,
-    out: Path, extra_positives: tuple[str, ...], extra_weight: float, max_extra: int, l2: float, threshold: float,
+    quality_normalization: str | None, quality_pareto_alpha: float | None, rules: str | None,
+    overrides: tuple[str, ...], text_field: str, labels: Path, out: Path, extra_positives: tuple[str, ...], extra_weight: float, max_extra: int, l2: float, threshold: float,
     folds: int, repeats: int, seed: int, slices: tuple[str, ...],
 ) -> None:
     """Fit a page model on pages people labelled: a logistic regression over the signals of the chain
@@ -432,7 +437,8 @@ def page_model_train_command(
     ID and the rules given. Prints repeated k-fold cross-validated figures (mean and spread), never the
     fit's own."""
     try:
-        config = _filter_config(ctx, data, lid_model, quality_model, "none", overrides)
+        # the chain the model will run in: by default the one `filter` runs with a page model
+        config = _filter_config(ctx, data, lid_model, quality_model, "none", overrides, default_rules=WEB_RULES)
         train = PageModelTrainConfig(l2=l2, threshold=threshold, folds=folds, repeats=repeats, seed=seed,
                                      extra_positives=tuple(extra_positives), extra_weight=extra_weight,
                                      max_extra=max_extra)
