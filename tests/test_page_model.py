@@ -186,3 +186,13 @@ def test_page_model_train_measures_the_chain_filter_runs_with_a_page_model(tmp_p
         "--out", str(out), "--lid-model", str(lid_model_path), "--quality-model", "none", "--repeats", "1"])
     assert result.exit_code == 0, result.output
     assert load_page_model(out).info["chain"]["rules"] == list(WEB_RULES)
+
+
+def test_the_english_page_model_is_not_the_default_for_other_languages(tmp_path, lid_model_path):
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(cli, ["evaluate-filter", "--data", str(tmp_path / "data"), "--labels",
+                                      str(labelled_file(tmp_path / "l.jsonl")), "--langs", "en,de",
+                                      "--lid-model", str(lid_model_path), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    chain = json.loads(out.read_text())["chain"]
+    assert chain["page_model"] is None and len(chain["rules"]) == 4

@@ -87,7 +87,8 @@ def _csv(value: str) -> tuple[str, ...]:
               help="Page model (JSON, from `crawlgpt page-model-train`): a logistic regression over the rule "
                    "statistics, language score and (if it was trained with one) quality score, run last; "
                    "'web' for the bundled one (trained on real pages people judged, docs/filter.md), 'none' "
-                   "for none. Default: as the last run in DATA recorded it, else 'web'.")
+                   "for none. Default: as the last run in DATA recorded it, else 'web' when --langs is en "
+                   "(it learned from English pages), else none.")
 @click.option("--page-threshold", type=float, default=None,
               help="Keep pages whose page-model probability is at least this. Default: the model's threshold.")
 @click.option("--rules", default=None,
@@ -155,10 +156,11 @@ def _filter_config(ctx: click.Context, data: Path, lid_model: str | None, qualit
                       quality_pareto_alpha="quality_pareto_alpha", text_field="text_field", **with_page)
     listed = remembered(ctx, {k: ",".join(recorded[k]) for k in ("langs", "rules") if k in recorded},
                         langs="langs", rules="rules")
-    page_path = _page_model(page_model, recorded)
+    langs_t = _csv(listed["langs"])
+    page_path = _page_model(page_model, recorded, langs_t)
     if listed["rules"] is None:  # neither given nor recorded
         listed["rules"] = ",".join(default_rules or (WEB_RULES if page_path else RULES))
-    langs_t, rules_t = _csv(listed["langs"]), _csv(listed["rules"])
+    rules_t = _csv(listed["rules"])
     if lid_model:
         lid_path = resolve_model(lid_model, data / "models", LID_OPTION)
     elif recorded.get("lid_model") and Path(recorded["lid_model"]).is_file():
@@ -189,12 +191,13 @@ def _filter_config(ctx: click.Context, data: Path, lid_model: str | None, qualit
     return config
 
 
-def _page_model(option: str | None, recorded: dict) -> str | None:
+def _page_model(option: str | None, recorded: dict, langs: tuple[str, ...]) -> str | None:
     """--page-model as given ('web': the bundled model, 'none': no page model), else as the last run
-    recorded it (a run recorded before page models existed had none), else the bundled model."""
+    recorded it (a run recorded before page models existed had none), else the bundled model when
+    keeping English only (it was trained on English pages: stop words, capitalisation), else none."""
     if option is None:
         if not recorded:
-            return str(BUNDLED_PAGE_MODEL)
+            return str(BUNDLED_PAGE_MODEL) if langs == ("en",) else None
         name = recorded.get("page_model")
         if not name:
             return None
