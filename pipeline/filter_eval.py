@@ -78,11 +78,18 @@ def read_labelled_pages(path: str | Path, text_field: str = "text", label_field:
                          f"({{\"{text_field}\": ..., \"{label_field}\": 1 or 0}})")
     opener = gzip.open if path.suffix == ".gz" else open
     pages: list[LabelledPage] = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            pages.append(_parse_line(line, f"{path.name}:{n}", text_field, label_field))
+    n = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                pages.append(_parse_line(line, f"{path.name}:{n}", text_field, label_field))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"--labels: {path} is not UTF-8 text (byte {exc.start} of a block read after line {n}: "
+                         f"{exc.reason}); save the file as UTF-8") from exc
+    except (OSError, EOFError) as exc:  # a damaged or cut .gz
+        raise InputError(f"--labels: {path} cannot be read after line {n} ({exc}); check the file") from exc
     if not pages:
         raise InputError(f"--labels: {path} holds no pages")
     classes = Counter(p.label for p in pages)

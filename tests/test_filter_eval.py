@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from pathlib import Path
@@ -118,6 +119,17 @@ def test_the_score_plot_is_a_png(tmp_path, labels, lid_model_path):
 def test_bad_label_files_are_refused_naming_the_line(tmp_path, rows, message):
     with pytest.raises(InputError, match=message):
         read_labelled_pages(write_jsonl(tmp_path / "labels.jsonl", rows))
+
+
+def test_a_label_file_that_is_not_utf8_or_a_cut_gzip_is_refused(tmp_path):
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(json.dumps(PAGES[0]).encode() + b"\n" + '{"text": "café", "label": 0}\n'.encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin\.jsonl is not UTF-8 text.*save the file as UTF-8"):
+        read_labelled_pages(latin)
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(gzip.compress(("".join(json.dumps(p) + "\n" for p in PAGES * 50)).encode())[:200])
+    with pytest.raises(InputError, match=r"cut\.jsonl\.gz cannot be read after line"):
+        read_labelled_pages(cut)
 
 
 def test_a_missing_label_file_is_refused(tmp_path):
