@@ -45,8 +45,8 @@ def bench_ppo(args) -> dict:
     from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig, train
     from train.checkpoint import save_checkpoint
     from train.metrics import read_metrics
-    from train.ppo import PPOConfig, PPOObjective, generate_responses
-    from train.reward import RewardModel, split_reward_state
+    from train.align.ppo import PPOConfig, PPOObjective, generate_responses
+    from train.align.reward import RewardModel, split_reward_state
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -149,10 +149,10 @@ def make_sft_standin(work: Path, tok_path: Path, args) -> Path:
     import numpy as np
     from tokenizers import Tokenizer
 
-    from pipeline.token_shards import write_token_shards
+    from formats.token_shards import write_token_shards
     from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig, train
     from train.evaluate import tokenizer_hash
-    from train.templates import PromptTemplate
+    from train.tune.templates import PromptTemplate
 
     tok = Tokenizer.from_file(str(tok_path))
     eot = tok.token_to_id("<|endoftext|>")
@@ -181,7 +181,7 @@ def make_sft_standin(work: Path, tok_path: Path, args) -> Path:
 def cli(*argv: str) -> str:
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from cli import main
 
     t0 = time.perf_counter()
     out = CliRunner().invoke(main, list(argv), catch_exceptions=False)

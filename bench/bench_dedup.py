@@ -64,7 +64,7 @@ from pipeline.dedup.normalize import normalize_texts, word_hashes  # noqa: E402
 from pipeline.dedup.show import jaccard, shingle_set  # noqa: E402
 from pipeline.dedup.signatures import _identity, shingle_hashes  # noqa: E402
 from pipeline.documents import DocumentWriter  # noqa: E402
-from pipeline.manifest import load_manifest, output_record  # noqa: E402
+from formats.manifest import load_manifest, output_record  # noqa: E402
 from pipeline.stage import ShardStats, ShardTask, format_table, run_stage, stage_documents  # noqa: E402
 
 SHARED = Path(os.environ.get("CRAWLGPT_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -173,7 +173,7 @@ def run_ours(data: Path, workers: int, config: DedupConfig) -> dict:
                 return name
         return "apply"
 
-    cmd = [sys.executable, "-m", "pipeline.cli", "dedup", "--data", str(data), "--workers", str(workers),
+    cmd = [sys.executable, "-m", "cli", "dedup", "--data", str(data), "--workers", str(workers),
            "--ngram", str(config.ngram), "--num-perm", str(config.num_perm), "--bands", str(config.bands),
            "--rows", str(config.rows), "--threshold", str(config.threshold), "--partitions", str(config.partitions)]
     t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """DPO side by side with TRL's DPOTrainer: same starting model, pairs, split and hyperparameters.
 
-Our side: `train.dpo.DPOObjective` on the one loop. The peer: the same weights converted to a
+Our side: `train.align.dpo.DPOObjective` on the one loop. The peer: the same weights converted to a
 `transformers` LlamaForCausalLM (our GPT is Llama-shaped: RMSNorm, rotary attention with the
 half-split convention, SwiGLU, tied embedding; the script checks the logits agree) trained by TRL's
 DPOTrainer (sigmoid loss, β 0.1, reference log-probabilities precomputed, AdamW with β2 0.95, constant
@@ -79,11 +79,11 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig, train
-    from train.alignment import gpt_from_payload, load_policy_checkpoint
-    from train.dpo import DPOObjective
+    from train.align.common import gpt_from_payload, load_policy_checkpoint
+    from train.align.dpo import DPOObjective
     from train.metrics import read_metrics
-    from train.preference import read_preference_pairs, split_by_key
-    from train.templates import template_from_checkpoint
+    from train.align.preference import read_preference_pairs, split_by_key
+    from train.tune.templates import template_from_checkpoint
 
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)

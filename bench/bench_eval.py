@@ -110,7 +110,7 @@ def bench_export(work: Path) -> dict:
                                     "shards_dir": str(tok.parent)}})
     params = model.num_params()
     del model
-    cmd = [sys.executable, "-m", "pipeline.cli", "export", "--checkpoint", str(ckpt), "--out", str(work / "small-hf"),
+    cmd = [sys.executable, "-m", "cli", "export", "--checkpoint", str(ckpt), "--out", str(work / "small-hf"),
            "--tokenizer", str(tok), "--overwrite"]
     seconds, peak, _ = run_timed(cmd, {"PYTHONPATH": str(REPO)})
     size = (work / "small-hf" / "model.safetensors").stat().st_size
@@ -120,7 +120,7 @@ def bench_export(work: Path) -> dict:
 
 
 def ours(target: list[str], eval_dir: Path, limit: int, threads: int, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "pipeline.cli", "benchmark", *target, "--tasks", "piqa,lambada",
+    cmd = [sys.executable, "-m", "cli", "benchmark", *target, "--tasks", "piqa,lambada",
            "--eval-dir", str(eval_dir), "--threads", str(threads), "--json", str(out)]
     if limit:
         cmd += ["--limit", str(limit)]
@@ -186,7 +186,7 @@ def main() -> None:
             report["export_small"] = bench_export(work)
             print(f"export (small): {report['export_small']}", flush=True)
         if args.checkpoint is not None:
-            from train.export import export_checkpoint
+            from train.export.hf import export_checkpoint
 
             start = time.perf_counter()
             model_dir = export_checkpoint(args.checkpoint, work / "hf", args.tokenizer).out_dir

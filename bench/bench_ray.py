@@ -44,7 +44,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.manifest import load_manifest  # noqa: E402
+from formats.manifest import load_manifest  # noqa: E402
 from pipeline.stage import format_table  # noqa: E402
 
 SHARED = Path(os.environ.get("CRAWLGPT_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -143,7 +143,7 @@ def command_args(cmd: str, data: Path, workers: int) -> list[str]:
 def run_command(args: list[str], executor: list[str], data: Path, cmd: str, ray_pids: list[int]) -> dict:
     """One `crawlgpt` command in a subprocess: wall time, shards it ran, peak worker RSS per phase."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args, *executor], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "cli", *args, *executor], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     phase_of = (lambda: dedup_phase(data)) if cmd == "dedup" else (lambda: cmd)

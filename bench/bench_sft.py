@@ -52,7 +52,7 @@ def throughput(args, base: Path, tokenizer: Path, out: dict) -> None:
     from train import train
     from train.checkpoint import load_checkpoint, resolve_checkpoint
     from train.objective import PretrainObjective
-    from train.sft import SFTConfig, SFTObjective
+    from train.tune.sft import SFTConfig, SFTObjective
 
     payload = load_checkpoint(resolve_checkpoint(base))
     config = GPTConfig.from_dict(payload["model_config"])
@@ -106,7 +106,7 @@ def throughput(args, base: Path, tokenizer: Path, out: dict) -> None:
 
 
 def sft_quality(args, base: Path, tokenizer: Path, out: dict) -> None:
-    from train.sft import SFTConfig, SFTObjective, run_sft
+    from train.tune.sft import SFTConfig, SFTObjective, run_sft
 
     run_dir = args.data / "runs" / "bench-sft"
     if run_dir.exists():
@@ -139,7 +139,7 @@ def sft_quality(args, base: Path, tokenizer: Path, out: dict) -> None:
 
 
 def classification(args, base: Path, tokenizer: Path, out: dict) -> None:
-    from train.classify import ClassifyConfig, run_classify
+    from train.tune.classify import ClassifyConfig, run_classify
 
     run_dir = args.data / "runs" / "bench-classify"
     if run_dir.exists():

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.documents import Document, DocumentWriter  # noqa: E402
 from pipeline.stage import ShardStats, ShardTask, format_table, run_stage, stage_documents  # noqa: E402
-from pipeline.manifest import output_record  # noqa: E402
+from formats.manifest import output_record  # noqa: E402
 
 SHARED = Path(os.environ.get("CRAWLGPT_SHARED_DATA", REPO.parent / "shared" / "data"))
 RESULTS = REPO / "bench" / "results"
@@ -205,7 +205,7 @@ def main() -> None:
 
     from tokenizers import Tokenizer
 
-    from pipeline.token_shards import split_of
+    from formats.token_shards import split_of
     from pipeline.tokenize_stage import ShardsConfig, make_shards
     from pipeline.tokenizer_train import TokenizerConfig, build_tokenizer, make_trainer, train_tokenizer
 

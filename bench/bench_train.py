@@ -48,7 +48,7 @@ def write_random_shards(out_dir: Path, vocab_size: int, train_tokens: int, val_t
     """Uniform random documents: content does not matter for throughput, and they are made in a blink."""
     import numpy as np
 
-    from pipeline.token_shards import write_token_shards
+    from formats.token_shards import write_token_shards
 
     rng = np.random.default_rng(0)
     eot = vocab_size - 1

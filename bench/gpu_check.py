@@ -98,7 +98,7 @@ def has_module(name: str) -> bool:
 
 def cli_importable(py: str, env: dict) -> bool:
     """Whether `crawlgpt` (click, tqdm and the stage modules) imports here."""
-    return subprocess.run([py, "-c", "import pipeline.cli"], cwd=REPO, env=env, capture_output=True).returncode == 0
+    return subprocess.run([py, "-c", "import cli"], cwd=REPO, env=env, capture_output=True).returncode == 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def stage_bench(out: Path, py: str, timeout_s: float, env: dict, dry: bool, comp
 
 def make_corpus(data_dir: Path, train_tokens: int, vocab_size: int) -> dict:
     """Markov documents as token shards under data_dir/shards (validation: a fiftieth of train)."""
-    from pipeline.token_shards import write_token_shards
+    from formats.token_shards import write_token_shards
     from train.synthetic import markov_corpus
 
     eot = vocab_size - 1
@@ -186,7 +186,7 @@ def pretrain_command(py: str, data_dir: Path, run: str, via_cli: bool, dry: bool
     """The command of one run: `crawlgpt pretrain` as `make pretrain` calls it, or this file's click-free
     child that resolves the same defaults (train/defaults.py) where click is not installed."""
     if via_cli:
-        cmd = [py, "-m", "pipeline.cli", "pretrain", "--data", str(data_dir), "--run", run, "--resume"]
+        cmd = [py, "-m", "cli", "pretrain", "--data", str(data_dir), "--run", run, "--resume"]
         if dry:  # the tiny preset on the CPU, at sizes a busy laptop runs in seconds
             cmd += ["--device", "cpu", "--preset", "tiny", "--no-tensorboard", *DRY_SIZES, "--steps", "80"]
             cmd += [] if compile_ else ["--no-compile"]

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from evals.tasks import TASKS, Item, Request, chance_accuracy, load_task
+from formats.benchmark_tasks import TASKS, Item, Request, chance_accuracy, load_task
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def load_scoring_model(path: str | Path, device: torch.device = torch.device("cp
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         return HFScoring(model, AutoTokenizer.from_pretrained(path), name=str(path))
     from train.evaluate import check_tokenizer, load_for_inference, load_tokenizer
-    from train.export import find_tokenizer
+    from train.export.hf import find_tokenizer
 
     model, payload, ckpt = load_for_inference(path, device)
     tok_path = find_tokenizer(payload, tokenizer)
@@ -277,7 +277,7 @@ def evaluate_items(model: ScoringModel, task: str, items: list[Item], batch_size
 @dataclass(frozen=True)
 class BenchmarkConfig:
     tasks: tuple[str, ...] = ("piqa", "lambada")
-    """Tasks to run (see evals.tasks.TASKS)."""
+    """Tasks to run (see formats.benchmark_tasks.TASKS)."""
     eval_dir: str = "../shared/data/eval"
     """Folder holding the tasks' files under their release names."""
     files: tuple[tuple[str, str], ...] = ()

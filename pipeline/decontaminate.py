@@ -14,7 +14,7 @@ config change refused without --force, manifest written last). A dropped documen
 found in benchmarks, and in `meta` the matching item's id (`decontam_item`), task and the first
 matching n-gram (`decontam_ngram`).
 
-Benchmark files are the tasks' public release files, read by `evals.tasks` into each item's passages:
+Benchmark files are the tasks' public release files, read by `formats.benchmark_tasks` into each item's passages:
 its text without prompt scaffolding, question and answer together (PIQA: goal + solution, one passage
 per solution; LAMBADA: the passage; WinoGrande: the sentence with each option), named as `TASK=PATH` or
 just `PATH` when the file name says the task; in any other JSONL file each string field of a record is
@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 
 from pipeline.documents import Document, DocumentWriter, read_documents
 from pipeline.errors import ConfigError, InputError
-from pipeline.manifest import manifest_hash, output_record
+from formats.manifest import manifest_hash, output_record
 from pipeline.stage import Executor, Progress, ShardStats, ShardTask, report_progress, run_stage, stage_documents
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def ngrams(tokens: Sequence[str], n: int):
 
 def parse_benchmark(spec: str) -> tuple[str, Path]:
     """`TASK=PATH` -> (TASK, PATH); `PATH` -> (the task whose release name it has, or "jsonl", PATH)."""
-    from evals.tasks import TASKS
+    from formats.benchmark_tasks import TASKS
 
     task, sep, path = spec.partition("=")
     if sep and task in TASKS:
@@ -87,7 +87,7 @@ def parse_benchmark(spec: str) -> tuple[str, Path]:
 
 def benchmark_items(spec: str) -> tuple[str, list[tuple[str, tuple[str, ...]]]]:
     """(task, [(item id, the item's passages)]) of one benchmark file; n-grams never span two passages."""
-    from evals.tasks import TASKS, BenchmarkDataError
+    from formats.benchmark_tasks import TASKS, BenchmarkDataError
 
     task, path = parse_benchmark(spec)
     if not path.is_file():

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
-from pipeline.manifest import atomic_path
+from formats.manifest import atomic_path
 
 DOC_SCHEMA = pa.schema(
     [

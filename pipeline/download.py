@@ -32,7 +32,7 @@ from urllib3.exceptions import MaxRetryError
 
 from pipeline.errors import InputError
 from pipeline.http import DEFAULT_BASE_URL, RETRY_STATUSES, DownloadConfig, DownloadError, thread_session
-from pipeline.manifest import MANIFEST_NAME, OMIT_IF_NONE, config_dict, load_manifest, read_json
+from formats.manifest import MANIFEST_NAME, OMIT_IF_NONE, config_dict, load_manifest, read_json
 from pipeline.readers import gzip_problem
 from pipeline.sources import CRAWL_ID_RE, DEFAULT_TEXT_FIELD, resolve_source
 from pipeline.stage import Executor, LocalExecutor, Progress, ShardStats, ShardTask, report_progress, run_stage

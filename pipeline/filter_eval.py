@@ -34,7 +34,7 @@ from pipeline.documents import Document
 from pipeline.errors import InputError
 from pipeline.filter_stage import FilterConfig, build_chain, decide, quality_settings
 from pipeline.filters.base import Filter
-from pipeline.manifest import atomic_path
+from formats.manifest import atomic_path
 from pipeline.quality_train import roc_auc
 
 log = logging.getLogger(__name__)

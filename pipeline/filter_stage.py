@@ -45,7 +45,7 @@ from pipeline.filters.models import check_fasttext_file
 from pipeline.filters.page_model import PageModelFilter, load_page_model
 from pipeline.filters.text_stats import TextStats
 from pipeline.download import load_raw_files, raw_dir
-from pipeline.manifest import BY_CONTENT, manifest_hash, output_record, sha256_file
+from formats.manifest import BY_CONTENT, manifest_hash, output_record, sha256_file
 from pipeline.quality_train import model_manifest
 from pipeline.readers import ReaderConfig, Unreadable, read_file
 from pipeline.stage import Executor, Progress, ShardStats, ShardTask, report_progress, run_stage

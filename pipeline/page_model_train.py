@@ -33,7 +33,7 @@ from pipeline.filter_eval import LabelledPage
 from pipeline.filter_stage import FilterConfig, build_chain, decide
 from pipeline.filters.page_model import FEATURES, PageModel, fit_page_model, page_features
 from pipeline.filters.text_stats import TextStats
-from pipeline.manifest import sha256_file
+from formats.manifest import sha256_file
 from pipeline.quality_train import roc_auc
 from pipeline.readers import ReaderConfig, Unreadable, read_file
 

@@ -47,7 +47,7 @@ from pipeline.documents import Document
 from pipeline.download import load_raw_files, raw_dir
 from pipeline.errors import ConfigError, InputError
 from pipeline.filters.classifier import HQ_LABEL, LQ_LABEL, normalize_text
-from pipeline.manifest import MANIFEST_NAME, atomic_path, manifest_hash, output_record, read_json, sha256_file
+from formats.manifest import MANIFEST_NAME, atomic_path, manifest_hash, output_record, read_json, sha256_file
 from pipeline.readers import ReaderConfig, Unreadable, read_file
 from pipeline.stage import Executor, Progress, ShardStats, ShardTask, run_stage
 

@@ -2,7 +2,7 @@
 
 Works on any folder of token shards, including one copied to another machine: the files are found
 through the folder's `manifest.json` (or, without one, every `*.arrow` below the folder), and each file
-describes itself (see `pipeline.token_shards`). To show tokens as text it needs the tokenizer: an
+describes itself (see `formats.token_shards`). To show tokens as text it needs the tokenizer: an
 explicit path, else the copy `make shards` puts in the folder, else the path recorded in the manifest;
 a tokenizer whose hash differs from the shards' is not used (ids would decode to the wrong text), and
 without one the report shows token ids.
@@ -23,9 +23,9 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.manifest import atomic_path, listed_path, sha256_file
+from formats.manifest import atomic_path, listed_path, sha256_file
 from pipeline.stage import format_table
-from pipeline.token_shards import MANIFEST_NAME, ShardFile, open_shard
+from formats.token_shards import MANIFEST_NAME, ShardFile, open_shard
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from pipeline.errors import AccountingError, ConfigError, InputError, StageConfigChanged
-from pipeline.manifest import (
+from formats.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     config_dict,

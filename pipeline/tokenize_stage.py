@@ -3,7 +3,7 @@
 One task per corpus shard (a Parquet file of `make corpus`): its documents are read a batch at a
 time, encoded with `encode_batch_fast` (the tokenizer library runs a batch on its own thread pool),
 given an end-of-text token each, sent to the train or validation split by a hash of their id, and
-packed into `<shards>/<split>/<corpus shard>-NNNNN.arrow` files (format: `pipeline.token_shards`).
+packed into `<shards>/<split>/<corpus shard>-NNNNN.arrow` files (format: `formats.token_shards`).
 
 Shard size: every corpus shard becomes at least one token file per split, and a new file is started
 whenever one reaches `max_shard_bytes` of tokens, so files never exceed that size (plus the offsets)
@@ -33,9 +33,9 @@ from typing import Callable, Iterator
 import numpy as np
 
 from pipeline.errors import ConfigError, InputError
-from pipeline.manifest import atomic_path, manifest_hash, sha256_file
+from formats.manifest import atomic_path, manifest_hash, sha256_file
 from pipeline.stage import Executor, Progress, ShardStats, ShardTask, report_progress, run_stage, stage_documents
-from pipeline.token_shards import SPLITS, ShardPacker, dtype_for_vocab, shard_manifest_fields, split_of
+from formats.token_shards import SPLITS, ShardPacker, dtype_for_vocab, shard_manifest_fields, split_of
 from pipeline.tokenizer_train import TOKENIZER_FILE, TextCodec, iter_text_batches
 
 log = logging.getLogger(__name__)

@@ -37,9 +37,9 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 
 from pipeline.documents import iter_document_batches, text_bytes
 from pipeline.errors import ConfigError, InputError
-from pipeline.manifest import atomic_path, manifest_hash, output_record, sha256_file
+from formats.manifest import atomic_path, manifest_hash, output_record, sha256_file
 from pipeline.stage import Executor, ShardStats, ShardTask, run_stage, stage_documents
-from pipeline.token_shards import hash_unit, split_of
+from formats.token_shards import hash_unit, split_of
 
 log = logging.getLogger(__name__)
 

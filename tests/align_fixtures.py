@@ -15,7 +15,7 @@ import torch
 from model.gpt import GPT, preset_config
 from train.checkpoint import save_checkpoint
 from train.evaluate import tokenizer_hash
-from train.templates import PromptTemplate
+from train.tune.templates import PromptTemplate
 
 EOT_ID = 256
 VOCAB = 257
@@ -96,7 +96,7 @@ def val_records(run_dir: Path) -> list[dict]:
 
 def write_reward_checkpoint(path: Path, tokenizer: Path | None, seed: int = 1, max_seq_len: int = 256) -> Path:
     """An untrained reward model saved as `crawlgpt reward-train` saves one."""
-    from train.reward import RewardModel, split_reward_state
+    from train.align.reward import RewardModel, split_reward_state
 
     torch.manual_seed(seed)
     config = preset_config("tiny", 320, max_seq_len=max_seq_len)

@@ -16,7 +16,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|reserved_0|>", "<|reserved_1|>"]
 
 def corpus_texts() -> list[str]:
     """Text that looks like the fixtures (so the tokenizer has merges for the template's words)."""
-    from train.templates import PromptTemplate
+    from train.tune.templates import PromptTemplate
 
     template = PromptTemplate()
     texts = []
@@ -47,7 +47,7 @@ def make_base(data: Path, steps: int = 12) -> Path:
     """DATA/tokenizer/tokenizer.json, DATA/shards and DATA/runs/base (a tiny pretrained model); returns the run."""
     from tokenizers import Tokenizer
 
-    from pipeline.token_shards import write_token_shards
+    from formats.token_shards import write_token_shards
     from train import CheckpointConfig, DataConfig, EvalConfig, LogConfig, OptimConfig, TrainConfig, train
 
     texts = corpus_texts()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import main as cli
+from cli import main as cli
 from pipeline.errors import InputError
 from pipeline.filter_eval import KEPT, evaluate_labelled, plot_score_distributions, read_labelled_pages
 from pipeline.filter_stage import RULES, FilterConfig

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import main as cli
+from cli import main as cli
 from pipeline.download import run_download
 from pipeline.errors import InputError
 from pipeline.filter_stage import WEB_RULES, FilterConfig, chain_names, run_filter

@@ -85,7 +85,7 @@ class EvalConfig:
     tokenizer_path: str | None = None
     """tokenizer.json used to encode the prompt and decode samples; None = log token ids only."""
     benchmarks: tuple[str, ...] = ()
-    """Zero-shot benchmarks (evals.tasks names) scored at every evaluation step; () = none."""
+    """Zero-shot benchmarks (formats.benchmark_tasks names) scored at every evaluation step; () = none."""
     benchmark_limit: int | None = 500
     """Items of each benchmark scored at each evaluation step (None = all)."""
     benchmark_dir: str = "../shared/data/eval"

@@ -29,7 +29,7 @@ SHARDS_HINT = "run `crawlgpt shards --data DATA` (or `make shards`) to write the
 
 def open_split(shards_dir: str | Path, split: str, verify_checksums: bool = True):
     """Open one split of the token shards, turning any reader error into a `ShardDataError`."""
-    from pipeline.token_shards import TokenShardError, TokenShards  # numpy/pyarrow only
+    from formats.token_shards import TokenShardError, TokenShards  # numpy/pyarrow only
 
     try:
         return TokenShards(shards_dir, split=split, verify_checksums=verify_checksums)

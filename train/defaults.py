@@ -88,7 +88,7 @@ class Resolved:
 def read_corpus(shards_dir: str | Path) -> Corpus | None:
     """Size and vocabulary of the train split from its manifest (no checksums: cheap); None when the
     shards cannot be read (the trainer then reports the problem with its own clear error)."""
-    from pipeline.token_shards import TokenShardError, TokenShards  # numpy/pyarrow only
+    from formats.token_shards import TokenShardError, TokenShards  # numpy/pyarrow only
 
     try:
         shards = TokenShards(shards_dir, split="train", verify_checksums=False)

@@ -35,7 +35,7 @@ def markov_documents(num_docs: int, vocab_size: int, eot_id: int, seed: int, min
 def write_synthetic_shards(out_dir: str | Path, vocab_size: int = 256, train_docs: int = 400, val_docs: int = 40,
                            seed: int = 0, tokenizer_hash: str = "synthetic", max_len: int = 256) -> Path:
     """Write train and val splits of Markov documents as token shards under out_dir; returns out_dir."""
-    from pipeline.token_shards import write_token_shards
+    from formats.token_shards import write_token_shards
 
     eot_id = vocab_size - 1
     write_token_shards(out_dir, {

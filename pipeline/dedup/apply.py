@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline.documents import DOC_SCHEMA, Document, DocumentWriter, iter_document_batches
 from pipeline.errors import AccountingError
-from pipeline.manifest import atomic_path, output_record
+from formats.manifest import atomic_path, output_record
 from pipeline.stage import ShardStats, ShardTask, report_progress
 
 from .clusters import REPRESENTATIVE

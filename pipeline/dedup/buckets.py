@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
-from pipeline.manifest import atomic_path, output_record
+from formats.manifest import atomic_path, output_record
 from pipeline.stage import ShardStats, ShardTask
 
 from .config import PartitionConfig

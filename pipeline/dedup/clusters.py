@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import AccountingError
-from pipeline.manifest import atomic_path, output_record
+from formats.manifest import atomic_path, output_record
 from pipeline.stage import ShardStats, ShardTask
 
 from .buckets import BATCH_ROWS, estimated_jaccard, signature_matrix

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from pipeline.documents import read_document_rows
 from pipeline.errors import InputError
-from pipeline.manifest import load_manifest
+from formats.manifest import load_manifest
 from pipeline.stage import format_table, manifest_outputs, stage_documents
 
 from .clusters import REPRESENTATIVE, histogram_rows

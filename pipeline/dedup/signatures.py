@@ -30,7 +30,7 @@ from datasketch import MinHash
 
 from pipeline.documents import iter_document_batches
 from pipeline.errors import InputError
-from pipeline.manifest import atomic_path, output_record
+from formats.manifest import atomic_path, output_record
 from pipeline.stage import ShardStats, ShardTask, report_progress
 
 from .config import SignatureConfig

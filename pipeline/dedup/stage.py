@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.errors import AccountingError
-from pipeline.manifest import load_manifest
+from formats.manifest import load_manifest
 from pipeline.stage import Executor, Progress, ShardTask, manifest_outputs, run_stage, stage_documents
 
 from .apply import apply_shard

@@ -27,7 +27,7 @@ from pipeline.filters.base import Decision
 from pipeline.filters.c4 import POLICY_PHRASES
 from pipeline.filters.gopher import BULLETS, GOPHER_STOP_WORDS, dup_ngram_chars, top_ngram_chars
 from pipeline.filters.text_stats import TextStats, ends_sentence
-from pipeline.manifest import write_json_atomic
+from formats.manifest import write_json_atomic
 
 PAGE_MODEL_OPTION = "--page-model"
 #: The page model shipped with crawlgpt (`--page-model web`): see docs/filter.md for how it was made.

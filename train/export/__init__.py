@@ -1,0 +1,1 @@
+"""Checkpoints out: Hugging Face folders and GGUF files."""

@@ -1,0 +1,1 @@
+"""Fine-tuning on top of the loop: instruction tuning (SFT), chat, classification heads."""
