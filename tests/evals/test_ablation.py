@@ -14,7 +14,7 @@ from lm_fixtures import TOKENIZER_VOCAB, train_tiny_tokenizer
 from train.evaluate import tokenizer_hash
 from train.synthetic import write_synthetic_shards
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "benchmarks"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "benchmarks"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -23,7 +23,7 @@ from evals.scoring import (
 from formats.benchmark_tasks import TASKS, BenchmarkDataError, Request, chance_accuracy, load_task
 from lm_fixtures import tiny_config, train_tiny_tokenizer, write_tiny_checkpoint
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "benchmarks"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "benchmarks"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

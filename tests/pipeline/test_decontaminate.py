@@ -13,7 +13,7 @@ from pipeline.errors import InputError, StageConfigChanged
 from formats.manifest import output_record, read_json
 from pipeline.stage import ShardStats, ShardTask, run_stage
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "benchmarks"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "benchmarks"
 PIQA = str(FIXTURES / "piqa-valid.jsonl")
 LAMBADA = str(FIXTURES / "lambada_test.jsonl")
 

@@ -181,7 +181,7 @@ KILL_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_killing_a_stage_at_any_moment_then_rerunning_equals_an_uninterrupted_run(tmp_path):
-    tests_dir = str(Path(__file__).resolve().parents[2])
+    tests_dir = str(Path(__file__).resolve().parents[1])
     ref = tmp_path / "ref"
     script = KILL_SCRIPT.format(tests=tests_dir, tmp=str(ref), inputs=str(tmp_path), sleep=0.05)
     subprocess.run([sys.executable, "-c", script], check=True)

@@ -15,7 +15,7 @@ from train.evaluate import tokenizer_hash
 from train.metrics import read_metrics
 from train.synthetic import write_synthetic_shards
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "benchmarks"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "benchmarks"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
