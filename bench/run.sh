@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 mkdir -p bench/results
-for b in bench_readers bench_filters bench_dedup bench_tokenize bench_ray bench_train bench_sft bench_eval bench_parallel; do
+for b in bench_readers bench_filters bench_filters_labelled bench_dedup bench_tokenize bench_ray bench_train bench_sft bench_eval bench_parallel; do
   if [ -f "bench/$b.py" ]; then
     echo "=== $b"
     "$PY" "bench/$b.py" "$@"

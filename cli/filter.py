@@ -23,16 +23,27 @@ from cli.common import (
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.filter_stage import (
     RULES,
+    WEB_RULES,
     FilterConfig,
     filter_dir,
     quality_settings,
     run_filter,
     with_rule_overrides,
 )
-from formats.manifest import MANIFEST_NAME
+from pipeline.filter_eval import (
+    evaluate_labelled,
+    format_summary,
+    plot_score_distributions,
+    read_labelled_pages,
+    reason_rows,
+    report_json,
+)
+from formats.manifest import MANIFEST_NAME, sha256_file, write_json_atomic
 from pipeline.filters.classifier import NORMALIZATIONS
 from pipeline.filters.language import LID_OPTION, default_lid_model_path
+from pipeline.filters.page_model import BUNDLED_PAGE_MODEL, load_page_model, save_page_model
 from pipeline.filters.models import resolve_model
+from pipeline.page_model_train import PageModelTrainConfig, train_page_model
 from pipeline.quality_train import MODEL_NAME, QualityTrainConfig, quality_dir, train_quality_model
 from pipeline.stage import format_table
 
@@ -43,6 +54,8 @@ _Q = QualityTrainConfig(reference=("-",))
 def register(group: click.Group) -> None:
     group.add_command(filter_command)
     group.add_command(quality_train_command)
+    group.add_command(evaluate_filter_command)
+    group.add_command(page_model_train_command)
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -72,8 +85,18 @@ def _csv(value: str) -> tuple[str, ...]:
               help="Text normalisation the model was trained with. Default: from its manifest, else none.")
 @click.option("--quality-pareto-alpha", type=FiniteFloat(), default=None,
               help="Use GPT-3's Pareto sampling with this shape (GPT-3: 9) instead of the threshold.")
-@click.option("--rules", default=",".join(RULES), show_default=True,
-              help="Rule families to apply, comma-separated (run in the order shown).")
+@click.option("--page-model", default=None,
+              help="Page model (JSON, from `crawlgpt page-model-train`): a logistic regression over the rule "
+                   "statistics, language score and (if it was trained with one) quality score, run last; "
+                   "'web' for the bundled one (trained on real pages people judged, docs/filter.md), 'none' "
+                   "for none. Default: as the last run in DATA recorded it, else 'web' when --langs is en "
+                   "(it learned from English pages), else none.")
+@click.option("--page-threshold", type=float, default=None,
+              help="Keep pages whose page-model probability is at least this. Default: the model's threshold.")
+@click.option("--rules", default=None,
+              help="Rule families to apply, comma-separated, from " + ",".join(RULES) + " (run in that order). "
+                   "Default: as the last run in DATA recorded it, else " + ",".join(WEB_RULES) + " with a page "
+                   "model (it weighs the C4 and FineWeb statistics itself) and all four without.")
 @click.option("--set", "overrides", multiple=True, metavar="FAMILY.FIELD=VALUE",
               help="Change one rule threshold, e.g. --set gopher_quality.min_words=30 or "
                    "--set c4.drop_curly_bracket=false; 'none' turns a rule off. Repeatable. "
@@ -88,46 +111,18 @@ def _csv(value: str) -> tuple[str, ...]:
 def filter_command(
     ctx: click.Context, data: Path, langs: str, lang_threshold: float, lid_model: str | None,
     quality_model: str | None, quality_threshold: float | None, quality_label: str | None,
-    quality_normalization: str | None, quality_pareto_alpha: float | None, rules: str, overrides: tuple[str, ...],
-    text_field: str, workers: int, force: bool, executor: str, ray_address: str | None,
+    quality_normalization: str | None, quality_pareto_alpha: float | None, page_model: str | None,
+    page_threshold: float | None, rules: str | None, overrides: tuple[str, ...], text_field: str, workers: int,
+    force: bool, executor: str, ray_address: str | None,
 ) -> None:
-    """Keep documents in LANGS that pass the Gopher, C4 and FineWeb rules (and the quality classifier);
+    """Keep documents in LANGS that pass the Gopher rules and the page model (or, with --page-model none, the
+    Gopher, C4 and FineWeb rules), and the quality classifier;
     write them to DATA/filtered/, and every dropped document with its reason to DATA/filtered/rejected/.
 
     Options not given are taken as the last run in DATA recorded them (then the defaults shown)."""
     try:
-        recorded = recorded_config(filter_dir(data))
-        opts = remembered(ctx, recorded, lang_threshold="min_lang_score", quality_threshold="quality_threshold",
-                          quality_label="quality_label", quality_normalization="quality_normalization",
-                          quality_pareto_alpha="quality_pareto_alpha", text_field="text_field")
-        listed = remembered(ctx, {k: ",".join(recorded[k]) for k in ("langs", "rules") if k in recorded},
-                            langs="langs", rules="rules")
-        langs_t, rules_t = _csv(listed["langs"]), _csv(listed["rules"])
-        if lid_model:
-            lid_path = resolve_model(lid_model, data / layout.MODELS, LID_OPTION)
-        elif recorded.get("lid_model") and Path(recorded["lid_model"]).is_file():
-            lid_path = recorded["lid_model"]
-        else:
-            lid_path = default_lid_model_path()
-        quality_path = _quality_model(quality_model, data, recorded)
-        config = FilterConfig(
-            lid_model=str(lid_path),
-            langs=langs_t,
-            min_lang_score=opts["lang_threshold"],
-            rules=rules_t,
-            quality_model=str(quality_path) if quality_path else None,
-            quality_threshold=opts["quality_threshold"],
-            quality_label=opts["quality_label"],
-            quality_normalization=opts["quality_normalization"],
-            quality_pareto_alpha=opts["quality_pareto_alpha"],
-            text_field=opts["text_field"],
-        )
-        # the rule thresholds as recorded, then any --set on top
-        config = dataclasses.replace(config, **{
-            family: type(getattr(config, family))(**as_tuples(recorded[family]))
-            for family in RULES if isinstance(recorded.get(family), dict)
-        })
-        config = with_rule_overrides(config, _parse_overrides(overrides))
+        config = _filter_config(ctx, data, lid_model, quality_model, page_model, overrides)
+        quality_path = config.quality_model
         quality_pareto_alpha = config.quality_pareto_alpha
         if workers < 1:
             raise ConfigError("--workers", f"must be at least 1, got {workers}")
@@ -139,6 +134,8 @@ def filter_command(
                 + ")",
                 err=True,
             )
+        if config.page_model is not None:
+            click.echo(f"page model: {config.page_model}; rules: {','.join(config.rules) or 'none'}", err=True)
         runner = build_executor(executor, workers, ray_address)
         run_with_progress("filter", lambda on_progress: run_filter(data, config, workers, force, on_progress,
                                                                    executor=runner))
@@ -146,6 +143,78 @@ def filter_command(
         fail(err)
         return
     click.echo(f"kept documents: {filter_dir(data)}/*.parquet; rejected (with reasons): {filter_dir(data)}/rejected/")
+
+
+def _filter_config(ctx: click.Context, data: Path, lid_model: str | None, quality_model: str | None,
+                   page_model: str | None, overrides: tuple[str, ...],
+                   default_rules: tuple[str, ...] | None = None) -> FilterConfig:
+    """The FilterConfig of the chain options in `ctx`: as given, else as the last filter run in DATA
+    recorded them, else the defaults (shared by `filter`, `evaluate-filter` and `page-model-train`).
+    Rules neither given nor recorded: `default_rules`, else WEB_RULES with a page model and all without."""
+    recorded = recorded_config(filter_dir(data))
+    with_page = {"page_threshold": "page_threshold"} if "page_threshold" in ctx.params else {}
+    opts = remembered(ctx, recorded, lang_threshold="min_lang_score", quality_threshold="quality_threshold",
+                      quality_label="quality_label", quality_normalization="quality_normalization",
+                      quality_pareto_alpha="quality_pareto_alpha", text_field="text_field", **with_page)
+    listed = remembered(ctx, {k: ",".join(recorded[k]) for k in ("langs", "rules") if k in recorded},
+                        langs="langs", rules="rules")
+    langs_t = _csv(listed["langs"])
+    page_path = _page_model(page_model, recorded, langs_t)
+    if listed["rules"] is None:  # neither given nor recorded
+        listed["rules"] = ",".join(default_rules or (WEB_RULES if page_path else RULES))
+    rules_t = _csv(listed["rules"])
+    if lid_model:
+        lid_path = resolve_model(lid_model, data / layout.MODELS, LID_OPTION)
+    elif recorded.get("lid_model") and Path(recorded["lid_model"]).is_file():
+        lid_path = recorded["lid_model"]
+    else:
+        lid_path = default_lid_model_path()
+    quality_path = _quality_model(quality_model, data, recorded)
+    config = FilterConfig(
+        lid_model=str(lid_path),
+        langs=langs_t,
+        min_lang_score=opts["lang_threshold"],
+        rules=rules_t,
+        quality_model=str(quality_path) if quality_path else None,
+        quality_threshold=opts["quality_threshold"],
+        quality_label=opts["quality_label"],
+        quality_normalization=opts["quality_normalization"],
+        quality_pareto_alpha=opts["quality_pareto_alpha"],
+        page_model=page_path,
+        page_threshold=opts.get("page_threshold"),
+        text_field=opts["text_field"],
+    )
+    # the rule thresholds as recorded, then any --set on top
+    config = dataclasses.replace(config, **{
+        family: type(getattr(config, family))(**as_tuples(recorded[family]))
+        for family in RULES if isinstance(recorded.get(family), dict)
+    })
+    config = with_rule_overrides(config, _parse_overrides(overrides))
+    return config
+
+
+def _page_model(option: str | None, recorded: dict, langs: tuple[str, ...]) -> str | None:
+    """--page-model as given ('web': the bundled model, 'none': no page model), else as the last run
+    recorded it (a run recorded before page models existed had none), else the bundled model when
+    keeping English only (it was trained on English pages: stop words, capitalisation), else none."""
+    if option is None:
+        if not recorded:
+            return str(BUNDLED_PAGE_MODEL) if langs == ("en",) else None
+        name = recorded.get("page_model")
+        if not name:
+            return None
+        if Path(name).name == BUNDLED_PAGE_MODEL.name:
+            return str(BUNDLED_PAGE_MODEL)
+        if not Path(name).is_file():
+            raise ConfigError("--page-model", f"the last filter run used the page model {name!r}, which is not "
+                              "there any more; pass --page-model PATH again (or 'web' or 'none')")
+        return str(Path(name).resolve())
+    if option.lower() == "none":
+        return None
+    if option.lower() == "web":
+        return str(BUNDLED_PAGE_MODEL)
+    load_page_model(option)  # a clear error now rather than in a worker
+    return str(Path(option).resolve())
 
 
 def _quality_model(option: str | None, data: Path, recorded: dict) -> Path | None:
@@ -263,3 +332,137 @@ def _print_quality_summary(manifest: dict, out: Path) -> None:
         "(negatives are raw crawl pages, some of them good, so precision and AUC understate the classifier)\n"
         f"model: {out / manifest['model']['path']}"
     )
+
+
+#: The options of `filter` that configure the chain; `evaluate-filter` takes them too, with the same help.
+_CHAIN_OPTIONS = ("data", "langs", "lang_threshold", "lid_model", "quality_model", "quality_threshold",
+                  "quality_label", "quality_normalization", "quality_pareto_alpha", "page_model", "page_threshold",
+                  "rules", "overrides", "text_field")
+
+
+def _chain_options(*left_out: str):
+    """Give a command the chain options of `filter` but `left_out` (one definition, one help text)."""
+
+    def add(command: click.Command) -> click.Command:
+        command.params[:0] = [p for p in filter_command.params if p.name in _CHAIN_OPTIONS and p.name not in left_out]
+        return command
+
+    return add
+
+
+@_chain_options()
+@click.command("evaluate-filter")
+@click.option("--labels", required=True, type=click.Path(path_type=Path),
+              help="JSONL of pages people judged: 'text' (see --text-field), 'label' 1 (good) or 0 (bad), any "
+                   "other fields kept for --slice.")
+@click.option("--slice", "slices", multiple=True,
+              help="Also report per value of this field of the labelled pages (e.g. unanimous). Repeatable.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Write the figures (overall, per slice, per reason) to this JSON file.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None,
+              help="Write a PNG of the good and bad pages' quality scores (else page-model scores) with the threshold.")
+@click.pass_context
+def evaluate_filter_command(
+    ctx: click.Context, data: Path, langs: str, lang_threshold: float, lid_model: str | None,
+    quality_model: str | None, quality_threshold: float | None, quality_label: str | None,
+    quality_normalization: str | None, quality_pareto_alpha: float | None, page_model: str | None,
+    page_threshold: float | None, rules: str | None, overrides: tuple[str, ...], text_field: str, labels: Path,
+    slices: tuple[str, ...], json_out: Path | None, plot: Path | None,
+) -> None:
+    """Run the filter chain (configured as `filter` would be, from the same options and DATA) over pages
+    people labelled, and print what it keeps and drops: good kept, bad dropped, balanced accuracy,
+    precision of the kept pages, each score's ROC AUC, and per drop reason the good and bad pages it
+    dropped."""
+    try:
+        config = _filter_config(ctx, data, lid_model, quality_model, page_model, overrides)
+        pages = read_labelled_pages(labels, text_field=config.text_field)
+        report = evaluate_labelled(config, pages, slices, labels_sha256=sha256_file(labels))
+        click.echo(format_summary(f"{labels.name}", report["all"]))
+        for name, summary in report["slices"].items():
+            click.echo(format_summary(f"  slice {name}", summary))
+        click.echo("\ndecisions per reason (the first filter that drops a page names it)")
+        click.echo(format_table(reason_rows(report["all"]), ["reason", "good pages", "bad pages"]))
+        for warning in report["warnings"]:
+            click.echo(f"warning: {warning}", err=True)
+        if json_out is not None:
+            write_json_atomic(json_out, {"labels": str(labels), "chain": _chain_summary(config), **report_json(report)})
+            click.echo(f"figures: {json_out}")
+        if plot is not None:
+            click.echo(f"score distributions: {plot_score_distributions(report, plot)}")
+    except PipelineError as err:
+        fail(err)
+
+
+def _chain_summary(config: FilterConfig) -> dict:
+    settings = quality_settings(config)
+    return {
+        "langs": list(config.langs),
+        "rules": list(config.rules),
+        "quality_model": config.quality_model,
+        "quality_threshold": None if settings is None else settings.threshold,
+        "page_model": config.page_model,
+        "page_threshold": config.page_threshold,
+    }
+
+
+@_chain_options("page_model", "page_threshold")
+@click.command("page-model-train")
+@click.option("--labels", required=True, type=click.Path(path_type=Path),
+              help="JSONL of pages people judged: 'text', 'label' 1 (good) or 0 (bad), other fields for --slice.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Where to write the page model (JSON); use it with `filter --page-model OUT`.")
+@click.option("--extra-positives", multiple=True,
+              help="Files of good text added as positives with a small weight (reference text, instruction "
+                   "JSON), so that books and encyclopaedia articles, rare on the web, are not learned as bad.")
+@click.option("--extra-weight", type=float, default=PageModelTrainConfig.extra_weight, show_default=True,
+              help="Total weight of the extra positives as a share of the labelled pages' weight.")
+@click.option("--max-extra", type=int, default=PageModelTrainConfig.max_extra, show_default=True,
+              help="At most this many extra positives (a seeded sample).")
+@click.option("--l2", type=float, default=PageModelTrainConfig.l2, show_default=True,
+              help="L2 penalty on the standardised weights.")
+@click.option("--threshold", type=float, default=PageModelTrainConfig.threshold, show_default=True,
+              help="The model's threshold: keep pages whose probability of being good is at least this.")
+@click.option("--folds", type=int, default=PageModelTrainConfig.folds, show_default=True,
+              help="Folds of the cross-validation.")
+@click.option("--repeats", type=int, default=PageModelTrainConfig.repeats, show_default=True,
+              help="Repeats of the cross-validation (figures are mean and standard deviation over them).")
+@click.option("--seed", type=int, default=PageModelTrainConfig.seed, show_default=True,
+              help="Seed of the splits and of the extra positives' sample.")
+@click.option("--slice", "slices", multiple=True, help="Also report per value of this field (e.g. unanimous).")
+@click.pass_context
+def page_model_train_command(
+    ctx: click.Context, data: Path, langs: str, lang_threshold: float, lid_model: str | None,
+    quality_model: str | None, quality_threshold: float | None, quality_label: str | None,
+    quality_normalization: str | None, quality_pareto_alpha: float | None, rules: str | None,
+    overrides: tuple[str, ...], text_field: str, labels: Path, out: Path, extra_positives: tuple[str, ...], extra_weight: float, max_extra: int, l2: float, threshold: float,
+    folds: int, repeats: int, seed: int, slices: tuple[str, ...],
+) -> None:
+    """Fit a page model on pages people labelled: a logistic regression over the signals of the chain
+    (rule statistics, language score, and the quality score with --quality-model), run after language
+    ID and the rules given. Prints repeated k-fold cross-validated figures (mean and spread), never the
+    fit's own."""
+    try:
+        # the chain the model will run in: by default the one `filter` runs with a page model
+        config = _filter_config(ctx, data, lid_model, quality_model, "none", overrides, default_rules=WEB_RULES)
+        train = PageModelTrainConfig(l2=l2, threshold=threshold, folds=folds, repeats=repeats, seed=seed,
+                                     extra_positives=tuple(extra_positives), extra_weight=extra_weight,
+                                     max_extra=max_extra)
+        pages = read_labelled_pages(labels, text_field=config.text_field)
+        model, info = train_page_model(config, pages, train, slices, labels_path=str(labels))
+        save_page_model(model, out)
+    except PipelineError as err:
+        fail(err)
+        return
+    rows = []
+    for name, cv in info["cross_validated"].items():
+        base = info["without_page_model"][name]
+        rows.append((name, cv["pages"], f"{base['balanced_accuracy']:.3f}",
+                     f"{cv['balanced_accuracy'][0]:.3f} ± {cv['balanced_accuracy'][1]:.3f}",
+                     f"{cv['good_kept'][0]:.1%} ± {cv['good_kept'][1]:.1%}",
+                     f"{cv['bad_dropped'][0]:.1%} ± {cv['bad_dropped'][1]:.1%}",
+                     f"{cv['roc_auc'][0]:.3f} ± {cv['roc_auc'][1]:.3f}"))
+    click.echo(f"page model over {len(model.features)} features, after language ID and rules "
+               f"{','.join(config.rules) or 'none'}; {repeats} x {folds}-fold cross-validation:")
+    click.echo(format_table(rows, ["pages", "n", "BA without", "BA with (CV)", "good kept (CV)", "bad dropped (CV)",
+                                   "ROC AUC (CV)"]))
+    click.echo(f"page model: {out} (use: crawlgpt filter --page-model {out} --rules {','.join(config.rules)})")

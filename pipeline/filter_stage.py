@@ -2,7 +2,7 @@
 
 Each raw file is one shard. Every document goes through a fixed chain of filters, cheapest and most
 decisive first: language ID, Gopher quality, C4, FineWeb, Gopher repetition, then the quality
-classifier. The first filter that says drop decides the document's reason; the rest are not run. The
+classifier and the page model (`filters/page_model.py`). The first filter that says drop decides the document's reason; the rest are not run. The
 order is fixed (`RULES`; the config only selects families), so a rerun gives the same reasons.
 
 Outputs in DATA/filtered/ (the common document-stage layout):
@@ -13,7 +13,8 @@ Outputs in DATA/filtered/ (the common document-stage layout):
   reason `unreadable:<code>`), so nothing leaves the pipeline unaccounted for;
 - `manifest.json`: counts per reason, per shard and in total, written last.
 
-A new quality model (or lid model) changes the stage's upstream fingerprint, so every shard is redone.
+A new quality model (or lid model, or page model) changes the stage's upstream fingerprint, so every
+shard is redone.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from pipeline.filters.gopher import (
 )
 from pipeline.filters.language import LID_OPTION, LanguageFilter
 from pipeline.filters.models import check_fasttext_file
+from pipeline.filters.page_model import PageModelFilter, load_page_model
 from pipeline.filters.text_stats import TextStats
 from pipeline.download import load_raw_files, raw_dir
 from formats.manifest import BY_CONTENT, manifest_hash, output_record, sha256_file
@@ -57,6 +59,9 @@ FILTERED_DIR = layout.FILTERED
 REJECTED_DIR = "rejected"
 #: The rule families, in the order they run (after language ID, before the quality classifier).
 RULES = ("gopher_quality", "c4", "fineweb", "gopher_repetition")
+#: The rule families the CLI runs with a page model, which weighs C4's and FineWeb's statistics itself
+#: (chosen by cross-validation on labelled web pages and by the dev crawl: docs/filter.md).
+WEB_RULES = ("gopher_quality", "gopher_repetition")
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,11 @@ class FilterConfig:
     quality_pareto_alpha: float | None = None
     #: Seed of the Pareto draws.
     seed: int = 0
+    #: Path of a page model (JSON, `page-model-train`), or None; it runs last and, with a quality
+    #: model, takes the classifier's score as one of its features instead of its threshold.
+    page_model: str | None = field(default=None, metadata=BY_CONTENT)
+    #: Keep pages with page-model probability >= this; None: the threshold stored in the model.
+    page_threshold: float | None = None
     #: JSONL key / Parquet column with the text, for raw inputs that are not WARC/WET.
     text_field: str = "text"
 
@@ -111,6 +121,8 @@ class FilterConfig:
             raise ConfigError("--quality-normalization", f"must be one of {NORMALIZATIONS}")
         if self.quality_pareto_alpha is not None and self.quality_pareto_alpha <= 0:
             raise ConfigError("--quality-pareto-alpha", f"must be > 0, got {self.quality_pareto_alpha}")
+        if self.page_threshold is not None and not 0.0 <= self.page_threshold <= 1.0:
+            raise ConfigError("--page-threshold", f"must be between 0 and 1, got {self.page_threshold}")
 
 
 def with_rule_overrides(config: FilterConfig, overrides: dict[str, str]) -> FilterConfig:
@@ -191,6 +203,7 @@ def build_chain(config: FilterConfig) -> list[Filter]:
     }
     chain += [makers[r]() for r in RULES if r in config.rules]
     settings = quality_settings(config)
+    qf = None
     if settings is not None:
         qf = QualityClassifierFilter(
             config.quality_model,
@@ -201,14 +214,23 @@ def build_chain(config: FilterConfig) -> list[Filter]:
             seed=config.seed,
             max_chars=settings.max_chars,
         )
+    page_model = load_page_model(config.page_model) if config.page_model is not None else None
+    if qf is not None and (page_model is None or not page_model.needs_quality_score):
         chain.append(qf)
+    if page_model is not None:
+        # a page model trained with the classifier's score weighs it with the other signals (it replaces
+        # the classifier's threshold); one trained without it runs after the classifier
+        chain.append(PageModelFilter(page_model, chain[0], qf, config.page_threshold))
     return chain
 
 
 def chain_names(config: FilterConfig) -> list[str]:
     """The names of the filters `config` runs, in order (without loading any model)."""
     names = ["language", *(r for r in RULES if r in config.rules)]
-    return names + (["quality_classifier"] if config.quality_model is not None else [])
+    page_model = load_page_model(config.page_model) if config.page_model is not None else None
+    if config.quality_model is not None and (page_model is None or not page_model.needs_quality_score):
+        names.append("quality_classifier")
+    return names + (["page_model"] if page_model is not None else [])
 
 
 _CHAINS = FileCache(keep_one=True)
@@ -221,7 +243,7 @@ def _chain_for(config: FilterConfig) -> list[Filter]:
     path is loaded afresh (a long-lived process, e.g. tests running shards in-process, must not keep
     filtering with the old one).
     """
-    models = [p for p in (config.lid_model, config.quality_model) if p]
+    models = [p for p in (config.lid_model, config.quality_model, config.page_model) if p]
     return _CHAINS.get(models, lambda: build_chain(config), extra=(config,))
 
 
@@ -352,6 +374,8 @@ def run_filter(
         "lid_model": sha256_file(config.lid_model),
         "quality_model": sha256_file(config.quality_model) if config.quality_model else None,
     }
+    if config.page_model is not None:
+        upstream["page_model"] = sha256_file(config.page_model)
     settings = quality_settings(config)
     if settings is not None:
         upstream["quality_settings"] = dataclasses.asdict(settings)

@@ -64,6 +64,8 @@ class QualityClassifierFilter:
     `pareto_alpha`, that lose GPT-3's Pareto draw)."""
 
     name = "quality_classifier"
+    #: The annotation (and `filter_eval` score) this filter's `score` fills.
+    score_name = "quality_score"
 
     def __init__(
         self,
