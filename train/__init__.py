@@ -3,7 +3,8 @@
 Modules: config (dataclasses), data (stateful loader over token shards), schedule (learning rate),
 checkpoint (atomic save, weights-only load, sharded DCP folders), distributed (torchrun, DDP, FSDP2),
 parallel (tensor and pipeline parallel layouts, activation checkpointing), metrics (jsonl,
-TensorBoard, loss plot, MFU), evaluate (validation loss, perplexity, samples), loop (the loop).
+TensorBoard, loss plot, MFU), evaluate (validation loss, perplexity, samples), setup (a run's set-up),
+loop (the loop); tune/ (SFT, chat, classification), align/ (reward, DPO, PPO), export/ (HF, GGUF).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ __all__ = [
 def __getattr__(name: str):
     """`train` and `TrainResult` load the loop (and so torch) on first use, not on `import train.defaults`:
     the command line reads the auto defaults for its help without importing torch."""
-    if name in ("train", "TrainResult"):
-        return getattr(importlib.import_module("train.loop"), name)
+    if name == "train":
+        return importlib.import_module("train.loop").train
+    if name == "TrainResult":
+        return importlib.import_module("train.setup").TrainResult
     raise AttributeError(f"module 'train' has no attribute {name!r}")

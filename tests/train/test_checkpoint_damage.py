@@ -100,7 +100,7 @@ def test_a_malicious_meta_pt_is_refused_without_torchs_weights_only_hint(tmp_pat
 
 def test_the_log_names_the_preset_of_the_model_built_not_the_one_asked_for():
     from model.gpt import preset_config
-    from train.loop import preset_of
+    from train.setup import preset_of
 
     assert preset_of(preset_config("tiny", 320), "small") == "tiny"  # sft of a tiny base under preset auto
     assert preset_of(preset_config("small", 320), "small") == "small"

@@ -36,7 +36,8 @@ from train.config import TrainConfig
 from train.distributed import DistContext, all_reduce_sum
 from train.errors import CheckpointKindError, TrainConfigError, TrainError
 from train.evaluate import autocast_context, check_tokenizer, load_tokenizer, tokenizer_hash
-from train.loop import TrainResult, train
+from train.loop import train
+from train.setup import TrainResult
 from train.objective import LoopInfo, Objective
 from train.tune.sft import eot_id_of, load_lm_checkpoint
 from train.distributed import resolve_device

@@ -43,7 +43,8 @@ from train.tune.instruct_data import (
     split_examples,
     tokenize_examples,
 )
-from train.loop import TrainResult, train
+from train.loop import train
+from train.setup import TrainResult
 from train.metrics import perplexity
 from train.objective import LoopInfo, Objective
 from train.tune.templates import PromptTemplate, encode_pieces, template_from_checkpoint
