@@ -168,7 +168,7 @@ def _overrides(values: tuple[str, ...]) -> tuple[tuple[str, object], ...]:
 
 def _check_model(preset: str, overrides: tuple[tuple[str, object], ...]) -> None:
     """Refuse a preset or override that builds no model before any run starts (e.g. d_model=-64)."""
-    from model.gpt import ModelConfigError, preset_config
+    from model.gpt import ModelConfigError, preset_config  # inside the command: keeps torch out of `crawlgpt --help`
 
     try:
         preset_config(preset, 256, **dict(overrides))  # the vocabulary comes from the shards later

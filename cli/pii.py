@@ -9,6 +9,7 @@ import click
 from cli.common import DEFAULT_WORKERS, build_executor, executor_options, fail, run_with_progress
 from pipeline.errors import PipelineError
 from pipeline.stage import format_table
+from pipeline.pii import KINDS, PiiConfig, run_pii
 
 
 @click.command("pii")
@@ -28,8 +29,6 @@ def pii_cmd(data: Path, emails: bool, ips: bool, workers: int, force: bool, exec
 
     Then train the tokenizer and make the shards from it with `--from redacted` (`make ... PII=1` does).
     """
-    from pipeline.pii import KINDS, PiiConfig, run_pii
-
     try:
         config = PiiConfig(emails=emails, ips=ips)
         runner = build_executor(executor, workers, ray_address)

@@ -9,6 +9,8 @@ import click
 
 from cli.common import fail
 from pipeline.errors import PipelineError
+from report import build_report
+from report.dataset_card import write_dataset_card
 
 data_option = click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=Path("data"),
                            show_default=True, help="Data folder of a pipeline run.")
@@ -21,8 +23,6 @@ data_option = click.option("--data", type=click.Path(file_okay=False, path_type=
 def report_cmd(data: Path, out: Path | None) -> None:
     """Write DATA/report.html: funnel, languages, rule statistics, dropped documents, duplicate clusters,
     tokenizer, shards and training runs, from what the stages wrote. Opens from disk, needs no network."""
-    from report import build_report
-
     try:
         result = build_report(data, out)
     except PipelineError as err:
@@ -35,8 +35,6 @@ def report_cmd(data: Path, out: Path | None) -> None:
 @data_option
 def card_cmd(data: Path) -> None:
     """Write DATA/corpus/README.md, the corpus's dataset card in the Hugging Face format."""
-    from report.dataset_card import write_dataset_card
-
     try:
         path = write_dataset_card(data)
     except PipelineError as err:
