@@ -16,7 +16,7 @@ from cli.common import setup_logging
 log = logging.getLogger(__name__)
 
 #: Modules under cli/ that define `register(group)`.
-COMMAND_MODULES = ("download", "filter", "dedup", "decontaminate", "pii", "tokens", "training", "finetune", "align",
+COMMAND_MODULES = ("download", "filter", "quality", "dedup", "decontaminate", "pii", "tokens", "training", "finetune", "align",
                    "evaluation", "report")
 
 
