@@ -119,7 +119,7 @@ def shards_cmd(ctx: click.Context, data: Path, workers: int, val_fraction: float
         recorded = {**recorded, "max_shard_mb": recorded["max_shard_bytes"] / 2**20}
     opts = remembered(ctx, recorded, val_fraction="val_fraction", max_shard_mb="max_shard_mb")
     config = ShardsConfig(val_fraction=opts["val_fraction"], max_shard_bytes=int(round(opts["max_shard_mb"] * 2**20)),
-                          source="corpus" if source == "decontaminated" else source)
+                          source="corpus" if source in ("decontaminated", "redacted") else source)
     tok = tokenizer_path or tokenizer_file(data)
     src = data / source
     out = out_dir or shards_dir(data, source)

@@ -220,3 +220,14 @@ def test_shards_from_filtered_record_their_source_and_never_replace_the_curated_
     manifest = json.loads((root / "shards-filtered" / "manifest.json").read_text())
     assert manifest["config"]["source"] == "filtered"
     assert json.loads((root / "shards" / "manifest.json").read_text())["config"]["source"] == "corpus"
+
+
+def test_shards_from_the_redacted_corpus_go_to_the_curated_shards_folder(data, tmp_path):
+    from cli import main
+
+    root = tmp_path / "data"
+    shutil.copytree(data / "corpus", root / "redacted")  # stands in for DATA/redacted, the pii stage's output
+    shutil.copytree(data / "tokenizer", root / "tokenizer")
+    r = CliRunner().invoke(main, ["shards", "--data", str(root), "--workers", "1", "--from", "redacted"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((root / "shards" / "manifest.json").read_text())["config"]["source"] == "corpus"
