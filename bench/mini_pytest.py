@@ -1,6 +1,6 @@
 """A tiny stand-in for pytest, for a GPU machine where only torch, numpy and pyarrow are installed.
 
-    python bench/mini_pytest.py tests/test_train_gpu.py tests/test_model.py
+    python bench/mini_pytest.py tests/train/test_train_gpu.py tests/model/test_model.py
 
 It runs the subset of pytest the trainer's and model's tests use: test functions, `pytest.fixture`
 (function, module and session scope, generator fixtures) from the test file and tests/conftest.py,
