@@ -41,6 +41,7 @@ def run_folder_lock(run_dir: str | Path, is_main: bool, any_rank: Callable[[bool
 
     any_rank(flag) is True on every rank when flag is True on one (a collective under torchrun)."""
     run_dir = Path(run_dir)
+    created = is_main and not run_dir.exists()
     fd, holder = _try_lock(run_dir) if is_main else (None, "")
     if any_rank(is_main and fd is None):
         who = f" (process {holder})" if holder.isdigit() else ""
@@ -52,3 +53,11 @@ def run_folder_lock(run_dir: str | Path, is_main: bool, any_rank: Callable[[bool
         if fd is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+            _remove_if_only_the_lock(run_dir, created)
+
+
+def _remove_if_only_the_lock(run_dir: Path, created: bool) -> None:
+    """A run that failed before writing anything (a bad option, say) leaves no folder it made behind."""
+    if created and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:
+        (run_dir / LOCK_NAME).unlink(missing_ok=True)
+        run_dir.rmdir()

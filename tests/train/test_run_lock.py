@@ -15,7 +15,7 @@ from train import RunDirError, train
 from train.align.dpo import DPOObjective
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # tests/, where the shared fixtures live
 
 FIRST = """
 import sys, time
@@ -59,3 +59,12 @@ def test_a_second_training_into_a_busy_run_folder_is_refused(tmp_path):
     # the first run ended: the folder is free (resuming its finished run is a no-op that succeeds)
     objective = DPOObjective(tmp_path / "sft.pt", tmp_path / "pairs.json", tok, val_fraction=0.25, batch_pairs=8)
     assert train(make_config(tmp_path / "run", 2, resume=True), objective=objective).final_step == 2
+
+
+def test_a_run_refused_before_writing_anything_leaves_no_folder_behind(tmp_path):
+    from train import TrainConfig, TrainConfigError, train
+
+    run_dir = tmp_path / "runs" / "bad"
+    with pytest.raises(TrainConfigError, match="--precision"):
+        train(TrainConfig(run_dir=str(run_dir), max_steps=1, precision="bf16", device="cpu"))
+    assert not run_dir.exists()
