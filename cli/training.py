@@ -154,7 +154,7 @@ def pretrain_cmd(data: Path, shards: Path | None, run: str, preset: str, steps: 
         config = config.replace(eval=dataclasses.replace(config.eval, benchmarks=benchmarks,
                                                          benchmark_limit=benchmark_limit or None,
                                                          benchmark_dir=str(benchmark_dir)))
-        config = config.replace(parallel=ParallelConfig(  # train/parallel.py, docs/parallelism.md
+        config = config.replace(parallel=ParallelConfig(  # train/parallel/, docs/parallelism.md
             tp=tp, sequence_parallel=sequence_parallel, pp=pp, pp_layers=_int_list(pp_layers), pp_schedule=pp_schedule,
             microbatches=microbatches, activation_checkpointing=activation_checkpointing,
             checkpoint_format=checkpoint_format))

@@ -11,7 +11,7 @@ which refuses arbitrary pickled objects. Model and optimizer state go through
 `torch.distributed.checkpoint.state_dict`, which gives the same full, unsharded layout for a plain
 model, a DDP replica or an FSDP2-sharded model, so a checkpoint from any of them resumes in any other.
 
-Under tensor or pipeline parallelism (train/parallel.py) no rank holds the whole model, so a
+Under tensor or pipeline parallelism (train/parallel/) no rank holds the whole model, so a
 checkpoint is a folder `<run>/checkpoints/step-00001234.dcp/` written with
 `torch.distributed.checkpoint` (DCP): every rank writes its own shards, `.metadata` says which
 slice of which tensor is where, and `meta.pt` (rank 0, weights-only) holds everything else. DCP

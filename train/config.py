@@ -140,7 +140,7 @@ CHECKPOINT_FORMATS = ("auto", "file", "dcp")
 
 @dataclass(frozen=True)
 class ParallelConfig:
-    """Model parallelism (train/parallel.py): the world is a (pp, dp, tp) mesh, dp = world / (tp * pp)."""
+    """Model parallelism (train/parallel/): the world is a (pp, dp, tp) mesh, dp = world / (tp * pp)."""
 
     tp: int = 1
     """Tensor-parallel ranks: each block's attention heads and feed-forward width split across them."""

@@ -35,7 +35,7 @@ class DistContext:
     """Device this process trains on."""
     group: Any = None
     """Process group the collectives below run over; None = all processes. Under tensor or pipeline
-    parallelism the objective sees the data-parallel group only (train/parallel.py)."""
+    parallelism the objective sees the data-parallel group only (train/parallel/)."""
 
     @property
     def is_main(self) -> bool:

@@ -264,7 +264,7 @@ def _checkpoint(run: Run, step: int) -> Path:
             "hardware": hardware_info(ctx.device, ctx.world_size), **run.objective.checkpoint_extra(),
             "val_loss": result.val_losses[-1][1] if result.val_losses else None}
     path = checkpoint_path(Path(config.run_dir), step, sharded=layout.sharded_checkpoints)
-    if layout.sharded_checkpoints:  # every rank writes its shards (train/parallel.py, DCP)
+    if layout.sharded_checkpoints:  # every rank writes its shards (train/parallel/, DCP)
         state = {"model": parallel.model_state(run.model, layout),
                  "optimizer": parallel.optimizer_state(run.model, run.optimizer, layout)}
         save_sharded(path, state, meta, ctx.is_main, lambda: barrier(ctx))

@@ -235,7 +235,7 @@ def setup_run(config: TrainConfig, ctx: DistContext, objective: Objective, on_ev
     device = ctx.device
     bf16 = _use_bf16(config, device)
     torch.manual_seed(config.seed)  # the same on every rank: FSDP2 does not broadcast the initial weights
-    # tensor / pipeline / data parallel mesh (train/parallel.py); checked before any work
+    # tensor / pipeline / data parallel mesh (train/parallel/); checked before any work
     layout = parallel.make_layout(config.parallel, ctx, config.parallelism, objective.kind)
     objective.sharded = config.parallelism == "fsdp" and ctx.is_distributed
     objective.setup(LoopInfo(ctx=layout.data_ctx, device=device, bf16=bf16, seed=config.data.seed,

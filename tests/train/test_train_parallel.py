@@ -148,7 +148,7 @@ def test_full_recomputes_the_matmuls_and_selective_keeps_them():
     from torch.utils.flop_counter import FlopCounterMode
 
     from model.gpt import GPT, preset_config
-    from train.parallel import _selective_policy, apply_activation_checkpointing
+    from train.parallel.tensor import _selective_policy, apply_activation_checkpointing
 
     def step_flops(mode: str) -> int:
         model = GPT(preset_config("tiny", 256))
