@@ -90,7 +90,7 @@ def _csv(value: str) -> tuple[str, ...]:
                    "'web' for the bundled one (trained on real pages people judged, docs/filter.md), 'none' "
                    "for none. Default: as the last run in DATA recorded it, else 'web' when --langs is en "
                    "(it learned from English pages), else none.")
-@click.option("--page-threshold", type=float, default=None,
+@click.option("--page-threshold", type=FiniteFloat(min=0, max=1), default=None,
               help="Keep pages whose page-model probability is at least this. Default: the model's threshold.")
 @click.option("--rules", default=None,
               help="Rule families to apply, comma-separated, from " + ",".join(RULES) + " (run in that order). "
@@ -328,13 +328,13 @@ def _chain_summary(config: FilterConfig) -> dict:
 @click.option("--extra-positives", multiple=True,
               help="Files of good text added as positives with a small weight (reference text, instruction "
                    "JSON), so that books and encyclopaedia articles, rare on the web, are not learned as bad.")
-@click.option("--extra-weight", type=float, default=PageModelTrainConfig.extra_weight, show_default=True,
+@click.option("--extra-weight", type=FiniteFloat(min=0), default=PageModelTrainConfig.extra_weight, show_default=True,
               help="Total weight of the extra positives as a share of the labelled pages' weight.")
 @click.option("--max-extra", type=int, default=PageModelTrainConfig.max_extra, show_default=True,
               help="At most this many extra positives (a seeded sample).")
-@click.option("--l2", type=float, default=PageModelTrainConfig.l2, show_default=True,
+@click.option("--l2", type=FiniteFloat(min=0), default=PageModelTrainConfig.l2, show_default=True,
               help="L2 penalty on the standardised weights.")
-@click.option("--threshold", type=float, default=PageModelTrainConfig.threshold, show_default=True,
+@click.option("--threshold", type=FiniteFloat(min=0, max=1), default=PageModelTrainConfig.threshold, show_default=True,
               help="The model's threshold: keep pages whose probability of being good is at least this.")
 @click.option("--folds", type=int, default=PageModelTrainConfig.folds, show_default=True,
               help="Folds of the cross-validation.")
